@@ -1,0 +1,1 @@
+"""LLaSM: Whisper encoder -> modal adaptor -> decoder-only LLM, as a transformers plugin."""
