@@ -1,1 +1,38 @@
-"""LLaSM: Whisper encoder -> modal adaptor -> decoder-only LLM, as a transformers plugin."""
+"""LLaSM: Whisper encoder -> modal adaptor -> decoder-only LLM, as a transformers plugin.
+
+Importing the package registers the classes with the transformers Auto classes, so that
+`AutoModel.from_pretrained(dir)` and `AutoProcessor.from_pretrained(dir)` work for LLaSM checkpoints.
+"""
+
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
+
+from .configuration_llasm import LlasmConfig, audio_token_count
+from .modeling_llasm import LlasmForConditionalGeneration, LlasmPreTrainedModel
+from .processing_llasm import LlasmProcessor, load_audio
+
+
+def _register() -> None:
+    AutoConfig.register(LlasmConfig.model_type, LlasmConfig, exist_ok=True)
+    auto_model_classes = [AutoModel, AutoModelForCausalLM]
+    if hasattr(transformers, "AutoModelForMultimodalLM"):
+        auto_model_classes.append(transformers.AutoModelForMultimodalLM)
+    for auto_class in auto_model_classes:
+        auto_class.register(LlasmConfig, LlasmForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(LlasmConfig, LlasmProcessor, exist_ok=True)
+    # Saved checkpoints carry the code + auto_map, so they also load with trust_remote_code=True.
+    LlasmConfig.register_for_auto_class()
+    LlasmForConditionalGeneration.register_for_auto_class("AutoModel")
+    LlasmProcessor.register_for_auto_class()
+
+
+_register()
+
+__all__ = [
+    "LlasmConfig",
+    "LlasmForConditionalGeneration",
+    "LlasmPreTrainedModel",
+    "LlasmProcessor",
+    "audio_token_count",
+    "load_audio",
+]

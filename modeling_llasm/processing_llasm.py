@@ -1,0 +1,302 @@
+"""LLaSM processor: audio loading, windowed Whisper log-mel features, placeholder expansion, tokenization."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any, Union
+
+import numpy as np
+import torch
+from transformers import BatchFeature, ProcessorMixin
+
+from .configuration_llasm import audio_token_count
+
+
+AudioSource = Union[str, os.PathLike, bytes, np.ndarray, torch.Tensor, dict]
+
+
+def load_audio(source: AudioSource, sampling_rate: int | None = None, target_rate: int = 16000) -> np.ndarray:
+    """Return `source` as float32 mono samples at `target_rate`.
+
+    Accepts a file path, encoded bytes, a `{"array", "sampling_rate"}` dict (the `datasets` Audio format), or a
+    numpy/torch array (float, or int16/int32 PCM; shape `(samples,)`, `(channels, samples)` or `(samples, channels)`).
+    Arrays without `sampling_rate` are taken to be at `target_rate`. Stereo is mixed down; other rates resampled.
+    """
+    if isinstance(source, dict):
+        if "array" not in source:
+            raise ValueError(f"An audio dict needs an 'array' key (and 'sampling_rate'); got keys {sorted(source)}.")
+        return load_audio(source["array"], source.get("sampling_rate", sampling_rate), target_rate)
+    if isinstance(source, (str, os.PathLike, bytes)):
+        import soundfile
+
+        if isinstance(source, bytes):
+            what, handle = "audio bytes", io.BytesIO(source)
+        else:
+            what = handle = os.fspath(source)
+            if not os.path.isfile(handle):
+                raise ValueError(f"Audio file not found: {handle!r}.")
+        try:
+            samples, sampling_rate = soundfile.read(handle, dtype="float32", always_2d=True)
+        except Exception as error:  # soundfile raises its own LibsndfileError for unreadable data
+            raise ValueError(f"Could not decode {what}: {error}") from error
+        samples = samples.T  # (channels, samples)
+    else:
+        if isinstance(source, torch.Tensor):
+            source = source.detach().cpu().numpy()
+        samples = np.asarray(source)
+        if samples.dtype == np.int16:
+            samples = samples.astype(np.float32) / 32768.0
+        elif samples.dtype == np.int32:
+            samples = samples.astype(np.float32) / 2147483648.0
+        elif not np.issubdtype(samples.dtype, np.floating):
+            raise ValueError(f"Audio arrays must be float, int16 or int32, got dtype {samples.dtype}.")
+        if samples.ndim == 2 and samples.shape[0] > samples.shape[1]:
+            samples = samples.T  # (samples, channels) -> (channels, samples)
+        elif samples.ndim not in (1, 2):
+            raise ValueError(f"Audio arrays must be 1-D or 2-D (channels x samples), got shape {samples.shape}.")
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=0)
+    if samples.size == 0:
+        raise ValueError("Audio clip is empty (0 samples).")
+    if not np.isfinite(samples).all():
+        raise ValueError("Audio clip contains NaN or infinite samples.")
+    rate = target_rate if sampling_rate is None else int(sampling_rate)
+    if rate != target_rate:
+        import soxr
+
+        samples = soxr.resample(samples, rate, target_rate).astype(np.float32)
+    return samples
+
+
+class LlasmProcessor(ProcessorMixin):
+    r"""
+    Turns chat messages with audio into model inputs for [`LlasmForConditionalGeneration`].
+
+    Each clip is split into windows of at most `feature_extractor.n_samples` samples (30 s for Whisper); every
+    window gets its own unpadded log-mel matrix, and the clip's placeholder is expanded to exactly as many audio
+    tokens as the model produces for those windows (`audio_token_count`). Features are padded only to the longest
+    window of the batch (`input_features_mask` marks the real frames). Text is left-padded for generation.
+
+    Example:
+
+    ```python
+    >>> processor = AutoProcessor.from_pretrained("path/to/llasm", trust_remote_code=True)
+    >>> messages = [{"role": "user", "content": [{"type": "audio", "path": "question.wav"}]}]
+    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
+    >>> answer = model.generate(**inputs, max_new_tokens=64)
+    ```
+    """
+
+    def __init__(
+        self,
+        feature_extractor=None,
+        tokenizer=None,
+        chat_template: str | None = None,
+        audio_token: str = "<|audio|>",
+        adaptor_type: str = "stack_mlp",
+        stack_factor: int = 8,
+        num_queries: int = 64,
+        pad_to_window: bool = False,
+        **kwargs,
+    ):
+        self.audio_token = audio_token
+        self.adaptor_type = adaptor_type
+        self.stack_factor = stack_factor
+        self.num_queries = num_queries
+        self.pad_to_window = pad_to_window
+        super().__init__(feature_extractor, tokenizer, chat_template=chat_template, **kwargs)
+
+    @property
+    def audio_token_id(self) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(self.audio_token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no {self.audio_token!r} token; add it (LlasmForConditionalGeneration.compose does).")
+        return token_id
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "input_features", "input_features_mask"]
+
+    # ----- audio -----
+    def audio_windows(self, samples: np.ndarray) -> list[np.ndarray]:
+        """Split a 16 kHz clip into encoder windows; the last one is zero-padded to whole mel hops, never cut."""
+        window, hop = self.feature_extractor.n_samples, self.feature_extractor.hop_length
+        pieces = [samples[start : start + window] for start in range(0, len(samples), window)]
+        last = pieces[-1]
+        if len(last) % hop:
+            pieces[-1] = np.pad(last, (0, hop - len(last) % hop))
+        if self.pad_to_window:
+            pieces = [np.pad(p, (0, window - len(p))) for p in pieces]
+        return pieces
+
+    def window_features(self, window: np.ndarray) -> np.ndarray:
+        """Log-mel matrix `(n_mels, frames)` of one window, computed alone so batching never changes it."""
+        features = self.feature_extractor(
+            window, sampling_rate=self.feature_extractor.sampling_rate, padding="longest", return_tensors="np"
+        )["input_features"][0]
+        return features.astype(np.float32)
+
+    def num_audio_tokens(self, num_mel_frames: int) -> int:
+        return audio_token_count(num_mel_frames, self.adaptor_type, self.stack_factor, self.num_queries)
+
+    # ----- main entry -----
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        audio: AudioSource | Sequence[AudioSource] | None = None,
+        sampling_rate: int | None = None,
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
+        padding_side: str | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Tokenize `text` (one string per sample) with one `audio_token` per clip in `audio` (clips in order)."""
+        if text is None:
+            raise ValueError("LlasmProcessor needs `text` (use the audio token as the placeholder for each clip).")
+        texts = [text] if isinstance(text, str) else list(text)
+        clips = [] if audio is None else [audio] if _is_single_clip(audio) else list(audio)
+        placeholders = [t.count(self.audio_token) for t in texts]
+        if sum(placeholders) != len(clips):
+            raise ValueError(
+                f"Found {sum(placeholders)} {self.audio_token!r} placeholder(s) in the text "
+                f"(per sample: {placeholders}) but {len(clips)} audio clip(s) were given."
+            )
+
+        windows, tokens_per_clip = [], []
+        for index, clip in enumerate(clips):
+            try:
+                samples = load_audio(clip, sampling_rate, self.feature_extractor.sampling_rate)
+            except ValueError as error:
+                raise ValueError(f"Audio clip {index}: {error}") from error
+            clip_windows = [self.window_features(w) for w in self.audio_windows(samples)]
+            windows.extend(clip_windows)
+            tokens_per_clip.append(sum(self.num_audio_tokens(w.shape[-1]) for w in clip_windows))
+
+        expanded, clip_iter = [], iter(tokens_per_clip)
+        for sample in texts:
+            parts = sample.split(self.audio_token)
+            out = parts[0]
+            for part in parts[1:]:
+                out += self.audio_token * next(clip_iter) + part
+            expanded.append(out)
+
+        kwargs.setdefault("add_special_tokens", False)  # chat templates already carry BOS where the LM wants it
+        encoding = self.tokenizer(
+            expanded,
+            padding=padding,
+            padding_side=padding_side,
+            truncation=False,
+            return_tensors=return_tensors,
+            return_token_type_ids=False,
+            **kwargs,
+        )
+        data = dict(encoding)
+        if clips:
+            found = int(sum((np.asarray(ids) == self.audio_token_id).sum() for ids in encoding["input_ids"]))
+            if found != sum(tokens_per_clip):
+                raise ValueError(
+                    f"Tokenization produced {found} audio tokens but the clips need {sum(tokens_per_clip)}; "
+                    f"the tokenizer must treat {self.audio_token!r} as one special token."
+                )
+            longest = max(w.shape[-1] for w in windows)
+            features = np.zeros((len(windows), windows[0].shape[0], longest), dtype=np.float32)
+            mask = np.zeros((len(windows), longest), dtype=np.int64)
+            for i, w in enumerate(windows):
+                features[i, :, : w.shape[-1]] = w
+                mask[i, : w.shape[-1]] = 1
+            data["input_features"], data["input_features_mask"] = features, mask
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    # ----- chat -----
+    def apply_chat_template(
+        self,
+        conversation: list[dict] | list[list[dict]],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        tokenize: bool = True,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> BatchFeature | str | list[str]:
+        """Render chat messages whose content items are `{"type": "text", "text": ...}` or
+        `{"type": "audio", "path" | "audio" | "array" (+ "sampling_rate"): ...}`.
+
+        Audio items become the audio placeholder and the clips are collected in order. The processor's own
+        chat template is used if it has one, else the LLM tokenizer's. With `tokenize=True` the result is the
+        model inputs (as from `__call__`); otherwise the rendered prompt string(s).
+        """
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        texts, clips = [], []
+        for messages in conversations:
+            flat, audio = self.flatten_messages(messages)
+            texts.append(
+                self.tokenizer.apply_chat_template(
+                    flat,
+                    chat_template=chat_template or self.chat_template,
+                    add_generation_prompt=add_generation_prompt,
+                    tokenize=False,
+                )
+            )
+            clips.extend(audio)
+        if not tokenize:
+            return texts if batched else texts[0]
+        sampling_rate = kwargs.pop("sampling_rate", None)
+        return self(text=texts, audio=clips or None, sampling_rate=sampling_rate, **kwargs)
+
+    def flatten_messages(self, messages: list[dict]) -> tuple[list[dict], list[AudioSource]]:
+        """Replace audio content items by the placeholder; return string-content messages and the clips."""
+        flat, clips = [], []
+        for position, message in enumerate(messages):
+            if "role" not in message or "content" not in message:
+                raise ValueError(f"Message {position} needs 'role' and 'content' keys, got {sorted(message)}.")
+            content = message["content"]
+            if isinstance(content, str):
+                flat.append({"role": message["role"], "content": content})
+                continue
+            pieces = []
+            for item in content:
+                kind = item.get("type")
+                if kind == "text":
+                    pieces.append(item["text"])
+                elif kind == "audio":
+                    clips.append(_audio_of_item(item, position))
+                    pieces.append(self.audio_token)
+                else:
+                    raise ValueError(f"Message {position}: content type must be 'text' or 'audio', got {kind!r}.")
+            flat.append({"role": message["role"], "content": "\n".join(pieces)})
+        return flat, clips
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+def _is_single_clip(audio: Any) -> bool:
+    if isinstance(audio, (str, os.PathLike, bytes, dict)):
+        return True
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        return audio.ndim == 1 or (audio.ndim == 2 and min(audio.shape) <= 8)
+    return False
+
+
+def _audio_of_item(item: dict, position: int) -> AudioSource:
+    for key in ("audio", "path", "array"):
+        if item.get(key) is not None:
+            value = item[key]
+            if key == "array" or isinstance(value, (np.ndarray, torch.Tensor)):
+                return {"array": value, "sampling_rate": item.get("sampling_rate")}
+            return value
+    if "url" in item:
+        url = str(item["url"])
+        if url.startswith(("http://", "https://")):
+            raise ValueError(f"Message {position}: remote audio URLs are not fetched; download {url!r} and pass its path.")
+        return url
+    raise ValueError(f"Message {position}: an audio item needs 'path', 'audio' or 'array', got keys {sorted(item)}.")
+
+
+__all__ = ["LlasmProcessor", "load_audio"]
