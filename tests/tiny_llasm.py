@@ -35,7 +35,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, **overrides) -> LlasmConfig:
+def tiny_config(tokenizer: PreTrainedTokenizerFast, tie_word_embeddings: bool = False, **overrides) -> LlasmConfig:
     audio = WhisperConfig(
         d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32, decoder_layers=1,
         decoder_attention_heads=2, decoder_ffn_dim=32, max_source_positions=50, num_mel_bins=80, vocab_size=64,
@@ -44,7 +44,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, **overrides) -> LlasmConfig:
     text = LlamaConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id, max_position_embeddings=4096, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, max_position_embeddings=4096, tie_word_embeddings=tie_word_embeddings,
     )
     kwargs = dict(audio_config=audio, text_config=text, stack_factor=2, audio_token_id=tokenizer.convert_tokens_to_ids("<|audio|>"))
     kwargs.update(overrides)
@@ -59,10 +59,12 @@ def tiny_processor(tokenizer: PreTrainedTokenizerFast, config: LlasmConfig) -> L
     )
 
 
-def build_tiny_llasm(seed: int = 0, **overrides) -> tuple[LlasmForConditionalGeneration, LlasmProcessor]:
+def build_tiny_llasm(
+    seed: int = 0, tie_word_embeddings: bool = False, **overrides
+) -> tuple[LlasmForConditionalGeneration, LlasmProcessor]:
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    config = tiny_config(tokenizer, **overrides)
+    config = tiny_config(tokenizer, tie_word_embeddings=tie_word_embeddings, **overrides)
     model = LlasmForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

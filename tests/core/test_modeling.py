@@ -1,0 +1,188 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
+
+import modeling_llasm
+from modeling_llasm import LlasmForConditionalGeneration
+from tiny_llasm import build_tiny_llasm, tone
+
+
+def audio_messages(seconds: float, seed: int, text: str = "transcribe the speech"):
+    clip = tone(seconds, freq=200.0 + 150 * seed, seed=seed)
+    return [{"role": "user", "content": [{"type": "audio", "array": clip, "sampling_rate": 16000}, {"type": "text", "text": text}]}]
+
+
+def test_save_load_auto_classes_give_identical_logits(tiny_llasm, tmp_path):
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    inputs = processor.apply_chat_template(audio_messages(1.4, 0))
+    with torch.no_grad():
+        reference = model(**inputs).logits
+    for auto_class in (AutoModel, AutoModelForCausalLM):
+        reloaded = auto_class.from_pretrained(tmp_path, dtype=torch.float32)
+        assert isinstance(reloaded, LlasmForConditionalGeneration)
+        reloaded_inputs = AutoProcessor.from_pretrained(tmp_path).apply_chat_template(audio_messages(1.4, 0))
+        with torch.no_grad():
+            assert torch.equal(reloaded(**reloaded_inputs).logits, reference)
+
+
+def test_trust_remote_code_loads_without_the_package(tiny_llasm, tmp_path):
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    inputs = processor(text="hello <|audio|> world", audio=tone(1.3))
+    with torch.no_grad():
+        torch.save(model(**inputs).logits, tmp_path / "reference.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        class BlockPackage:  # the checkpoint's own code must be used, not the installed package
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "modeling_llasm":
+                    raise ImportError("modeling_llasm is blocked in this test")
+        sys.meta_path.insert(0, BlockPackage())
+        import numpy as np, torch
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True, dtype=torch.float32)
+        processor = AutoProcessor.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        t = np.arange(int(1.3 * 16000)) / 16000
+        clip = (0.5 * np.sin(2 * np.pi * 440.0 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.shape)).astype(np.float32)
+        with torch.no_grad():
+            logits = model(**processor(text="hello <|audio|> world", audio=clip)).logits
+        assert torch.equal(logits, torch.load({str(tmp_path / 'reference.pt')!r}, weights_only=True))
+        print("REMOTE-CODE-OK")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "REMOTE-CODE-OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_batched_greedy_generation_equals_one_by_one(tiny_llasm):
+    model, processor = tiny_llasm
+    conversations = [audio_messages(0.6, 0), audio_messages(2.3, 1, "hello"), audio_messages(1.1, 2, "what is the capital of france")]
+    batch = processor.apply_chat_template(conversations)
+    assert batch["attention_mask"][:, 0].tolist().count(0) >= 1  # prompts differ in length: left padding in use
+    batched = model.generate(**batch, max_new_tokens=12, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    singles = []
+    for conversation in conversations:
+        inputs = processor.apply_chat_template(conversation)
+        singles.append(model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1] :])
+    for row, single in zip(batched, singles):
+        assert row[: len(single)].tolist() == single.tolist()
+    assert len({tuple(s.tolist()) for s in singles}) > 1  # the audio actually changes the answer
+
+
+def test_encoder_runs_once_per_generate_call(tiny_llasm):
+    model, processor = tiny_llasm
+    calls = []
+    model.audio_tower.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    inputs = processor.apply_chat_template([audio_messages(2.5, 0), audio_messages(0.7, 1)])
+    model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert len(calls) == 1 and calls[0][0] == 4  # one call for all 3 + 1 windows
+
+
+def test_several_audios_in_several_turns(tiny_llasm):
+    model, processor = tiny_llasm
+    conversation = audio_messages(0.8, 0) + [{"role": "assistant", "content": "ok"}] + audio_messages(1.5, 3, "and this")
+    inputs = processor.apply_chat_template(conversation)
+    with torch.no_grad():
+        out = model(**inputs)
+    per_window = [model.config.num_audio_tokens(n) for n in inputs["input_features_mask"].sum(-1).tolist()]
+    assert out.audio_hidden_states.shape[0] == sum(per_window) == (inputs["input_ids"] == model.config.audio_token_id).sum()
+    # the second clip's tokens are its own: changing only the second clip changes only later logits
+    other = processor.apply_chat_template(audio_messages(0.8, 0) + [{"role": "assistant", "content": "ok"}] + audio_messages(1.5, 4, "and this"))
+    with torch.no_grad():
+        changed = model(**other).logits
+    first_clip_end = (inputs["input_ids"][0] == model.config.audio_token_id).nonzero()[per_window[0] - 1].item()
+    assert torch.allclose(changed[0, : first_clip_end + 1], out.logits[0, : first_clip_end + 1])
+    assert not torch.allclose(changed[0, -1], out.logits[0, -1])
+
+
+def test_placeholder_feature_mismatch_is_a_clear_error(tiny_llasm):
+    model, processor = tiny_llasm
+    inputs = processor.apply_chat_template(audio_messages(1.0, 0))
+    audio_positions = (inputs["input_ids"][0] == model.config.audio_token_id).nonzero().flatten()
+    cut = {k: v for k, v in inputs.items()}
+    keep = torch.ones(inputs["input_ids"].shape[1], dtype=torch.bool)
+    keep[audio_positions[:3]] = False  # as if a careless truncation dropped three placeholders
+    cut["input_ids"], cut["attention_mask"] = inputs["input_ids"][:, keep], inputs["attention_mask"][:, keep]
+    with pytest.raises(ValueError, match=f"has {len(audio_positions) - 3} audio placeholder tokens but the audio gives {len(audio_positions)}"):
+        model(**cut)
+    no_audio = {k: v for k, v in inputs.items() if not k.startswith("input_features")}
+    with pytest.raises(ValueError, match="no `input_features`"):
+        model(**no_audio)
+
+
+def test_loss_uses_only_labelled_positions(tiny_llasm):
+    model, processor = tiny_llasm
+    inputs = processor.apply_chat_template(audio_messages(1.0, 0))
+    labels = inputs["input_ids"].clone()
+    labels[:, : labels.shape[1] - 5] = -100
+    out = model(**inputs, labels=labels)
+    logits = out.logits[0, :-1]
+    targets = labels[0, 1:]
+    keep = targets != -100
+    manual = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    assert keep.sum() == 5 and torch.allclose(out.loss, manual, atol=1e-6)
+    changed = labels.clone()
+    changed[0, 2] = 5  # an extra labelled position changes the loss
+    assert not torch.allclose(model(**inputs, labels=changed).loss, out.loss)
+
+
+def test_frozen_encoder_gets_no_gradients(tiny_llasm):
+    model, processor = tiny_llasm
+    model.train()
+    model.audio_tower.requires_grad_(False)
+    model.language_model.requires_grad_(False)
+    inputs = processor.apply_chat_template(audio_messages(1.0, 0))
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    for name, parameter in model.named_parameters():
+        if name.startswith("multi_modal_projector"):
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        else:
+            assert parameter.grad is None, name
+
+
+def test_sdpa_eager_and_gradient_checkpointing_agree(tmp_path):
+    model, processor = build_tiny_llasm()
+    inputs = processor.apply_chat_template([audio_messages(0.9, 0), audio_messages(1.7, 1)])
+    model.save_pretrained(tmp_path)
+    eager = LlasmForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager", dtype=torch.float32)
+    sdpa = LlasmForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa", dtype=torch.float32)
+    assert sdpa.language_model.config._attn_implementation == "sdpa"
+    assert sdpa.audio_tower.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        mask = inputs["attention_mask"].bool()
+        assert torch.allclose(eager(**inputs).logits[mask], sdpa(**inputs).logits[mask], atol=1e-5)
+
+    def grads(m):
+        m.zero_grad()
+        m(**inputs, labels=inputs["input_ids"]).loss.backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    sdpa.train()
+    plain = grads(sdpa)
+    sdpa.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert sdpa.language_model.model.gradient_checkpointing
+    checkpointed = grads(sdpa)
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
+
+
+def test_tied_word_embeddings_survive_save_and_load(tmp_path):
+    model, processor = build_tiny_llasm(seed=1, tie_word_embeddings=True)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
+    assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
+    inputs = processor.apply_chat_template(audio_messages(1.2, 0))
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)

@@ -1,0 +1,105 @@
+import math
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from transformers import WhisperFeatureExtractor
+
+from modeling_llasm import LlasmProcessor, load_audio
+from tiny_llasm import tiny_tokenizer, tone
+
+
+def test_load_audio_from_wav_path_stereo_and_other_rate(tmp_path):
+    stereo = np.stack([tone(0.5, 44100), -tone(0.5, 44100, freq=220.0)], axis=1)
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, stereo, 44100)
+    samples = load_audio(path)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(len(samples) - 8000) <= 2  # 0.5 s at 16 kHz
+
+
+def test_load_audio_int16_torch_and_bytes(tmp_path):
+    pcm = (tone(0.25) * 32767).astype(np.int16)
+    from_int = load_audio(pcm, sampling_rate=16000)
+    assert np.abs(from_int).max() <= 1.0 and np.allclose(from_int, pcm / 32768.0, atol=1e-6)
+    from_torch = load_audio(torch.from_numpy(tone(0.25)), sampling_rate=16000)
+    assert np.allclose(from_torch, tone(0.25))
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, tone(0.25), 16000, subtype="FLOAT")
+    assert np.allclose(load_audio(path.read_bytes()), tone(0.25), atol=1e-6)
+    channels_first = np.stack([tone(0.25), tone(0.25)])
+    assert np.allclose(load_audio(channels_first, sampling_rate=16000), tone(0.25))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.array([0.1, np.nan, 0.2] * 100, dtype=np.float32), "NaN"),
+        ("/no/such/file.wav", "not found"),
+        (np.zeros((2, 2, 2), dtype=np.float32), "1-D or 2-D"),
+    ],
+)
+def test_bad_audio_is_a_clear_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        load_audio(bad)
+
+
+def real_size_processor(stack_factor: int = 8) -> LlasmProcessor:
+    return LlasmProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tiny_tokenizer(), stack_factor=stack_factor)
+
+
+def test_70_second_clip_gives_three_windows_and_all_their_tokens():
+    processor = real_size_processor(stack_factor=8)
+    inputs = processor(text="<|audio|>", audio=tone(70.0))
+    # 70 s -> windows of 30 s, 30 s, 10 s -> 3000, 3000, 1000 mel frames, nothing cut
+    assert inputs["input_features"].shape == (3, 80, 3000)
+    assert inputs["input_features_mask"].sum(-1).tolist() == [3000, 3000, 1000]
+    expected_tokens = 2 * math.ceil(1500 / 8) + math.ceil(500 / 8)
+    assert (inputs["input_ids"] == processor.audio_token_id).sum().item() == expected_tokens
+
+
+def test_features_of_a_clip_do_not_depend_on_batch_neighbours():
+    processor = real_size_processor()
+    alone = processor(text="<|audio|>", audio=tone(2.0, seed=1))
+    batch = processor(text=["<|audio|>", "<|audio|>"], audio=[tone(2.0, seed=1), tone(5.0, seed=2)])
+    assert batch["input_features"].shape[-1] == 500  # padded to the longest clip (5 s), not to 30 s
+    assert torch.equal(batch["input_features"][0, :, :200], alone["input_features"][0])
+    assert batch["input_features_mask"][0].sum() == 200
+    assert torch.all(batch["input_features"][0, :, 200:] == 0)
+
+
+def test_placeholder_and_clip_count_mismatch_is_a_clear_error():
+    processor = real_size_processor()
+    with pytest.raises(ValueError, match=r"Found 2 '<\|audio\|>' placeholder\(s\).*but 1 audio clip"):
+        processor(text="<|audio|> and <|audio|>", audio=tone(1.0))
+    with pytest.raises(ValueError, match="Audio clip 1: Audio clip is empty"):
+        processor(text=["<|audio|>", "<|audio|>"], audio=[tone(1.0), np.zeros(0, dtype=np.float32)])
+
+
+def test_text_is_left_padded_for_generation():
+    processor = real_size_processor()
+    inputs = processor(text=["hello world", "hello"])
+    assert inputs["attention_mask"][1, 0] == 0 and inputs["attention_mask"][1, -1] == 1
+
+
+def test_chat_template_expands_audio_items_in_order(tmp_path):
+    processor = real_size_processor(stack_factor=8)
+    path = tmp_path / "q.wav"
+    soundfile.write(path, tone(3.0), 16000)
+    messages = [
+        {"role": "user", "content": [{"type": "audio", "path": str(path)}, {"type": "text", "text": "transcribe"}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "audio", "array": tone(1.0, 8000), "sampling_rate": 8000}]},
+    ]
+    prompt = processor.apply_chat_template(messages, tokenize=False)
+    assert prompt.count("<|audio|>") == 2 and prompt.endswith("<|im_start|>assistant\n")
+    inputs = processor.apply_chat_template(messages)
+    assert inputs["input_features_mask"].sum(-1).tolist() == [300, 100]
+    ids = inputs["input_ids"][0].tolist()
+    first = ids.index(processor.audio_token_id)
+    assert ids[first : first + math.ceil(150 / 8)] == [processor.audio_token_id] * math.ceil(150 / 8)
+    assert (inputs["input_ids"] == processor.audio_token_id).sum() == math.ceil(150 / 8) + math.ceil(50 / 8)
+    with pytest.raises(ValueError, match="remote audio URLs"):
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "audio", "url": "https://x/y.wav"}]}])
