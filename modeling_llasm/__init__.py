@@ -6,9 +6,11 @@ Importing the package registers the classes with the transformers Auto classes, 
 
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_llasm import LlasmConfig, audio_token_count
 from .modeling_llasm import LlasmForConditionalGeneration, LlasmPreTrainedModel
+from .pipeline_llasm import LlasmChatPipeline
 from .processing_llasm import LlasmProcessor, load_audio
 
 
@@ -20,6 +22,9 @@ def _register() -> None:
     for auto_class in auto_model_classes:
         auto_class.register(LlasmConfig, LlasmForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(LlasmConfig, LlasmProcessor, exist_ok=True)
+    PIPELINE_REGISTRY.register_pipeline(
+        "llasm-chat", pipeline_class=LlasmChatPipeline, pt_model=LlasmForConditionalGeneration, type="multimodal"
+    )
     # Saved checkpoints carry the code + auto_map, so they also load with trust_remote_code=True.
     LlasmConfig.register_for_auto_class()
     LlasmForConditionalGeneration.register_for_auto_class("AutoModel")
@@ -29,6 +34,7 @@ def _register() -> None:
 _register()
 
 __all__ = [
+    "LlasmChatPipeline",
     "LlasmConfig",
     "LlasmForConditionalGeneration",
     "LlasmPreTrainedModel",

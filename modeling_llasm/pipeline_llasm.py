@@ -1,0 +1,128 @@
+"""`pipeline("llasm-chat")`: speech (and text) in, the assistant's answer out."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Pipeline, TextIteratorStreamer
+
+
+AUDIO_TYPES = (str, os.PathLike, bytes, np.ndarray, torch.Tensor)
+
+
+class LlasmChatPipeline(Pipeline):
+    r"""
+    Chat with a LLaSM model. Inputs:
+
+    - an audio clip (file path, bytes, numpy/torch array, or `{"array", "sampling_rate"}` dict), with an optional
+      `text=` that follows the audio in the same user turn (e.g. an instruction);
+    - a dict `{"audio": ..., "text": ...}` (either key optional);
+    - a chat: a list of messages whose content items are `{"type": "audio", ...}` / `{"type": "text", ...}`.
+
+    Generation parameters (`max_new_tokens`, `do_sample`, `streamer`, ...) pass through to `generate()`.
+    With `stream=True` the call returns an iterator of text pieces as they are generated.
+
+    Returns `{"generated_text": answer, "conversation": messages + [assistant turn]}`.
+
+    Example:
+
+    ```python
+    >>> import modeling_llasm
+    >>> from transformers import pipeline
+    >>> chat = pipeline("llasm-chat", model="~/.cache/llasm/llasm-tiny-base")
+    >>> chat("question.wav", max_new_tokens=64)["generated_text"]
+    >>> for piece in chat({"text": "What is the capital of France?"}, stream=True):
+    ...     print(piece, end="")
+    ```
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    _pipeline_calls_generate = True
+
+    def _sanitize_parameters(self, text: str | None = None, system_prompt: str | None = None, stream: bool | None = None, **generate_kwargs):
+        preprocess_params = {}
+        if text is not None:
+            preprocess_params["text"] = text
+        if system_prompt is not None:
+            preprocess_params["system_prompt"] = system_prompt
+        return preprocess_params, {"generate_kwargs": generate_kwargs}, {}
+
+    def __call__(self, inputs: Any = None, stream: bool = False, **kwargs):
+        if not stream:
+            return super().__call__(inputs, **kwargs)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                Pipeline.__call__(self, inputs, **kwargs, streamer=streamer)
+            except BaseException as error:  # surface it in the caller's thread, after ending the stream
+                failure.append(error)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        return _joining(streamer, worker, failure)
+
+    def preprocess(self, inputs: Any, text: str | None = None, system_prompt: str | None = None) -> dict:
+        messages = self.to_messages(inputs, text, system_prompt)
+        return {"model_inputs": dict(self.processor.apply_chat_template(messages, add_generation_prompt=True)), "messages": messages}
+
+    @staticmethod
+    def to_messages(inputs: Any, text: str | None = None, system_prompt: str | None = None) -> list[dict]:
+        """Normalise the accepted input forms to a chat message list."""
+        if hasattr(inputs, "messages"):  # transformers wraps message lists in a `Chat`
+            inputs = inputs.messages
+        if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) and "role" in inputs[0]:
+            messages = list(inputs)
+            if text is not None:
+                messages.append({"role": "user", "content": [{"type": "text", "text": text}]})
+        else:
+            if isinstance(inputs, dict) and ("audio" in inputs or "text" in inputs) and "array" not in inputs:
+                audio, text = inputs.get("audio"), inputs.get("text", text)
+            elif inputs is None or isinstance(inputs, (AUDIO_TYPES, dict)):
+                audio = inputs
+            else:
+                raise ValueError(
+                    f"llasm-chat takes audio (path, bytes, array, dict), {{'audio', 'text'}} or a message list; got {type(inputs).__name__}."
+                )
+            content = []
+            if audio is not None:
+                content.append({"type": "audio", "audio": audio} if not isinstance(audio, dict) else {"type": "audio", **audio})
+            if text is not None:
+                content.append({"type": "text", "text": text})
+            if not content:
+                raise ValueError("llasm-chat needs audio, text, or both.")
+            messages = [{"role": "user", "content": content}]
+        if system_prompt is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system_prompt}, *messages]
+        return messages
+
+    def _forward(self, model_inputs: dict, generate_kwargs: dict | None = None) -> dict:
+        inputs = model_inputs["model_inputs"]
+        generate_kwargs = self._prepare_generate_kwargs(dict(generate_kwargs or {}))
+        sequences = self.model.generate(**inputs, **generate_kwargs)
+        return {"new_tokens": sequences[:, inputs["input_ids"].shape[1] :], "messages": model_inputs["messages"]}
+
+    def postprocess(self, model_outputs: dict) -> dict:
+        answer = self.processor.decode(model_outputs["new_tokens"][0], skip_special_tokens=True).strip()
+        conversation = [*model_outputs["messages"], {"role": "assistant", "content": answer}]
+        return {"generated_text": answer, "conversation": conversation}
+
+
+def _joining(streamer: TextIteratorStreamer, worker: threading.Thread, failure: list[BaseException]) -> Iterator[str]:
+    yield from streamer
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+__all__ = ["LlasmChatPipeline"]
