@@ -7,7 +7,10 @@ import importlib
 import sys
 
 # name -> (module under modeling_llasm.cli, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build-base": ("build_base", "build the embedded default model (Whisper tiny.en + SmolLM2-135M) offline"),
+    "chat": ("chat", "ask a model a spoken and/or typed question, once or interactively"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,103 @@
+"""`llasm chat`: ask a LLaSM model a spoken (and/or typed) question, once or interactively."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+HELP_INTERACTIVE = """Interactive chat. Type a message, or:
+  /audio PATH [text]   send an audio file (optionally followed by text in the same turn)
+  /reset               forget the conversation
+  /quit                leave"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None, help="model directory (default: the embedded llasm-tiny-base, built if missing)")
+    parser.add_argument("--audio", action="append", default=[], help="audio file for the question (repeatable)")
+    parser.add_argument("--text", default=None, help="text in the same user turn, after the audio")
+    parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--interactive", "-i", action="store_true", help="keep chatting (see /help inside)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
+    parser.add_argument("--device", default="cpu")
+
+
+def load_chat_pipeline(model: str | None, device: str = "cpu"):
+    import modeling_llasm  # noqa: F401  (registers the llasm-chat task)
+    from transformers import pipeline
+
+    from modeling_llasm.conversion.build_base import build_base, default_base_dir, is_built
+
+    if model is None:
+        model = str(default_base_dir())
+        if not is_built(model):
+            build_base(model, log=lambda line: print(line, file=sys.stderr))
+    return pipeline("llasm-chat", model=model, device=device, dtype="float32")
+
+
+def user_turn(audio_paths: list[str], text: str | None) -> dict:
+    content = []
+    for path in audio_paths:
+        if not Path(path).is_file():
+            raise SystemExit(f"llasm chat: audio file not found: {path}")
+        content.append({"type": "audio", "path": path})
+    if text:
+        content.append({"type": "text", "text": text})
+    return {"role": "user", "content": content}
+
+
+def answer(chat, messages: list[dict], args: argparse.Namespace) -> str:
+    generation = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0}
+    if args.temperature > 0:
+        generation["temperature"] = args.temperature
+    pieces = []
+    for piece in chat(messages, stream=True, **generation):
+        print(piece, end="", flush=True)
+        pieces.append(piece)
+    print()
+    return "".join(pieces).strip()
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.interactive and not args.audio and not args.text:
+        raise SystemExit("llasm chat: give --audio and/or --text, or --interactive.")
+    chat = load_chat_pipeline(args.model, args.device)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    if args.audio or args.text:
+        messages.append(user_turn(args.audio, args.text))
+        messages.append({"role": "assistant", "content": answer(chat, messages, args)})
+    if not args.interactive:
+        return 0
+    print(HELP_INTERACTIVE, file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return 0
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/help":
+            print(HELP_INTERACTIVE, file=sys.stderr)
+            continue
+        if line == "/reset":
+            messages = list(system)
+            continue
+        if line.startswith("/audio"):
+            words = shlex.split(line)
+            if len(words) < 2:
+                print("usage: /audio PATH [text]", file=sys.stderr)
+                continue
+            if not Path(words[1]).is_file():
+                print(f"audio file not found: {words[1]}", file=sys.stderr)
+                continue
+            turn = user_turn([words[1]], " ".join(words[2:]) or None)
+        else:
+            turn = {"role": "user", "content": line}
+        messages.append(turn)
+        print("llasm> ", end="", flush=True)
+        messages.append({"role": "assistant", "content": answer(chat, messages, args)})
