@@ -23,7 +23,7 @@ def _register() -> None:
         auto_class.register(LlasmConfig, LlasmForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(LlasmConfig, LlasmProcessor, exist_ok=True)
     PIPELINE_REGISTRY.register_pipeline(
-        "llasm-chat", pipeline_class=LlasmChatPipeline, pt_model=LlasmForConditionalGeneration, type="multimodal"
+        "llasm-chat", pipeline_class=LlasmChatPipeline, pt_model=AutoModelForCausalLM, type="multimodal"
     )
     # Saved checkpoints carry the code + auto_map, so they also load with trust_remote_code=True.
     LlasmConfig.register_for_auto_class()

@@ -72,6 +72,13 @@ class LlasmChatPipeline(Pipeline):
         worker.start()
         return _joining(streamer, worker, failure)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Save model, processor and this pipeline's code with a `custom_pipelines` entry (hub-ready)."""
+        # `pipeline(..., dtype=...)` forwards dtype to the tokenizer, whose config then can't be written as JSON.
+        self.processor.tokenizer.init_kwargs.pop("dtype", None)
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+
     def preprocess(self, inputs: Any, text: str | None = None, system_prompt: str | None = None) -> dict:
         messages = self.to_messages(inputs, text, system_prompt)
         return {"model_inputs": dict(self.processor.apply_chat_template(messages, add_generation_prompt=True)), "messages": messages}
