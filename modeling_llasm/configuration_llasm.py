@@ -9,7 +9,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 
 # Adaptor types and how many LLM tokens each produces for one audio window.
-ADAPTOR_TYPES = ("stack_mlp", "linear")
+ADAPTOR_TYPES = ("stack_mlp", "linear", "whisper_resampler")
 
 
 def encoder_frame_count(num_mel_frames: int) -> int:
@@ -27,6 +27,8 @@ def audio_token_count(num_mel_frames: int, adaptor_type: str, stack_factor: int,
         raise ValueError(f"An audio window needs at least one mel frame, got {num_mel_frames}.")
     if adaptor_type in ("stack_mlp", "linear"):
         return math.ceil(encoder_frame_count(num_mel_frames) / stack_factor)
+    if adaptor_type == "whisper_resampler":  # the original LLaSM adaptor: a fixed number of decoder queries
+        return num_queries
     raise ValueError(f"Unknown adaptor_type {adaptor_type!r}; expected one of {ADAPTOR_TYPES}.")
 
 
@@ -35,14 +37,18 @@ class LlasmConfig(PreTrainedConfig):
     Configuration of a [`LlasmForConditionalGeneration`]: Whisper encoder -> modal adaptor -> causal LM.
 
     Args:
-        audio_config (`WhisperConfig` or `dict`): the speech encoder (only the Whisper encoder part is used).
+        audio_config (`WhisperConfig` or `dict`): the speech encoder (the Whisper encoder; the `"whisper_resampler"`
+            adaptor also builds the Whisper decoder from it).
         text_config (`PreTrainedConfig` or `dict`): any decoder-only causal-LM config known to `AutoConfig`.
         adaptor_type (`str`, defaults to `"stack_mlp"`): `"stack_mlp"` stacks `stack_factor` consecutive encoder
-            frames and maps them through a 2-layer MLP; `"linear"` stacks and applies a single linear layer.
+            frames and maps them through a 2-layer MLP; `"linear"` stacks and applies a single linear layer;
+            `"whisper_resampler"` is the original LLaSM adaptor: the Whisper decoder run on `num_queries` copies
+            of `audio_config.decoder_start_token_id`, cross-attending to the window, then one linear layer.
         stack_factor (`int`, defaults to 8): encoder frames (50 per second) per audio token.
         adaptor_hidden_size (`int`, *optional*): inner width of the MLP; defaults to the LLM hidden size.
         adaptor_hidden_act (`str`, defaults to `"gelu"`): MLP activation.
-        num_queries (`int`, defaults to 64): audio tokens per window for query-based adaptors.
+        num_queries (`int`, defaults to 64): audio tokens per window for query-based adaptors
+            (`"whisper_resampler"`; at most `audio_config.max_target_positions`).
         audio_token (`str`), audio_token_id (`int`): the placeholder the processor expands, one per audio token.
 
     Example:

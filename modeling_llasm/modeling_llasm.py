@@ -18,7 +18,7 @@ from transformers import (
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, ModelOutput
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 
 from .configuration_llasm import LlasmConfig
 from .processing_llasm import LlasmProcessor
@@ -113,11 +113,74 @@ class LlasmLinearAdaptor(nn.Module):
         return self.linear(stack_frames(encoder_hidden_states, self.stack_factor))
 
 
+class LlasmWhisperResamplerAdaptor(nn.Module):
+    """The original LLaSM adaptor: the Whisper *decoder* used as a `num_queries`-query resampler, then one linear.
+
+    Every window is read by `num_queries` identical queries, the decoder start token
+    (`audio_config.decoder_start_token_id`, `<|startoftranscript|>` = 50258 for multilingual Whisper), that differ
+    only by their learned positions 0..N-1 and causal self-attention, and that cross-attend to the window's encoder
+    frames. The decoder's final-LayerNorm output `(N, d_model)` goes through `linear` (`d_model -> LLM hidden`,
+    with bias), so every window gives exactly `num_queries` audio tokens.
+
+    `encoder_frame_mask` is the cross-attention mask, so unpadded (shorter) windows work; with the processor's
+    `pad_to_window=True` every window is the full 30 s and this is exactly the original computation
+    (`WhisperModel(input_features, decoder_input_ids=[start] * 64).last_hidden_state` -> `mm_projector`).
+
+    Training note: in the original LLaSM the Whisper decoder was *frozen* in both stages (only `linear` and the
+    LLM were trained). Here it belongs to the adaptor (`multi_modal_projector.decoder`), so to reproduce the
+    original stages freeze `model.multi_modal_projector.decoder` and train `model.multi_modal_projector.linear`.
+    Self-attention uses an explicit causal mask: use the `eager` or `sdpa` attention implementation.
+    """
+
+    def __init__(self, config: LlasmConfig):
+        super().__init__()
+        audio_config = config.audio_config
+        if audio_config.decoder_start_token_id is None:
+            raise ValueError("The whisper_resampler adaptor needs audio_config.decoder_start_token_id (the query token).")
+        if config.num_queries > audio_config.max_target_positions:
+            raise ValueError(
+                f"num_queries={config.num_queries} exceeds the Whisper decoder's "
+                f"max_target_positions={audio_config.max_target_positions}."
+            )
+        self.num_queries = config.num_queries
+        self.query_token_id = audio_config.decoder_start_token_id
+        self.decoder = WhisperDecoder(audio_config)
+        self.linear = nn.Linear(audio_config.d_model, config.text_config.hidden_size)
+
+    def forward(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> torch.Tensor:
+        decoder = self.decoder
+        windows, frames = encoder_hidden_states.shape[:2]
+        dtype, device = decoder.layer_norm.weight.dtype, encoder_hidden_states.device
+        encoder_hidden_states = encoder_hidden_states.to(dtype)
+        # Same as WhisperDecoder.forward (which takes no cross-attention mask): token embeddings + positions.
+        query_ids = torch.full((1, self.num_queries), self.query_token_id, dtype=torch.long, device=device)
+        hidden = decoder.embed_tokens(query_ids) + decoder.embed_positions.weight[: self.num_queries].to(device)
+        hidden = nn.functional.dropout(hidden, p=decoder.dropout, training=self.training)
+        hidden = hidden.expand(windows, -1, -1)
+
+        minimum = torch.finfo(dtype).min
+        future = torch.ones(self.num_queries, self.num_queries, dtype=torch.bool, device=device).triu(1)
+        causal_mask = torch.zeros(future.shape, dtype=dtype, device=device).masked_fill(future, minimum)
+        causal_mask = causal_mask[None, None].expand(windows, 1, -1, -1)
+        cross_mask = None
+        if encoder_frame_mask is not None and not bool(encoder_frame_mask.all()):
+            padding = ~encoder_frame_mask.to(device=device, dtype=torch.bool)
+            cross_mask = torch.zeros(padding.shape, dtype=dtype, device=device).masked_fill(padding, minimum)
+            cross_mask = cross_mask[:, None, None, :].expand(windows, 1, self.num_queries, frames)
+
+        for layer in decoder.layers:
+            if self.training and decoder.layerdrop > 0.0 and torch.rand([]) < decoder.layerdrop:
+                continue
+            hidden = layer(hidden, causal_mask, encoder_hidden_states, encoder_attention_mask=cross_mask, use_cache=False)
+        return self.linear(decoder.layer_norm(hidden))
+
+
 # adaptor_type -> module. An adaptor maps (windows, frames, d_model) encoder states + frame mask to
 # (windows, tokens, hidden); the first `config.num_audio_tokens(mel_frames)` tokens of each window are used.
 LLASM_ADAPTORS: dict[str, type[nn.Module]] = {
     "stack_mlp": LlasmStackMlpAdaptor,
     "linear": LlasmLinearAdaptor,
+    "whisper_resampler": LlasmWhisperResamplerAdaptor,
 }
 
 
@@ -166,7 +229,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         self.audio_tower = LlasmAudioEncoder(config.audio_config)
         self.multi_modal_projector = LLASM_ADAPTORS[config.adaptor_type](config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self._no_split_modules = ["WhisperEncoderLayer", *(self.language_model._no_split_modules or [])]
+        self._no_split_modules = ["WhisperEncoderLayer", "WhisperDecoderLayer", *(self.language_model._no_split_modules or [])]
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -285,6 +348,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
 
         whisper_model = WhisperModel.from_pretrained(whisper, dtype=dtype)
         encoder_state = whisper_model.encoder.state_dict()
+        decoder_state = whisper_model.decoder.state_dict() if adaptor_type == "whisper_resampler" else None
         whisper_config: WhisperConfig = whisper_model.config
         del whisper_model
         llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
@@ -308,6 +372,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         model.audio_tower = LlasmAudioEncoder(whisper_config).to(dtype)
         model.audio_tower.load_state_dict(encoder_state)
         model.multi_modal_projector = LLASM_ADAPTORS[adaptor_type](config).to(dtype)
+        if decoder_state is not None:  # the resampler's queries run through the pretrained Whisper decoder
+            model.multi_modal_projector.decoder.load_state_dict(decoder_state)
         model.language_model = llm
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         model.generation_config = llm.generation_config
