@@ -244,12 +244,24 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_output_embeddings(value)
 
-    def get_audio_features(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_audio_features(
+        self,
+        input_features: torch.Tensor | None,
+        input_features_mask: torch.Tensor | None = None,
+        audio_encoder_hidden_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Encode audio windows `(windows, n_mels, frames)` and return the valid audio tokens of all windows,
-        concatenated in window order: `(total_audio_tokens, hidden)`."""
-        if input_features_mask is None:
-            input_features_mask = torch.ones(input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device)
-        encoded = self.audio_tower(input_features, attention_mask=input_features_mask).last_hidden_state
+        concatenated in window order: `(total_audio_tokens, hidden)`. `audio_encoder_hidden_states`
+        `(windows, ceil(frames / 2), d_model)`: precomputed `audio_tower` outputs (a frozen-encoder cache) used
+        instead of running the encoder; `input_features_mask` is then required."""
+        if audio_encoder_hidden_states is not None:
+            if input_features_mask is None:
+                raise ValueError("`audio_encoder_hidden_states` need `input_features_mask` (mel frames per window).")
+            encoded = audio_encoder_hidden_states.to(self.audio_tower.layer_norm.weight.dtype)
+        else:
+            if input_features_mask is None:
+                input_features_mask = torch.ones(input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device)
+            encoded = self.audio_tower(input_features, attention_mask=input_features_mask).last_hidden_state
         frame_mask = input_features_mask[:, ::2].bool()
         tokens = self.multi_modal_projector(encoded, frame_mask)
         counts = [self.config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
@@ -278,12 +290,15 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        audio_encoder_hidden_states: torch.FloatTensor | None = None,
         **kwargs,
     ) -> LlasmCausalLMOutputWithPast:
         r"""
         input_features (`torch.FloatTensor` of shape `(windows, n_mels, frames)`): log-mel windows from the processor.
         input_features_mask (`torch.LongTensor` of shape `(windows, frames)`): 1 for real frames, 0 for padding.
         labels (`torch.LongTensor`, *optional*): next-token targets aligned with `input_ids`; -100 is ignored.
+        audio_encoder_hidden_states (`torch.FloatTensor`, *optional*): cached `audio_tower` outputs used instead of
+            `input_features` (see `get_audio_features`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -291,8 +306,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         audio_features = None
-        if input_features is not None:
-            audio_features = self.get_audio_features(input_features, input_features_mask)
+        if input_features is not None or audio_encoder_hidden_states is not None:
+            audio_features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features)
             inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features.to(inputs_embeds.dtype))
         elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
