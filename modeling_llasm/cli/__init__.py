@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-base": ("build_base", "build the embedded default model (Whisper tiny.en + SmolLM2-135M) offline"),
     "chat": ("chat", "ask a model a spoken and/or typed question, once or interactively"),
+    "convert-original": ("convert_original", "convert an original LinkSoul-AI LLaSM checkpoint (Cllama2/Baichuan) offline"),
 }
 
 
