@@ -270,10 +270,16 @@ def load_original_tokenizer(src: Path, variant: str, vocab_size: int):
                 f"{src} has a sentencepiece tokenizer.model; reading it needs the Python packages "
                 f"{', '.join('protobuf' if m == 'google.protobuf' else m for m in missing)} (pip install sentencepiece protobuf)."
             )
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns about the unknown "llaaa" type
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
     except Exception as error:
         raise OriginalCheckpointError(f"Could not load the tokenizer of {src}: {error}") from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
     spec = VARIANTS[variant]
     if isinstance(tokenizer, LlamaTokenizer):
         tokenizer = _legacy_llama_fast_pipeline(tokenizer)
