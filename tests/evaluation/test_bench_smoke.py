@@ -1,0 +1,71 @@
+"""`llasm bench --smoke`: the benchmark machinery end to end on tiny random models."""
+
+import json
+
+import pytest
+
+from modeling_llasm.evaluation.bench import GOALS, BenchSettings, check_goals, goal_line, run_benchmark
+
+
+def test_bench_smoke_writes_table_json_and_plots(tmp_path):
+    settings = BenchSettings(
+        output_dir=tmp_path / "out", smoke=True, repeats=1, warmup=0, threads=2, decode_tokens=4, batch_new_tokens=3,
+        stage1_steps=1, stage1_batch=2, sections=("ttft", "decode", "batch", "stage1"), log=lambda line: None,
+    )  # fmt: skip
+    results = run_benchmark(settings)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["machine"]["torch_threads"] == 2 and saved["machine"]["cpu_model"]
+    assert set(saved["ttft"]["median"]) == {"llasm", "original", "cascade"}
+    for method in ("llasm", "original", "cascade"):
+        assert set(saved["ttft"]["median"][method]) == {"2.0", "5.0", "20.0"}
+        assert all(v["total"] > 0 for v in saved["ttft"]["median"][method].values())
+    # The original method always gives 64 audio tokens per (padded) window; ours grows with the clip.
+    assert saved["ttft"]["median"]["original"]["5.0"]["prompt_tokens"] > saved["ttft"]["median"]["llasm"]["5.0"]["prompt_tokens"]
+    assert saved["decode"]["tokens_per_second"]["llasm"] > 0 and saved["decode"]["new_tokens"] == 4
+    assert saved["batch"]["outputs_total"] == 8 and len(saved["batch"]["clip_seconds"]) == 8
+    assert saved["stage1"]["samples_per_second"]["cached"] > 0
+    assert {g["key"] for g in saved["goals"]} == set(GOALS)
+    table = (tmp_path / "out" / "results.md").read_text()
+    for heading in ("## Goals", "## Time to first token", "## Decode speed", "## Batch of 8", "## Stage-1 training", "SMOKE RUN"):
+        assert heading in table
+    if any(not g["met"] for g in saved["goals"]):  # tiny random models miss some goals: profiles explain why
+        assert "## Profiles of missed goals" in table and "Self CPU" in table
+    for plot in ("ttft.png", "decode.png", "batch.png", "stage1.png"):
+        assert (tmp_path / "out" / plot).stat().st_size > 1000
+    assert results["plots"]
+
+
+def test_goal_arithmetic():
+    results = {
+        "ttft": {"median": {m: {"5.0": {"total": t}} for m, t in (("llasm", 0.2), ("original", 1.0), ("cascade", 0.3))}},
+        "decode": {"ratio": 0.99}, "batch": {"speedup": 2.0}, "stage1": {"speedup": 3.0},
+    }  # fmt: skip
+    goals = {g["key"]: g for g in check_goals(results)}
+    assert goals["ttft_vs_original"]["met"] and goals["ttft_vs_original"]["value"] == pytest.approx(0.2)
+    assert goals["ttft_vs_original"]["margin"] == pytest.approx(0.2)  # 0.2 vs target 0.25: 20 % inside
+    assert not goals["ttft_vs_cascade"]["met"] and goals["ttft_vs_cascade"]["margin"] == pytest.approx(-(0.2 / 0.3 - 0.5) / 0.5)
+    assert goals["decode_vs_bare"]["met"]
+    assert not goals["batch_speedup"]["met"] and goal_line(goals["batch_speedup"]).startswith("MISSED")
+    assert "20 % outside" in goal_line(goals["batch_speedup"])
+    assert goals["stage1_cache_speedup"]["met"]
+
+
+def test_memory_probe_qlora_on_tiny_model(tmp_path):
+    import subprocess
+    import sys
+
+    from modeling_llasm import LlasmForConditionalGeneration
+    from modeling_llasm.evaluation.tiny import build_tiny_components
+
+    whisper_dir, llm_dir = build_tiny_components(tmp_path)
+    model, processor = LlasmForConditionalGeneration.from_pretrained_components(whisper_dir, llm_dir)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    proc = subprocess.run(
+        [sys.executable, "-m", "modeling_llasm.evaluation.memory_probe", str(tmp_path / "model"), "--mode", "qlora", "--threads", "1", "--seconds", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["linear4bit_modules"] > 0 and result["trainable_parameters"] > 0
+    assert result["peak_rss_mib"] >= result["after_load_rss_mib"] >= result["baseline_rss_mib"] > 0

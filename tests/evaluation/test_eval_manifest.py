@@ -1,0 +1,129 @@
+"""`evaluate_model` / `llasm eval` on the tiny model with a tiny manifest and a stub cascade ASR."""
+
+import json
+
+import jiwer
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from modeling_llasm.evaluation import classify_record, evaluate_model, format_results, rouge_l
+from modeling_llasm.evaluation.tasks import ASR, SPOKEN
+from tiny_llasm import tone
+
+# Clip length (samples) -> what the stub "Whisper" hears. ASR references: "the quick brown fox" (4 words) and
+# "hello world" (2 words); the stub makes 1 substitution and 1 deletion -> cascade WER = 2 / 6.
+STUB_TRANSCRIPTS = {8000: "the quick brown box", 11200: "hello", 14400: "what is the capital of france"}
+
+
+def stub_asr(clips):
+    return [STUB_TRANSCRIPTS[len(clip)] for clip in clips]
+
+
+def user(*parts):
+    return {"role": "user", "content": list(parts)}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def audio(path, transcript):
+    return {"type": "audio", "path": path, "transcript": transcript}
+
+
+def text(value):
+    return {"type": "text", "text": value}
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    for name, seconds, freq in (("a.wav", 0.5, 300.0), ("b.wav", 0.7, 500.0), ("c.wav", 0.9, 700.0)):
+        soundfile.write(tmp_path / name, tone(seconds, freq=freq), 16000)
+    records = [
+        {"id": "asr-1", "language": "en", "task": "asr",
+         "messages": [user(text("Transcribe the speech."), audio("a.wav", "the quick brown fox")), assistant("the quick brown fox")]},
+        {"id": "asr-2", "language": "en",  # no task field: found by its instruction
+         "messages": [user(audio("b.wav", "Hello, world!"), text("Please transcribe this recording.")), assistant("Hello, world!")]},
+        {"id": "spoken-1", "language": "en", "task": "spoken_question",
+         "messages": [user(audio("c.wav", "what is the capital of france"))]},
+        {"id": "text-only", "language": "en", "messages": [user(text("hello")), assistant("hi")]},
+    ]  # fmt: skip
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_eval_fields_and_wer_arithmetic(tiny_llasm, manifest, tmp_path):
+    model, processor = tiny_llasm
+    out = tmp_path / "results.json"
+    results = evaluate_model(model, manifest, processor=processor, asr=stub_asr, max_new_tokens=6, batch_size=2, output=out)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results["counts"] == {"asr": 2, "spoken_instruction": 1, "skipped": 1}
+
+    cascade = results["asr"]["cascade"]
+    assert cascade["wer"] == pytest.approx(2 / 6)
+    assert cascade["word_counts"] == {"substitutions": 1, "deletions": 1, "insertions": 0, "hits": 4, "num_reference_units": 6}
+    by_id = {s["id"]: s for s in results["samples"]}
+    assert by_id["asr-1"]["cascade_wer"] == pytest.approx(0.25) and by_id["asr-2"]["cascade_wer"] == pytest.approx(0.5)
+
+    # LLaSM's own transcripts (a random tiny model: gibberish) are scored with the same corpus arithmetic.
+    refs = ["the quick brown fox", "hello world"]
+    hyps = [by_id["asr-1"]["llasm"], by_id["asr-2"]["llasm"]]
+    norm = lambda t: " ".join("".join(c if c.isalnum() or c.isspace() else " " for c in t.lower()).split())  # noqa: E731
+    expected = jiwer.process_words(refs, [norm(h) for h in hyps])
+    assert results["asr"]["llasm"]["wer"] == pytest.approx(
+        (expected.substitutions + expected.deletions + expected.insertions) / 6
+    )
+
+    spoken = by_id["spoken-1"]
+    assert spoken["transcript"] == "what is the capital of france"
+    # The stub hears the spoken question exactly, so the cascade asks the LLM the same text as the reference.
+    assert spoken["cascade_transcript"] == spoken["transcript"]
+    assert spoken["cascade"] == spoken["reference_answer"] and spoken["cascade_rougeL"] == 1.0
+    assert results["spoken_instruction"]["cascade"]["transcript_wer"] == 0.0
+    assert 0.0 <= results["spoken_instruction"]["llasm"]["rougeL"] <= 1.0
+    assert results["spoken_instruction"]["llasm"]["rougeL"] == pytest.approx(rouge_l(spoken["reference_answer"], spoken["llasm"])["f1"])
+    table = format_results(results)
+    assert "ASR WER (n=2)" in table and "33.33 %" in table and "cascade" in table
+
+
+def test_silent_model_has_wer_one(tiny_llasm, manifest):
+    """A model whose LM head is zero always emits token 0 (<pad>, a special token): empty transcripts."""
+    model, processor = tiny_llasm
+    with torch.no_grad():
+        model.language_model.lm_head.weight.zero_()
+    results = evaluate_model(model, manifest, processor=processor, cascade=False, max_new_tokens=3)
+    assert results["cascade_asr"] is None and "cascade" not in results["asr"]
+    llasm = results["asr"]["llasm"]
+    assert llasm["wer"] == 1.0 and llasm["cer"] == 1.0
+    assert llasm["word_counts"]["deletions"] == 6 and llasm["word_counts"]["hits"] == 0
+    assert all(s["llasm"] == "" for s in results["samples"])
+
+
+def test_classify_and_rouge():
+    rec = lambda parts, task=None: {"id": "x", "messages": [user(*parts)], **({"task": task} if task else {})}  # noqa: E731
+    assert classify_record(rec([audio("a", "t"), text("Write down what is said in the audio.")])) == ASR
+    assert classify_record(rec([audio("a", "t"), text("请把这段语音转写成文字。")])) == ASR
+    assert classify_record(rec([audio("a", "t")])) == SPOKEN
+    assert classify_record(rec([audio("a", "t"), text("Answer briefly.")])) == SPOKEN
+    assert classify_record(rec([audio("a", "t")], task="asr")) == ASR
+    assert classify_record(rec([text("no audio")])) is None
+    assert rouge_l("The cat sat on the mat.", "the cat sat on the mat")["f1"] == 1.0
+    assert rouge_l("a b c d", "a c")["f1"] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert rouge_l("北京是首都", "北京是中国首都")["recall"] == 1.0  # CJK characters are tokens
+    assert rouge_l("", "") == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+
+
+def test_cli_eval_writes_json(tiny_llasm, manifest, tmp_path, capsys):
+    from modeling_llasm.cli import main
+
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "cli.json"
+    assert main(["eval", str(tmp_path / "ckpt"), "--data", str(manifest), "--no-cascade", "--max-new-tokens", "4", "-o", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["counts"]["asr"] == 2 and "wer" in results["asr"]["llasm"]
+    assert "ASR WER (n=2)" in capsys.readouterr().out
