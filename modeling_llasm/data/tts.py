@@ -1,0 +1,478 @@
+"""Offline text-to-speech engines behind one small interface.
+
+Every engine returns float32 mono audio at 16 kHz (the rate Whisper expects). Engines shipped here:
+
+- `EspeakNGEngine` ("espeak-ng"): the `espeak-ng` binary (Debian `apt-get install espeak-ng`), or, when the
+  binary is absent, the shared library bundled by the PyPI wheel `espeakng-loader` (called through ctypes).
+  English (8 accents x 12 voice variants) and Mandarin (`cmn`, 12 variants). Native rate 22050 Hz.
+- `FliteEngine` ("flite"): the `flite` binary (Debian `apt-get install flite`), English voices awb, kal16,
+  rms, slt. Native rate 16 kHz.
+
+A voice is named across engines by a *voice id* `"<engine>:<voice>"`, e.g. `"espeak-ng:en-us+m3"` or
+`"flite:slt"`. The speaking `rate` is relative to the engine's default (1.0 = normal, 1.25 = 25 % faster).
+
+Adding an engine (e.g. a cloud TTS) means implementing two methods and registering a factory:
+
+```python
+class AzureTTS(TTSEngine):
+    name = "azure"
+
+    def voices(self, language):
+        return {"en": ["en-US-JennyNeural", "en-US-GuyNeural"], "zh": ["zh-CN-XiaoxiaoNeural"]}.get(language, [])
+
+    def _synthesize_native(self, text, voice, rate):
+        ssml = f'<speak ...><voice name="{voice}"><prosody rate="{rate:.2f}">{escape(text)}</prosody></voice></speak>'
+        pcm = call_the_service(ssml, output_format="riff-24khz-16bit-mono-pcm")  # bytes of a WAV file
+        audio, sr = soundfile.read(io.BytesIO(pcm), dtype="float32")
+        return audio, sr  # any rate: the base class downmixes, resamples to 16 kHz and checks the result
+
+register_engine("azure", AzureTTS)
+```
+
+`TTSEngine.synthesize` validates the text first (`check_text`) and the audio afterwards, raising
+`UnspeakableTextError` / `TTSError` with a short machine-readable `reason`; it never returns empty audio.
+"""
+
+from __future__ import annotations
+
+import abc
+import ctypes
+import io
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import unicodedata
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import soundfile as sf
+
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_RATE = 16_000
+DEFAULT_MAX_CHARS = 2000
+MIN_RATE, MAX_RATE = 0.5, 2.0
+
+
+class TTSError(RuntimeError):
+    """Synthesis failed; `reason` is a short code (e.g. "engine_error", "engine_produced_silence")."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class UnspeakableTextError(TTSError, ValueError):
+    """The text cannot be spoken (empty, only punctuation, too long...); `reason` says why."""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def check_text(text: object, *, max_chars: int = DEFAULT_MAX_CHARS) -> str | None:
+    """Return why `text` cannot be synthesized (`"empty"`, `"no_speakable_characters"`, `"too_long ..."`), or None."""
+    if not isinstance(text, str):
+        return f"not_a_string (got {type(text).__name__})"
+    stripped = text.strip()
+    if not stripped:
+        return "empty"
+    if not any(unicodedata.category(c)[0] in "LN" for c in stripped):
+        return "no_speakable_characters"
+    if len(stripped) > max_chars:
+        return f"too_long ({len(stripped)} > {max_chars} characters)"
+    return None
+
+
+def clean_text(text: str) -> str:
+    """Replace control characters (other than newline and tab) with spaces and strip surrounding whitespace."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
+    """Band-limited resampling with soxr (the resampler `transformers.audio_utils` and librosa use)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if orig_sr == target_sr:
+        return audio
+    import soxr
+
+    return soxr.resample(audio, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+def to_mono_float32(audio: np.ndarray) -> np.ndarray:
+    """Integer PCM -> [-1, 1] float32; (samples, channels) -> mono by averaging."""
+    audio = np.asarray(audio)
+    if np.issubdtype(audio.dtype, np.integer):
+        audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max + 1)
+    audio = audio.astype(np.float32, copy=False)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    elif audio.ndim != 1:
+        raise ValueError(f"expected 1-D or (samples, channels) audio, got shape {audio.shape}")
+    return audio
+
+
+class TTSEngine(abc.ABC):
+    """A text-to-speech engine. Subclasses set `name` and implement `voices` and `_synthesize_native`."""
+
+    name: ClassVar[str] = "base"
+    #: texts longer than this (after stripping) are rejected as `too_long`, never truncated
+    max_chars: int = DEFAULT_MAX_CHARS
+    #: audio shorter than this is reported as a failure rather than returned
+    min_seconds: float = 0.1
+
+    @abc.abstractmethod
+    def voices(self, language: str) -> list[str]:
+        """Voice names (without the engine prefix) for an ISO 639-1 language code ("en", "zh"); [] if none."""
+
+    @abc.abstractmethod
+    def _synthesize_native(self, text: str, voice: str, rate: float) -> tuple[np.ndarray, int]:
+        """Return (audio, sampling_rate) in the engine's native format; raise `TTSError` on failure."""
+
+    def version(self) -> str:
+        """A string identifying the engine build (recorded in dataset configs)."""
+        return "unknown"
+
+    def synthesize(self, text: str, voice: str, rate: float = 1.0) -> np.ndarray:
+        """Speak `text` with `voice` at relative speed `rate`; float32 mono audio at 16 kHz.
+
+        Raises `UnspeakableTextError` for text that cannot be spoken and `TTSError` if the engine fails or
+        produces no audible audio.
+        """
+        reason = check_text(text, max_chars=self.max_chars)
+        if reason is not None:
+            raise UnspeakableTextError(reason, repr(text)[:80])
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise ValueError(f"rate must be in [{MIN_RATE}, {MAX_RATE}], got {rate}")
+        audio, sr = self._synthesize_native(clean_text(text), voice, rate)
+        audio = resample(to_mono_float32(audio), sr)
+        if audio.size < self.min_seconds * SAMPLING_RATE:
+            raise TTSError(
+                "engine_produced_no_audio",
+                f"{self.name}:{voice} returned {audio.size / SAMPLING_RATE:.3f} s for {text[:60]!r}",
+            )
+        if not np.isfinite(audio).all() or float(np.abs(audio).max()) < 1e-3:
+            raise TTSError("engine_produced_silence", f"{self.name}:{voice} for {text[:60]!r}")
+        return np.clip(audio, -1.0, 1.0)
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """Whether the engine can run on this machine."""
+        return True
+
+
+# ---------------------------------------------------------------------------------------------- espeak-ng
+
+_ESPEAK_ENGLISH = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+_ESPEAK_MANDARIN = ("cmn",)
+_ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4")
+_ESPEAK_DEFAULT_WPM = 175
+
+
+def _espeak_installed_names(data_dir: Path) -> tuple[set[str], set[str]]:
+    """(language voice names, variant names) present in an espeak-ng data directory."""
+    languages: set[str] = set()
+    for f in (data_dir / "lang").rglob("*"):
+        if not f.is_file():
+            continue
+        languages.add(f.name.lower())
+        try:
+            for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "language":
+                    languages.add(parts[1].lower())
+        except OSError:
+            continue
+    variant_dir = data_dir / "voices" / "!v"
+    variants = {f.name for f in variant_dir.iterdir()} if variant_dir.is_dir() else set()
+    return languages, variants
+
+
+class _EspeakLibrary:
+    """libespeak-ng (from the `espeakng-loader` wheel) in synchronous mode; one per process."""
+
+    _instance: ClassVar[_EspeakLibrary | None] = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        import espeakng_loader
+
+        self.library_path = espeakng_loader.get_library_path()
+        self.data_dir = Path(espeakng_loader.get_data_path())
+        lib = ctypes.CDLL(self.library_path)
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+        ]  # fmt: skip
+        # AUDIO_OUTPUT_SYNCHRONOUS = 2, espeakINITIALIZE_DONT_EXIT = 0x8000
+        self.sampling_rate = lib.espeak_Initialize(2, 0, str(self.data_dir).encode(), 0x8000)
+        if self.sampling_rate <= 0:
+            raise TTSError("engine_error", f"espeak_Initialize failed for data dir {self.data_dir}")
+        self._chunks: list[np.ndarray] = []
+        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+        def on_audio(wav, num_samples, events):  # noqa: ARG001 - ctypes callback signature
+            if num_samples > 0:
+                self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+            return 0
+
+        self._callback = callback_type(on_audio)  # keep a reference: ctypes does not
+        lib.espeak_SetSynthCallback(self._callback)
+        self.lib = lib
+
+    @classmethod
+    def get(cls) -> _EspeakLibrary:
+        with cls._lock:
+            if cls._instance is None or cls._instance._pid != os.getpid():
+                cls._instance = cls()
+                cls._instance._pid = os.getpid()
+            return cls._instance
+
+    def synthesize(self, text: str, voice: str, wpm: int) -> np.ndarray:
+        with self._lock:
+            err = self.lib.espeak_SetVoiceByName(voice.encode())
+            if err != 0:
+                raise TTSError("unknown_voice", f"espeak-ng library has no voice {voice!r} (error {err})")
+            self.lib.espeak_SetParameter(1, wpm, 0)  # espeakRATE
+            data = text.encode("utf-8") + b"\0"
+            self._chunks = []
+            err = self.lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None)  # POS_CHARACTER, espeakCHARS_UTF8
+            if err != 0:
+                raise TTSError("engine_error", f"espeak_Synth returned {err}")
+            chunks, self._chunks = self._chunks, []
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+
+class EspeakNGEngine(TTSEngine):
+    """espeak-ng, through the system binary or (fallback) the library bundled by the `espeakng-loader` wheel.
+
+    Args:
+        backend: "binary" (subprocess `espeak-ng`), "library" (ctypes on `espeakng-loader`), or "auto"
+            (the binary if it is on PATH, else the library).
+        executable: name or path of the binary.
+        timeout: seconds allowed for one binary call.
+    """
+
+    name = "espeak-ng"
+
+    def __init__(self, backend: str = "auto", executable: str = "espeak-ng", timeout: float = 60.0):
+        if backend not in ("auto", "binary", "library"):
+            raise ValueError(f"backend must be 'auto', 'binary' or 'library', got {backend!r}")
+        self.executable = shutil.which(executable)
+        self.timeout = timeout
+        if backend == "auto":
+            backend = "binary" if self.executable else ("library" if _espeakng_loader_installed() else "none")
+            if backend == "none":
+                raise TTSError(
+                    "engine_unavailable",
+                    "espeak-ng not found: install the binary (`apt-get install espeak-ng`) "
+                    "or the wheel (`pip install espeakng-loader`)",
+                )
+        if backend == "binary":
+            if not self.executable:
+                raise TTSError("engine_unavailable", f"{executable!r} is not on PATH (`apt-get install espeak-ng`)")
+            out = subprocess.run([self.executable, "--version"], capture_output=True, text=True, timeout=timeout)
+            self._version = out.stdout.strip()
+            match = re.search(r"Data at:\s*(\S.*)$", self._version)
+            self.data_dir = Path(match.group(1).strip()) if match else None
+        else:
+            if not _espeakng_loader_installed():
+                raise TTSError("engine_unavailable", "`pip install espeakng-loader` for the library backend")
+            import espeakng_loader
+
+            self.data_dir = Path(espeakng_loader.get_data_path())
+            self._version = f"libespeak-ng from espeakng-loader {_dist_version('espeakng-loader')}"
+        self.backend = backend
+        self._installed = _espeak_installed_names(self.data_dir) if self.data_dir and self.data_dir.is_dir() else None
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return shutil.which("espeak-ng") is not None or _espeakng_loader_installed()
+
+    def version(self) -> str:
+        return f"{self.backend}: {self._version}"
+
+    def voices(self, language: str) -> list[str]:
+        bases = {"en": _ESPEAK_ENGLISH, "zh": _ESPEAK_MANDARIN}.get(language, ())
+        out = []
+        for base in bases:
+            for variant in _ESPEAK_VARIANTS:
+                if self._installed is not None:
+                    languages, variants = self._installed
+                    if base not in languages or (variant and variant not in variants):
+                        continue
+                out.append(f"{base}+{variant}" if variant else base)
+        return out
+
+    def _check_voice(self, voice: str) -> None:
+        """espeak-ng matches unknown names loosely ("no-such-voice" speaks Norwegian): insist on installed ones."""
+        if self._installed is None:
+            return
+        languages, variants = self._installed
+        base, _, variant = voice.partition("+")
+        if base.lower() not in languages or (variant and variant not in variants):
+            raise TTSError("unknown_voice", f"espeak-ng has no voice {voice!r} in {self.data_dir}")
+
+    def _synthesize_native(self, text: str, voice: str, rate: float) -> tuple[np.ndarray, int]:
+        self._check_voice(voice)
+        wpm = int(round(_ESPEAK_DEFAULT_WPM * rate))
+        if self.backend == "library":
+            lib = _EspeakLibrary.get()
+            return lib.synthesize(text, voice, wpm), lib.sampling_rate
+        # text goes through stdin, so a leading "-" can never be taken for an option; WAV comes back on stdout
+        cmd = [self.executable, "-v", voice, "-s", str(wpm), "-b", "1", "--stdout", "--stdin"]
+        try:
+            proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise TTSError("engine_timeout", f"espeak-ng took more than {self.timeout} s") from None
+        if proc.returncode != 0 or not proc.stdout.startswith(b"RIFF"):
+            err = proc.stderr.decode("utf-8", "replace").strip()
+            reason = "unknown_voice" if "voice" in err.lower() else "engine_error"
+            raise TTSError(reason, f"espeak-ng -v {voice} exited {proc.returncode}: {err[:200]}")
+        try:
+            audio, sr = sf.read(io.BytesIO(proc.stdout), dtype="int16")
+        except (RuntimeError, sf.LibsndfileError) as e:
+            raise TTSError("engine_error", f"espeak-ng -v {voice} wrote unreadable audio: {e}") from None
+        return audio, sr
+
+
+def _espeakng_loader_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("espeakng_loader") is not None
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------- flite
+
+_FLITE_ENGLISH = ("awb", "kal16", "rms", "slt")  # the full-domain 16 kHz voices built into Debian's flite
+
+
+class FliteEngine(TTSEngine):
+    """CMU Flite through its binary (English only)."""
+
+    name = "flite"
+
+    def __init__(self, executable: str = "flite", timeout: float = 60.0):
+        self.executable = shutil.which(executable)
+        if not self.executable:
+            raise TTSError("engine_unavailable", f"{executable!r} is not on PATH (`apt-get install flite`)")
+        self.timeout = timeout
+        out = subprocess.run([self.executable, "-lv"], capture_output=True, text=True, timeout=timeout)
+        listed = out.stdout.split(":", 1)[-1].split()
+        self._voices = [v for v in _FLITE_ENGLISH if v in listed]
+        ver = subprocess.run([self.executable, "--version"], capture_output=True, text=True, timeout=timeout)
+        match = re.search(r"version:\s*(\S+)", ver.stdout + ver.stderr)
+        self._version = match.group(1) if match else "unknown"
+        self._tmpdir = tempfile.mkdtemp(prefix="llasm-flite-")
+        self._calls = 0
+        weakref.finalize(self, shutil.rmtree, self._tmpdir, ignore_errors=True)
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return shutil.which("flite") is not None
+
+    def version(self) -> str:
+        return self._version
+
+    def voices(self, language: str) -> list[str]:
+        return list(self._voices) if language == "en" else []
+
+    def _synthesize_native(self, text: str, voice: str, rate: float) -> tuple[np.ndarray, int]:
+        if voice not in self._voices:  # flite silently falls back to its default voice on unknown names
+            raise TTSError("unknown_voice", f"flite has no voice {voice!r}; available: {self._voices}")
+        # flite cannot use pipes; text and audio go through files (text from a file: a leading "-" is no option)
+        self._calls += 1
+        stem = Path(self._tmpdir) / f"{os.getpid()}-{threading.get_ident()}-{self._calls}"
+        txt, wav = stem.with_suffix(".txt"), stem.with_suffix(".wav")
+        try:
+            txt.write_text(text, encoding="utf-8")
+            cmd = [self.executable, "-voice", voice, "--setf", f"duration_stretch={1.0 / rate:.4f}",
+                   "-f", str(txt), "-o", str(wav)]  # fmt: skip
+            try:
+                proc = subprocess.run(cmd, capture_output=True, timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                raise TTSError("engine_timeout", f"flite took more than {self.timeout} s") from None
+            if proc.returncode != 0 or not wav.exists():
+                err = proc.stderr.decode("utf-8", "replace").strip()
+                raise TTSError("engine_error", f"flite -voice {voice} exited {proc.returncode}: {err[:200]}")
+            audio, sr = sf.read(wav, dtype="int16")
+        finally:
+            txt.unlink(missing_ok=True)
+            wav.unlink(missing_ok=True)
+        return audio, sr
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+_FACTORIES: dict[str, Callable[[], TTSEngine]] = {"espeak-ng": EspeakNGEngine, "flite": FliteEngine}
+_ENGINES: dict[str, TTSEngine] = {}
+
+
+def register_engine(name: str, factory: Callable[[], TTSEngine]) -> None:
+    """Make an engine available to `get_engine` and the dataset builder under `name`."""
+    if ":" in name:
+        raise ValueError(f"engine name must not contain ':', got {name!r}")
+    _FACTORIES[name] = factory
+    _ENGINES.pop(name, None)
+
+
+def engine_names() -> list[str]:
+    """All registered engine names."""
+    return list(_FACTORIES)
+
+
+def available_engines() -> list[str]:
+    """Registered engines that can run here (for factories without `is_available`, assumed True)."""
+    return [n for n, f in _FACTORIES.items() if getattr(f, "is_available", lambda: True)()]
+
+
+def get_engine(name: str) -> TTSEngine:
+    """The (per-process cached) engine registered as `name`."""
+    if name not in _FACTORIES:
+        raise KeyError(f"unknown TTS engine {name!r}; registered: {engine_names()}")
+    if name not in _ENGINES:
+        _ENGINES[name] = _FACTORIES[name]()
+    return _ENGINES[name]
+
+
+def parse_voice_id(voice_id: str) -> tuple[str, str]:
+    """`"espeak-ng:en-us+m3"` -> `("espeak-ng", "en-us+m3")`."""
+    engine, sep, voice = voice_id.partition(":")
+    if not sep or not engine or not voice:
+        raise ValueError(f"voice id must look like 'ENGINE:VOICE' (e.g. 'espeak-ng:en-us'), got {voice_id!r}")
+    return engine, voice
+
+
+def list_voices(language: str, engines: list[str] | None = None) -> list[str]:
+    """Voice ids of `language` over the given (default: all available) engines."""
+    out = []
+    for name in engines if engines is not None else available_engines():
+        out.extend(f"{name}:{v}" for v in get_engine(name).voices(language))
+    return out
+
+
+def synthesize(text: str, voice_id: str, rate: float = 1.0) -> np.ndarray:
+    """Speak `text` with a voice id such as `"espeak-ng:cmn+f2"`; float32 mono 16 kHz."""
+    engine, voice = parse_voice_id(voice_id)
+    return get_engine(engine).synthesize(text, voice, rate)

@@ -1,0 +1,167 @@
+import numpy as np
+import pytest
+from data_helpers import needs_espeak, needs_espeak_binary, needs_flite
+
+from modeling_llasm.data import tts
+
+
+# ---------------------------------------------------------------------------------------------- no engine needed
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [("", "empty"), ("   \n\t", "empty"), ("...!?", "no_speakable_characters"), ("-", "no_speakable_characters"),
+     ("— …", "no_speakable_characters"), (None, "not_a_string"), ("word " * 500, "too_long")],
+)  # fmt: skip
+def test_check_text_rejects_unspeakable_text(text, reason):
+    assert tts.check_text(text, max_chars=2000).startswith(reason)
+
+
+@pytest.mark.parametrize("text", ["-v hello", "--help", "a", "42", "你好"])
+def test_check_text_accepts_speakable_text(text):
+    assert tts.check_text(text) is None
+
+
+def test_resample_preserves_frequency_and_length():
+    sr = 22050
+    t = np.arange(sr) / sr
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    out = tts.resample(tone, sr, 16000)
+    assert out.dtype == np.float32
+    assert abs(out.size - 16000) <= 1
+    spectrum = np.abs(np.fft.rfft(out * np.hanning(out.size)))
+    assert abs(np.argmax(spectrum) * 16000 / out.size - 1000) < 5
+    # no aliasing: a 10 kHz tone (above the new Nyquist of 8 kHz) is removed, not folded to 6 kHz
+    high = tts.resample(0.5 * np.sin(2 * np.pi * 10000 * t).astype(np.float32), sr, 16000)
+    assert np.abs(high[500:-500]).max() < 0.01
+
+
+class _FakeEngine(tts.TTSEngine):
+    """A pure-Python engine, as a cloud engine would be written: native 44.1 kHz stereo int16."""
+
+    name = "fake"
+
+    def __init__(self, silent=False, seconds_per_word=0.1):
+        self.silent = silent
+        self.seconds_per_word = seconds_per_word
+
+    def voices(self, language):
+        return ["beep"] if language == "en" else []
+
+    def _synthesize_native(self, text, voice, rate):
+        sr = 44100
+        n = int(sr * self.seconds_per_word * len(text.split()) / rate)
+        mono = np.zeros(n) if self.silent else 0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / sr)
+        pcm = (np.stack([mono, mono], axis=1) * 32767).astype(np.int16)
+        return pcm, sr
+
+
+def test_engine_base_class_converts_to_16k_mono_float32():
+    audio = _FakeEngine().synthesize("one two three four five", "beep", rate=1.0)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert audio.size == pytest.approx(16000 * 0.5, abs=2)
+    assert 0.25 < np.abs(audio).max() <= 0.31
+    assert _FakeEngine().synthesize("one two three four five", "beep", rate=2.0).size == pytest.approx(4000, abs=2)
+
+
+def test_engine_base_class_refuses_silence_and_bad_text():
+    with pytest.raises(tts.TTSError) as err:
+        _FakeEngine(silent=True).synthesize("one two three", "beep")
+    assert err.value.reason == "engine_produced_silence"
+    with pytest.raises(tts.TTSError) as err:
+        _FakeEngine(seconds_per_word=0.02).synthesize("one two", "beep")
+    assert err.value.reason == "engine_produced_no_audio"
+    with pytest.raises(tts.UnspeakableTextError) as err:
+        _FakeEngine().synthesize("?!", "beep")
+    assert err.value.reason == "no_speakable_characters"
+    with pytest.raises(ValueError, match="rate"):
+        _FakeEngine().synthesize("one two", "beep", rate=5.0)
+
+
+def test_register_engine_and_voice_ids():
+    tts.register_engine("fake", _FakeEngine)
+    try:
+        assert "fake" in tts.engine_names()
+        assert tts.list_voices("en", ["fake"]) == ["fake:beep"]
+        assert tts.synthesize("one two three", "fake:beep").size > 0
+    finally:
+        tts._FACTORIES.pop("fake")
+        tts._ENGINES.pop("fake", None)
+    with pytest.raises(ValueError, match="ENGINE:VOICE"):
+        tts.parse_voice_id("en-us")
+    with pytest.raises(KeyError, match="unknown TTS engine"):
+        tts.get_engine("nope")
+
+
+# ---------------------------------------------------------------------------------------------- real engines
+
+
+def _espeak_backends():
+    backends = []
+    import importlib.util
+    import shutil
+
+    if shutil.which("espeak-ng"):
+        backends.append("binary")
+    if importlib.util.find_spec("espeakng_loader"):
+        backends.append("library")
+    return backends or ["none"]
+
+
+@pytest.mark.tts
+@needs_espeak
+@pytest.mark.parametrize("backend", _espeak_backends())
+def test_espeak_speaks_english_and_mandarin(backend):
+    if backend == "none":
+        pytest.skip("no espeak-ng backend")
+    engine = tts.EspeakNGEngine(backend=backend)
+    en, zh = engine.voices("en"), engine.voices("zh")
+    assert len(en) >= 20 and "en-us" in en and "en-us+f2" in en
+    assert "cmn" in zh and len(zh) >= 5
+    text = "The quick brown fox jumps over the lazy dog."
+    audio = engine.synthesize(text, "en-us", 1.0)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert 0.15 * 9 < audio.size / 16000 < 1.0 * 9
+    fast = engine.synthesize(text, "en-us", 1.5)
+    assert fast.size < 0.85 * audio.size
+    mandarin = engine.synthesize("今天天气很好，我们去公园散步吧。", "cmn+f2", 1.0)
+    assert 0.1 * 14 < mandarin.size / 16000 < 0.6 * 14
+
+
+@pytest.mark.tts
+@needs_espeak_binary
+@pytest.mark.parametrize("text", ["--help", "-v xx hello there", "-w /tmp/oops.wav"])
+def test_espeak_binary_never_reads_text_as_options(text):
+    audio = tts.EspeakNGEngine(backend="binary").synthesize(text, "en-us")
+    assert audio.size / 16000 > 0.3  # spoken, not parsed: "--help" would print usage and write no audio
+
+
+@pytest.mark.tts
+@needs_espeak
+@pytest.mark.parametrize("text", ["", "   ", "...!?", "-", "x" * 2500])
+def test_espeak_refuses_unspeakable_text(text):
+    with pytest.raises(tts.UnspeakableTextError):
+        tts.EspeakNGEngine().synthesize(text, "en-us")
+
+
+@pytest.mark.tts
+@needs_espeak
+def test_espeak_unknown_voice_is_an_error():
+    with pytest.raises(tts.TTSError) as err:
+        tts.EspeakNGEngine().synthesize("hello", "no-such-voice")
+    assert err.value.reason == "unknown_voice"
+
+
+@pytest.mark.tts
+@needs_flite
+def test_flite_voices_and_rate():
+    engine = tts.FliteEngine()
+    assert set(engine.voices("en")) >= {"slt", "rms", "awb"}
+    assert engine.voices("zh") == []
+    slow = engine.synthesize("-v please speak these seven words slowly", "rms", 0.8)
+    fast = engine.synthesize("-v please speak these seven words slowly", "rms", 1.25)
+    assert slow.dtype == np.float32 and 0.15 * 8 < slow.size / 16000 < 1.0 * 8
+    assert fast.size < 0.8 * slow.size
+    with pytest.raises(tts.TTSError) as err:
+        engine.synthesize("hello", "nobody")
+    assert err.value.reason == "unknown_voice"
