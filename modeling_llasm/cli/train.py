@@ -1,0 +1,76 @@
+"""`llasm train --recipe tiny`: base -> TTS seed data -> stage 1 (CTC + LM) -> stage 2 -> held-out WER -> hub-ready save."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+RECIPES = ("tiny",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cache import llasm_cache_dir
+
+    parser.add_argument("--recipe", choices=RECIPES, default="tiny",
+                        help="tiny: Whisper tiny.en + SmolLM2-135M-Instruct on offline TTS seed data (default)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help=f"where everything of the run goes (default {llasm_cache_dir() / 'runs' / 'tiny'})")
+    parser.add_argument("--budget-minutes", type=float, default=60.0,
+                        help="total wall-clock budget; training steps are planned from it (default 60, for 2 CPU cores)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run: finished phases are skipped, the running one resumes from "
+                             "its last checkpoint, the data build and response generation from where they stopped")
+    parser.add_argument("--smoke", action="store_true", help="a few steps per phase (tests, quick checks)")
+    parser.add_argument("--base-dir", type=Path, default=None,
+                        help="start from this LLaSM checkpoint instead of building the embedded base")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="use this dataset (stage1/{train,heldout}, stage2/{train,heldout} manifests) instead of "
+                             "building the seed data")
+    parser.add_argument("--utterances", type=int, default=None,
+                        help="stage-1 utterances to synthesize (default 100 per budget minute)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stage2-llm-mode", choices=("lora", "full", "frozen"), default="lora",
+                        help="how the LLM learns in stage 2 (default lora)")
+    parser.add_argument("--distill-weight", type=float, default=1.0, help="stage-2 text-teacher KL weight (0: off)")
+    parser.add_argument("--no-ctc", action="store_true", help="skip the CTC pre-alignment (LM loss only in stage 1)")
+    parser.add_argument("--no-cache", action="store_true", help="do not cache the frozen encoder outputs")
+    parser.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bf16 autocast)")
+    parser.add_argument("--tts-workers", type=int, default=None, help="TTS processes (default: CPU count)")
+    parser.add_argument("--push-to-hub", action="store_true", help="push the final model with the Trainer's push_to_hub")
+    parser.add_argument("--hub-model-id", default=None, help="repo id for --push-to-hub (and the model card name)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cache import llasm_cache_dir
+    from ..training.recipe import RecipeSettings, run_recipe
+
+    settings = RecipeSettings(
+        run_dir=args.run_dir or llasm_cache_dir() / "runs" / args.recipe,
+        base_dir=args.base_dir,
+        data_dir=args.data_dir,
+        budget_minutes=args.budget_minutes,
+        smoke=args.smoke,
+        resume=args.resume,
+        seed=args.seed,
+        utterances=args.utterances,
+        use_ctc=not args.no_ctc,
+        use_cache=not args.no_cache,
+        bf16=not args.no_bf16,
+        stage2_llm_mode=args.stage2_llm_mode,
+        distill_weight=args.distill_weight,
+        tts_workers=args.tts_workers,
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = run_recipe(settings)
+    except FileExistsError as error:
+        print(f"llasm train: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary.get(k) for k in ("final_dir", "stage1_heldout_wer", "final_heldout_wer", "loss_curve")}, indent=2))
+    return 0

@@ -1,0 +1,134 @@
+"""Training losses: LM loss with the LM head only at label positions, text-teacher distillation, CTC pre-alignment."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..data.collator import IGNORE_INDEX
+
+
+def prediction_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean `(batch, seq)`: positions whose *next* label is learned (the LM head is needed only there)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask
+
+
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The learned labels in the row-major order of `prediction_mask(labels)`."""
+    return labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+
+def logits_at_labels(model: nn.Module, inputs: dict, labels: torch.Tensor, label_positions_only: bool = True):
+    """Run `model` on `inputs` (no labels) and return `(outputs, logits (N, vocab), targets (N,))` for the N
+    learned positions. With `label_positions_only` the LM head runs only there (`logits_to_keep` boolean mask)."""
+    mask = prediction_mask(labels)
+    if label_positions_only:
+        outputs = model(**inputs, logits_to_keep=mask)
+        logits = outputs.logits
+        if logits.dim() == 3:  # an LLM that ignores tensor logits_to_keep returns every position
+            logits = logits[mask]
+    else:
+        outputs = model(**inputs)
+        logits = outputs.logits[mask]
+    return outputs, logits, shifted_targets(labels)
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy summed over tokens / `num_items_in_batch` (the Trainer's count over the accumulated
+    batch), or the mean when it is not given."""
+    loss = F.cross_entropy(logits.float(), targets.to(logits.device), reduction="sum")
+    return _normalize(loss, targets.numel(), num_items_in_batch)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, num_items_in_batch=None
+) -> torch.Tensor:
+    """KL(teacher || student) per response token (Ultravox-style: the teacher is the LLM reading the transcript),
+    summed over tokens / `num_items_in_batch` (or the mean), scaled by `temperature**2`."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits differ in shape ({tuple(student_logits.shape)} vs "
+            f"{tuple(teacher_logits.shape)}): they must cover the same response tokens."
+        )
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
+    return _normalize(kl, student_logits.shape[0], num_items_in_batch)
+
+
+def _normalize(total: torch.Tensor, count: int, num_items_in_batch) -> torch.Tensor:
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+    return total / max(count, 1)
+
+
+class LlasmCtcAligner(nn.Module):
+    r"""
+    CTC pre-alignment of the adaptor without running the LLM (stage 1, before the LM loss).
+
+    The adaptor's audio tokens are classified against the frozen LLM input-embedding matrix (a token's logit is
+    the dot product of the audio token with that token's embedding, times a learned scale) plus a learned blank,
+    and trained with CTC against the transcript's LLM tokens. This pulls the adaptor outputs towards the
+    embeddings of the words spoken, at the cost of an encoder + adaptor pass only.
+
+    It shares `audio_tower` and `multi_modal_projector` with `model` (training it trains the model's adaptor);
+    the LLM is not part of it. Train it with a plain `Trainer` (DDP works; it is an `nn.Module` returning
+    `{"loss": ...}`) on batches of `LlasmDataCollator(..., ctc=True)`.
+    """
+
+    accepts_loss_kwargs = False  # its loss is a per-batch mean: the Trainer scales it for gradient accumulation
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.config = base.config
+        self.audio_tower = base.audio_tower
+        self.multi_modal_projector = base.multi_modal_projector
+        embeddings = base.get_input_embeddings().weight.detach()
+        self.register_buffer("token_embeddings", embeddings, persistent=False)
+        self.blank_embedding = nn.Parameter(embeddings.float().mean(0).clone())
+        self.blank_bias = nn.Parameter(torch.zeros(()))
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def audio_tokens(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None) -> torch.Tensor:
+        """`(total_audio_tokens, hidden)`, as `LlasmForConditionalGeneration.get_audio_features`."""
+        if audio_encoder_hidden_states is not None:
+            encoded = audio_encoder_hidden_states.to(self.audio_tower.layer_norm.weight.dtype)
+        else:
+            with contextlib.nullcontext() if any(p.requires_grad for p in self.audio_tower.parameters()) else torch.no_grad():
+                encoded = self.audio_tower(input_features, attention_mask=input_features_mask).last_hidden_state
+        frame_mask = input_features_mask[:, ::2].bool()
+        tokens = self.multi_modal_projector(encoded, frame_mask)
+        counts = [self.config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
+        return torch.cat([window[:count] for window, count in zip(tokens, counts)], dim=0)
+
+    def forward(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None,
+                audio_token_counts=None, ctc_labels=None, **ignored):  # fmt: skip
+        if audio_token_counts is None or ctc_labels is None:
+            raise ValueError("LlasmCtcAligner needs `audio_token_counts` and `ctc_labels` (LlasmDataCollator(ctc=True)).")
+        tokens = self.audio_tokens(input_features, input_features_mask, audio_encoder_hidden_states)
+        clips = torch.split(tokens, audio_token_counts.tolist())
+        padded = nn.utils.rnn.pad_sequence(clips, batch_first=True).float()  # (clips, T, hidden)
+        scale = self.log_scale.exp()
+        vocab_logits = padded @ self.token_embeddings.float().T
+        blank_logits = padded @ self.blank_embedding.float() + self.blank_bias
+        logits = torch.cat([blank_logits[..., None], vocab_logits], dim=-1) * scale
+        log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T, clips, 1 + vocab)
+        target_lengths = (ctc_labels != IGNORE_INDEX).sum(-1)
+        targets = torch.where(ctc_labels == IGNORE_INDEX, torch.zeros_like(ctc_labels), ctc_labels + 1)
+        loss = F.ctc_loss(log_probs, targets, audio_token_counts, target_lengths, blank=0, reduction="mean",
+                          zero_infinity=True)  # fmt: skip
+        return {"loss": loss}
+
+
+__all__ = [
+    "LlasmCtcAligner", "distillation_loss", "logits_at_labels", "prediction_mask", "shifted_targets",
+    "token_cross_entropy",
+]  # fmt: skip

@@ -1,0 +1,441 @@
+"""`llasm train --recipe tiny`: the whole LLaSM recipe on the embedded default, on CPU, in about an hour.
+
+base (`llasm build-base`) -> seed data with offline TTS (`build_seed_text`) -> frozen-encoder cache ->
+stage 1a CTC pre-alignment (adaptor only, no LLM) -> stage 1b LM loss (adaptor only, LLM frozen) ->
+stage-2 targets (the LLM answering each spoken question's transcript) -> stage 2 (adaptor + LLM LoRA, CE +
+distillation from the text teacher) -> merge -> held-out WER -> hub-ready save (+ loss-curve PNG, summary).
+
+Every phase writes a `done.json` when it finishes; `resume=True` skips finished phases and resumes the running
+one from its last complete Trainer checkpoint (and the data build / response generation from where they stopped).
+Training steps are planned from the time budget with a short timing probe of each phase, and the plan is stored
+in `plan.json` so that a resumed run trains exactly the same schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from ..data.collator import LlasmDataCollator
+from .encoder_cache import EncoderCache, clips_of
+from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
+from .runner import ctc_align, evaluate_wer, generate_batch, generate_responses, read_records, train_stage
+from .stages import apply_stage, default_lora_config, prepare_stage
+
+
+logger = logging.getLogger("modeling_llasm.recipe")
+
+# Shares of the budget per training phase; the rest covers base + data build, cache, responses, evaluation.
+PHASE_SHARES = {"stage1_ctc": 0.20, "stage1_lm": 0.25, "stage2": 0.20}
+
+
+@dataclass
+class RecipeSettings:
+    """Settings of the tiny recipe (see `llasm train --help`)."""
+
+    run_dir: Path
+    base_dir: Path | None = None
+    data_dir: Path | None = None
+    budget_minutes: float = 60.0
+    smoke: bool = False
+    resume: bool = False
+    seed: int = 0
+    utterances: int | None = None  # stage-1 English utterances to synthesize; default 100 per budget minute
+    use_ctc: bool = True
+    use_cache: bool = True
+    bf16: bool = True
+    stage2_llm_mode: str = "lora"
+    distill_weight: float = 1.0
+    ce_weight: float = 0.5
+    batch_ctc: int = 16
+    batch_lm: int = 8
+    batch_stage2: int = 4
+    lr_ctc: float = 2e-3
+    lr_lm: float = 2e-3
+    lr_stage2: float = 2e-4
+    lora_r: int = 16
+    eval_clips: int = 100
+    tts_workers: int | None = None
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        self.run_dir = Path(self.run_dir).expanduser()
+        if self.smoke:
+            self.batch_ctc = self.batch_lm = self.batch_stage2 = 2
+            self.eval_clips = min(self.eval_clips, 4)
+
+
+class Recipe:
+    """Runs the phases in order; see the module docstring."""
+
+    def __init__(self, settings: RecipeSettings):
+        self.s = settings
+        self.run_dir = settings.run_dir
+        self.started = time.monotonic()
+        self.summary: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def phase_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def done(self, name: str) -> dict | None:
+        path = self.phase_dir(name) / "done.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def mark_done(self, name: str, info: dict) -> None:
+        self.phase_dir(name).mkdir(parents=True, exist_ok=True)
+        (self.phase_dir(name) / "done.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def log(self, message: str) -> None:
+        elapsed = (time.monotonic() - self.started) / 60
+        logger.info("[%5.1f min] %s", elapsed, message)
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> dict[str, Any]:
+        s = self.s
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not s.resume and any(self.run_dir.glob("*/done.json")):
+            raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir.")
+        base_dir = self.base()
+        data_dir = self.data()
+        records = self.load_data(data_dir)
+        from ..modeling_llasm import LlasmForConditionalGeneration
+        from ..processing_llasm import LlasmProcessor
+
+        processor = LlasmProcessor.from_pretrained(base_dir)
+        model = LlasmForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
+        self.summary["base_dir"], self.summary["data_dir"] = str(base_dir), str(data_dir)
+
+        cache = None
+        if s.use_cache:
+            cache = EncoderCache(model, processor, cache_dir=self.run_dir / "encoder_cache", dtype=torch.float16)
+            self.log(f"encoder cache {cache.directory}")
+            cache.precompute(clips_of(records["stage1_train"] + records["stage2_train"]), progress=s.progress)
+
+        plan = self.plan(model, processor, records, cache)
+
+        # stage 1a: CTC pre-alignment
+        adaptor_file = self.phase_dir("stage1_ctc") / "adaptor.safetensors"
+        if s.use_ctc and plan["stage1_ctc"]["max_steps"] > 0:
+            if not self.done("stage1_ctc"):
+                self.log(f"stage 1a: CTC pre-alignment, {plan['stage1_ctc']['max_steps']} steps")
+                args = self.training_args("stage1_ctc", plan, s.lr_ctc, s.batch_ctc)
+                trainer, output = ctc_align(model, processor, records["stage1_train"], args, encoder_cache=cache, resume=s.resume)
+                _save_adaptor(model, adaptor_file)
+                self.mark_done("stage1_ctc", {"metrics": output.metrics, "log_history": trainer.state.log_history})
+                del trainer
+            else:
+                _load_adaptor(model, adaptor_file)
+
+        # stage 1b: LM loss, adaptor only
+        stage1_dir = self.phase_dir("stage1_lm") / "final"
+        if not self.done("stage1_lm"):
+            self.log(f"stage 1b: LM loss (adaptor only), {plan['stage1_lm']['max_steps']} steps")
+            args = self.training_args("stage1_lm", plan, s.lr_lm, s.batch_lm)
+            trainer, output = train_stage(
+                model, processor, records["stage1_train"], args, "align", encoder_cache=cache, resume=s.resume,
+                model_card=self.card_kwargs(stages=self.stage_rows(plan, upto="stage1_lm")),
+            )  # fmt: skip
+            trainer.save_model(str(stage1_dir))
+            wer = self.evaluate(model, processor, records["stage1_heldout"], "stage1_lm")
+            self.mark_done("stage1_lm", {"metrics": output.metrics, "heldout_wer": wer, "log_history": trainer.state.log_history})
+            del trainer
+        else:
+            model = LlasmForConditionalGeneration.from_pretrained(stage1_dir, dtype=torch.float32)
+            if cache is not None:
+                cache.audio_tower = model.audio_tower
+        self.summary["stage1_heldout_wer"] = self.done("stage1_lm").get("heldout_wer")
+
+        # stage-2 targets: the LLM (frozen so far) answers each question's transcript
+        stage2_train = self.stage2_targets(model, processor, records["stage2_train"], "train")
+
+        # stage 2: adaptor + LLM (LoRA by default), CE + text-teacher distillation
+        final_dir = self.run_dir / "final"
+        if not self.done("stage2"):
+            self.log(f"stage 2: instruct ({s.stage2_llm_mode}), {plan['stage2']['max_steps']} steps, distill {s.distill_weight}")
+            peft_model = prepare_stage(model, "instruct", s.stage2_llm_mode, lora_config=default_lora_config(r=s.lora_r, lora_alpha=2 * s.lora_r))
+            args = self.training_args("stage2", plan, s.lr_stage2, s.batch_stage2)
+            trainer, output = train_stage(
+                peft_model, processor, stage2_train, args, "instruct", s.stage2_llm_mode, encoder_cache=cache,
+                distill_weight=s.distill_weight, ce_weight=s.ce_weight, resume=s.resume,
+                model_card=self.card_kwargs(stages=self.stage_rows(plan)),
+            )  # fmt: skip
+            log_history = trainer.state.log_history
+            del trainer
+            merged = peft_model.merge_and_unload() if hasattr(peft_model, "merge_and_unload") else peft_model
+            merged.save_pretrained(final_dir)
+            processor.save_pretrained(final_dir)
+            wer = self.evaluate(merged, processor, records["stage1_heldout"], "stage2")
+            self.answer_samples(merged, processor, records["stage2_heldout"])
+            self.mark_done("stage2", {"metrics": output.metrics, "heldout_wer": wer, "log_history": log_history})
+            model = merged
+        else:
+            model = LlasmForConditionalGeneration.from_pretrained(final_dir, dtype=torch.float32)
+        self.summary["final_heldout_wer"] = self.done("stage2").get("heldout_wer")
+
+        self.finish(final_dir, plan, model, processor)
+        return self.summary
+
+    # ------------------------------------------------------------------ phases
+    def base(self) -> Path:
+        if self.s.base_dir is not None:
+            return Path(self.s.base_dir).expanduser()
+        from ..conversion.build_base import build_base
+
+        self.log("base: llasm build-base (Whisper tiny.en + SmolLM2-135M-Instruct)")
+        return Path(build_base(log=lambda m: logger.info(m)))
+
+    def data(self) -> Path:
+        if self.s.data_dir is not None:
+            return Path(self.s.data_dir).expanduser()
+        from ..data.builder import build_seed_text
+
+        data_dir = self.run_dir / "data"
+        utterances = self.s.utterances or (16 if self.s.smoke else int(100 * self.s.budget_minutes))
+        self.log(f"data: {utterances} stage-1 utterances + spoken questions with offline TTS -> {data_dir}")
+        build_seed_text(data_dir, counts={"en": utterances}, seed=self.s.seed, num_workers=self.s.tts_workers,
+                        progress=self.s.progress)  # fmt: skip
+        return data_dir
+
+    def load_data(self, data_dir: Path) -> dict[str, list[dict]]:
+        limit = 8 if self.s.smoke else None
+        records = {
+            "stage1_train": read_records(data_dir / "stage1" / "train", limit=limit),
+            "stage1_heldout": read_records(data_dir / "stage1" / "heldout", limit=self.s.eval_clips),
+            "stage2_train": read_records(data_dir / "stage2" / "train", limit=limit),
+            "stage2_heldout": read_records(data_dir / "stage2" / "heldout", limit=4 if self.s.smoke else 20),
+        }
+        self.log("data: " + ", ".join(f"{k} {len(v)}" for k, v in records.items()))
+        self.summary["records"] = {k: len(v) for k, v in records.items()}
+        return records
+
+    def plan(self, model, processor, records, cache) -> dict[str, dict]:
+        path = self.run_dir / "plan.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        s = self.s
+        plan: dict[str, dict] = {}
+        if s.smoke:
+            plan = {name: {"max_steps": 2, "seconds_per_step": None} for name in PHASE_SHARES}
+        else:
+            self.log("plan: timing one step of each phase")
+            probes = {
+                "stage1_ctc": lambda: self._probe_ctc(model, processor, records["stage1_train"], cache),
+                "stage1_lm": lambda: self._probe_lm(model, processor, records["stage1_train"], cache, "align", None, s.batch_lm),
+                "stage2": lambda: self._probe_lm(model, processor, _with_dummy_answers(records["stage2_train"]), cache,
+                                                 "instruct", "full", s.batch_stage2),  # fmt: skip
+            }
+            for name, probe in probes.items():
+                if name == "stage1_ctc" and not s.use_ctc:
+                    plan[name] = {"max_steps": 0, "seconds_per_step": None}
+                    continue
+                seconds = probe()
+                model.zero_grad(set_to_none=True)
+                budget = PHASE_SHARES[name] * s.budget_minutes * 60
+                plan[name] = {"max_steps": max(10, int(0.85 * budget / seconds)), "seconds_per_step": round(seconds, 3),
+                              "budget_seconds": round(budget)}  # fmt: skip
+        path.write_text(json.dumps(plan, indent=2) + "\n")
+        self.log("plan: " + json.dumps(plan))
+        return plan
+
+    def _autocast(self):
+        if self.s.bf16:
+            return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _probe_ctc(self, model, processor, records, cache, repeats: int = 3) -> float:
+        aligner = LlasmCtcAligner(model)
+        collator = LlasmDataCollator(processor, "align", ctc=True, encoder_cache=cache)
+        return self._time(lambda batch: aligner(**batch)["loss"], collator, records, self.s.batch_ctc, repeats)
+
+    def _probe_lm(self, model, processor, records, cache, stage, llm_mode, batch_size, repeats: int = 3) -> float:
+        apply_stage(model, stage, llm_mode)
+        collator = LlasmDataCollator(processor, stage, encoder_cache=cache)
+
+        def loss_of(batch):
+            labels = batch.pop("labels")
+            _, logits, targets = logits_at_labels(model, batch, labels)
+            return token_cross_entropy(logits, targets)
+
+        seconds = self._time(loss_of, collator, records, batch_size, repeats)
+        model.zero_grad(set_to_none=True)
+        return seconds
+
+    def _time(self, loss_fn, collator, records, batch_size, repeats) -> float:
+        times = []
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            batch = collator(records[i * batch_size : (i + 1) * batch_size] or records[:batch_size])
+            with self._autocast():
+                loss = loss_fn(batch)
+            loss.backward()
+            times.append(time.perf_counter() - start)
+        return sum(times[1:]) / repeats * 1.15  # + optimizer step, logging, checkpoints
+
+    def training_args(self, name: str, plan: dict, learning_rate: float, batch_size: int) -> TrainingArguments:
+        max_steps = plan[name]["max_steps"]
+        return TrainingArguments(
+            output_dir=str(self.phase_dir(name)),
+            max_steps=max_steps,
+            per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            weight_decay=0.0,
+            logging_steps=max(1, min(10, max_steps // 20)),
+            save_strategy="steps",
+            save_steps=max(1, max_steps // 4) if self.s.smoke else max(25, max_steps // 6),
+            save_total_limit=2 if self.s.smoke else 1,
+            bf16=self.s.bf16,
+            use_cpu=not torch.cuda.is_available(),
+            report_to=[],
+            seed=self.s.seed,
+            dataloader_num_workers=0,
+            disable_tqdm=not self.s.progress,
+        )
+
+    def stage2_targets(self, model, processor, records, split: str) -> list[dict]:
+        out = self.phase_dir("stage2_data")
+        out.mkdir(parents=True, exist_ok=True)
+        if not self.done("stage2_data"):
+            self.log(f"stage-2 targets: the LLM answers {len(records)} question transcripts")
+        completed = generate_responses(model, processor, records, out / f"{split}.jsonl", batch_size=8,
+                                       max_new_tokens=8 if self.s.smoke else 64, progress=self.s.progress)  # fmt: skip
+        finished = [r for r in completed if r.get("finished")]
+        chosen = finished if len(finished) >= max(2, len(completed) // 2) else completed
+        if not self.done("stage2_data"):
+            self.mark_done("stage2_data", {"records": len(completed), "finished": len(finished), "used": len(chosen)})
+        return [{k: v for k, v in r.items() if k != "finished"} for r in chosen]
+
+    def evaluate(self, model, processor, records, name: str) -> float:
+        self.log(f"evaluate: held-out WER on {len(records)} clips ({name})")
+        wer = evaluate_wer(model, processor, records, self.phase_dir(name) / "heldout_transcripts.jsonl",
+                           batch_size=8, max_new_tokens=8 if self.s.smoke else 48, progress=self.s.progress)  # fmt: skip
+        self.log(f"evaluate: {name} held-out WER {wer:.3f}")
+        return wer
+
+    def answer_samples(self, model, processor, records) -> None:
+        conversations = [[m for m in r["messages"] if m["role"] != "assistant"] for r in records]
+        answers = []
+        for start in range(0, len(conversations), 8):
+            texts, _ = generate_batch(model, processor, conversations[start : start + 8], 8 if self.s.smoke else 64)
+            answers.extend(texts)
+        with open(self.phase_dir("stage2") / "heldout_answers.jsonl", "w", encoding="utf-8") as handle:
+            for record, answer in zip(records, answers):
+                question = next(i.get("transcript") for m in record["messages"] for i in m["content"] if i.get("type") == "audio")
+                handle.write(json.dumps({"id": record["id"], "question": question, "answer": answer}, ensure_ascii=False) + "\n")
+
+    def stage_rows(self, plan: dict, upto: str | None = None) -> list[dict]:
+        s = self.s
+        rows = []
+        if s.use_ctc and plan["stage1_ctc"]["max_steps"]:
+            rows.append({"name": "1a align (CTC)", "trained": "adaptor", "data": "TTS seed ASR",
+                         "steps": f"{plan['stage1_ctc']['max_steps']} x {s.batch_ctc}",
+                         "notes": "CTC vs transcript LLM tokens, frozen embedding classifier + blank"})  # fmt: skip
+        rows.append({"name": "1b align (LM)", "trained": "adaptor", "data": "TTS seed ASR",
+                     "steps": f"{plan['stage1_lm']['max_steps']} x {s.batch_lm}", "notes": "LLM frozen"})  # fmt: skip
+        if upto != "stage1_lm":
+            rows.append({"name": "2 instruct", "trained": f"adaptor + LLM ({s.stage2_llm_mode})",
+                         "data": "TTS spoken questions, LLM answers to the transcripts",
+                         "steps": f"{plan['stage2']['max_steps']} x {s.batch_stage2}",
+                         "notes": f"CE x{s.ce_weight} + text-teacher KL x{s.distill_weight}"})  # fmt: skip
+        return rows
+
+    def card_kwargs(self, **kwargs) -> dict:
+        kwargs.setdefault("model_name", self.s.hub_model_id or "llasm-tiny")
+        return kwargs
+
+    def finish(self, final_dir: Path, plan: dict, model, processor) -> None:
+        from .hub import check_hub_layout, llasm_model_card, make_hub_ready
+        from .plotting import plot_loss_curves
+
+        metrics = {"wer": self.summary["final_heldout_wer"]} if self.summary.get("final_heldout_wer") is not None else {}
+        card = llasm_model_card(**self.card_kwargs(stages=self.stage_rows(plan), metrics=metrics))
+        make_hub_ready(final_dir, card=card)
+        problems = check_hub_layout(final_dir)
+        if problems:
+            raise RuntimeError(f"the final checkpoint {final_dir} is not hub-ready: {problems}")
+        curves, offset = {}, 0
+        for name in ("stage1_ctc", "stage1_lm", "stage2"):
+            info = self.done(name)
+            if not info:
+                continue
+            points = [(offset + e["step"], e["loss"]) for e in info["log_history"] if "loss" in e and "step" in e]
+            curves[name] = points
+            offset += plan[name]["max_steps"]
+        (self.run_dir / "loss_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+        plot_loss_curves(curves, self.run_dir / "loss_curve.png", title="llasm tiny recipe: training loss")
+        self.summary.update({
+            "final_dir": str(final_dir), "plan": plan, "loss_curve": str(self.run_dir / "loss_curve.png"),
+            "minutes_this_invocation": round((time.monotonic() - self.started) / 60, 2),
+        })  # fmt: skip
+        (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        self.log(f"done: {final_dir} (held-out WER {self.summary.get('final_heldout_wer')})")
+        if self.s.push_to_hub:
+            push_with_trainer(model, processor, final_dir, self.s.hub_model_id,
+                              self.card_kwargs(stages=self.stage_rows(plan), metrics=metrics))  # fmt: skip
+
+
+def push_with_trainer(model, processor, output_dir: str | Path, hub_model_id: str | None, card_kwargs: dict | None = None):
+    """Push a finished model through the Trainer's own mechanism (`push_to_hub=True` + `push_to_hub()`): the
+    Trainer saves it to `output_dir` (hub-ready: LlasmTrainer adds pipeline + card) and uploads that folder."""
+    from .trainer import LlasmTrainer
+
+    args = TrainingArguments(output_dir=str(output_dir), push_to_hub=True, hub_model_id=hub_model_id, report_to=[],
+                             use_cpu=not torch.cuda.is_available(), save_strategy="no")  # fmt: skip
+    trainer = LlasmTrainer(model=model, args=args, processing_class=processor, model_card=card_kwargs)
+    return trainer.push_to_hub(commit_message="llasm tiny recipe")
+
+
+def _with_dummy_answers(records: list[dict]) -> list[dict]:
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "This is a typical short answer of about twenty words, "
+                                                "used only to time one training step of the second stage."}]}  # fmt: skip
+    return [{**r, "messages": [*r["messages"], answer]} if r["messages"][-1]["role"] != "assistant" else r for r in records]
+
+
+def _save_adaptor(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.multi_modal_projector.state_dict().items()}, str(path))
+
+
+def _load_adaptor(model, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model.multi_modal_projector.load_state_dict(load_file(str(path)))
+
+
+def run_recipe(settings: RecipeSettings) -> dict[str, Any]:
+    """Run (or resume) the tiny recipe; returns the summary (also in `RUN_DIR/summary.json`)."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(settings.run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("modeling_llasm")
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    handlers = [handler, console]
+    for h in handlers:
+        root.addHandler(h)
+    previous_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        return Recipe(settings).run()
+    finally:
+        for h in handlers:
+            root.removeHandler(h)
+        handler.close()
+        root.setLevel(previous_level)
+
+
+__all__ = ["RecipeSettings", "Recipe", "run_recipe", "push_with_trainer", "PHASE_SHARES"]

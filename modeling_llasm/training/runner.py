@@ -1,0 +1,231 @@
+"""Building blocks shared by `examples/train_stage{1,2}.py` and `llasm train`: records, CTC pre-alignment, a
+stage's Trainer run, transcription / WER, response generation for spoken-question data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from ..data.collator import LlasmDataCollator
+from .losses import LlasmCtcAligner
+from .trainer import LlasmTrainer
+
+
+logger = logging.getLogger(__name__)
+
+
+def read_records(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """Chat records of a JSONL manifest (or of `DIR/manifest.jsonl`), audio paths made absolute."""
+    from ..data.chat import MANIFEST_NAME, read_manifest
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    records = []
+    for record in read_manifest(path):
+        records.append(record)
+        if limit is not None and len(records) >= limit:
+            break
+    return records
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest *complete* `checkpoint-N` in `output_dir` (its `trainer_state.json`, written last, parses),
+    or None. A run killed while saving leaves a torn newest checkpoint; it is skipped."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    candidates = []
+    for path in output_dir.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            candidates.append((int(match.group(1)), path))
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logger.warning("skipping incomplete checkpoint %s", path)
+            continue
+        return str(path)
+    return None
+
+
+def ctc_align(
+    model,
+    processor,
+    train_records: Sequence[Any],
+    args: TrainingArguments,
+    encoder_cache=None,
+    resume: bool | str | None = None,
+):
+    """CTC pre-alignment of the adaptor (the LLM never runs): trains `model.multi_modal_projector` in place.
+
+    Returns `(trainer, TrainOutput)`; checkpoints (aligner state) go to `args.output_dir`.
+    """
+    aligner = LlasmCtcAligner(model)
+    for name, parameter in aligner.named_parameters():
+        parameter.requires_grad_(not name.startswith("audio_tower.") and ".decoder." not in f".{name}")
+    args = dataclasses.replace(args, activation_checkpointing=False, remove_unused_columns=False)
+    collator = LlasmDataCollator(processor, stage="align", ctc=True, encoder_cache=encoder_cache)
+    trainer = Trainer(model=aligner, args=args, train_dataset=list(train_records), data_collator=collator)
+    checkpoint = _resolve_resume(resume, args.output_dir)
+    return trainer, trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def train_stage(
+    model,
+    processor,
+    train_records: Sequence[Any],
+    args: TrainingArguments,
+    stage: str,
+    llm_mode: str | None = None,
+    eval_records: Sequence[Any] | None = None,
+    encoder_cache=None,
+    distill_weight: float = 0.0,
+    ce_weight: float = 1.0,
+    distill_temperature: float = 1.0,
+    max_length: int | None = None,
+    resume: bool | str | None = None,
+    model_card: dict | None = None,
+    callbacks: list | None = None,
+) -> tuple[LlasmTrainer, Any]:
+    """One LLaSM stage with `LlasmTrainer`; returns `(trainer, TrainOutput)`. The model must already be
+    peft-wrapped for `llm_mode="lora"` (`prepare_stage`)."""
+    collator = LlasmDataCollator(
+        processor, stage=stage, max_length=max_length, distill=distill_weight > 0, encoder_cache=encoder_cache
+    )
+    trainer = LlasmTrainer(
+        model=model,
+        args=args,
+        train_dataset=list(train_records),
+        eval_dataset=list(eval_records) if eval_records else None,
+        data_collator=collator,
+        processing_class=processor,
+        stage=stage,
+        llm_mode=llm_mode,
+        distill_weight=distill_weight,
+        ce_weight=ce_weight,
+        distill_temperature=distill_temperature,
+        model_card=model_card,
+        callbacks=callbacks,
+    )
+    output = trainer.train(resume_from_checkpoint=_resolve_resume(resume, args.output_dir))
+    return trainer, output
+
+
+def _resolve_resume(resume: bool | str | None, output_dir: str) -> str | None:
+    if isinstance(resume, str):
+        return resume
+    if resume:
+        checkpoint = last_checkpoint(output_dir)
+        if checkpoint:
+            logger.info("resuming from %s", checkpoint)
+        return checkpoint
+    return None
+
+
+# ---------------------------------------------------------------------- generation-based evaluation
+@torch.no_grad()
+def generate_batch(model, processor, conversations: list[list[dict]], max_new_tokens: int = 64) -> tuple[list[str], list[bool]]:
+    """Greedy answers to a batch of conversations; also whether each one ended with an end-of-sequence token."""
+    inputs = processor.apply_chat_template(conversations, add_generation_prompt=True, padding_side="left")
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    texts = [processor.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+    finished = [bool(eos & set(row.tolist())) for row in new_tokens]
+    return texts, finished
+
+
+def transcribe_records(model, processor, records: Sequence[dict], batch_size: int = 8, max_new_tokens: int = 48,
+                       progress: bool = True) -> tuple[list[str], list[str]]:  # fmt: skip
+    """`(references, predictions)` for ASR records: the user turn as in training, the assistant turn the reference."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    references, predictions = [], []
+    for start in tqdm(range(0, len(records), batch_size), desc="transcribe", disable=not progress):
+        chunk = records[start : start + batch_size]
+        conversations = [[m for m in r["messages"] if m["role"] != "assistant"] for r in chunk]
+        texts, _ = generate_batch(model, processor, conversations, max_new_tokens)
+        predictions.extend(texts)
+        for record in chunk:
+            answer = next(m for m in record["messages"] if m["role"] == "assistant")
+            content = answer["content"]
+            references.append(content if isinstance(content, str) else " ".join(i["text"] for i in content if i.get("type") == "text"))
+    return references, predictions
+
+
+def evaluate_wer(model, processor, records: Sequence[dict], output_path: str | os.PathLike | None = None, **kwargs) -> float:
+    """Held-out WER (`modeling_llasm.metrics.word_error_rate`) of greedy transcriptions of ASR records."""
+    from ..metrics import word_error_rate
+
+    references, predictions = transcribe_records(model, processor, records, **kwargs)
+    wer = word_error_rate(references, predictions)
+    if output_path is not None:
+        with open(output_path, "w", encoding="utf-8") as handle:
+            for record, reference, prediction in zip(records, references, predictions):
+                handle.write(json.dumps({"id": record.get("id"), "reference": reference, "prediction": prediction}) + "\n")
+    return wer
+
+
+def generate_responses(model, processor, records: Sequence[dict], output_path: str | os.PathLike, batch_size: int = 8,
+                       max_new_tokens: int = 64, progress: bool = True) -> list[dict]:  # fmt: skip
+    """Complete spoken-question records (user audio with a `transcript`, no assistant turn) with the LLM's own
+    answer to the transcript (text only), as the stage-2 targets. Appends to `output_path` (JSONL) and resumes
+    from it; unfinished answers (no end-of-sequence within `max_new_tokens`) are marked `"finished": false`."""
+    from tqdm.auto import tqdm
+
+    output_path = Path(output_path)
+    done: dict[str, dict] = {}
+    if output_path.is_file():
+        for line in output_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                done[record["id"]] = record
+            except (json.JSONDecodeError, KeyError):
+                continue  # a torn last line from a killed run
+    todo = [r for r in records if r["id"] not in done]
+    model.eval()
+    with open(output_path, "a", encoding="utf-8") as handle:
+        for start in tqdm(range(0, len(todo), batch_size), desc="stage-2 responses", disable=not progress):
+            chunk = todo[start : start + batch_size]
+            text_conversations = [_transcript_conversation(r["messages"]) for r in chunk]
+            answers, finished = generate_batch(model, processor, text_conversations, max_new_tokens)
+            for record, answer, ok in zip(chunk, answers, finished):
+                completed = {**record, "finished": ok,
+                             "messages": [*record["messages"], {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}  # fmt: skip
+                handle.write(json.dumps(completed, ensure_ascii=False) + "\n")
+                done[record["id"]] = completed
+            handle.flush()
+    return [done[r["id"]] for r in records if r["id"] in done]
+
+
+def _transcript_conversation(messages: list[dict]) -> list[dict]:
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            out.append(message)
+            continue
+        items = [{"type": "text", "text": i["transcript"]} if i.get("type") == "audio" else i for i in content]
+        out.append({"role": message["role"], "content": items})
+    return out
+
+
+__all__ = [
+    "ctc_align", "evaluate_wer", "generate_batch", "generate_responses", "last_checkpoint", "read_records",
+    "train_stage", "transcribe_records",
+]  # fmt: skip

@@ -1,0 +1,177 @@
+"""`LlasmTrainer`: a `transformers.Trainer` for the two LLaSM stages.
+
+- applies the stage's freezing at `on_init_end` (before the optimizer exists) via [`LlasmStageCallback`];
+- computes the LM loss with the LM head only at learned positions (`logits_to_keep` boolean mask);
+- optionally adds text-teacher distillation (KL to the same LLM reading the transcript);
+- saves hub-ready checkpoints (custom pipeline + model card) and writes its own model card on `push_to_hub`.
+
+It runs unchanged under `torchrun` / `accelerate launch` (DDP, FSDP, DeepSpeed): every forward goes through the
+wrapped model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from .losses import distillation_loss, logits_at_labels, token_cross_entropy
+from .stages import LlasmStageCallback
+
+
+logger = logging.getLogger(__name__)
+
+TEACHER_KEYS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels")
+
+
+class LlasmTrainer(Trainer):
+    r"""
+    Args (besides those of `Trainer`):
+        stage (`str`, *optional*): `"align"` or `"instruct"`; adds a [`LlasmStageCallback`] that freezes the model
+            for the stage at `on_init_end`.
+        llm_mode (`str`, *optional*): `"full"`, `"lora"` or `"frozen"` (default: frozen in align, full in instruct).
+        train_encoder (`bool`): also train the Whisper encoder (not LLaSM; off by default).
+        distill_weight (`float`): weight of the KL to the text teacher (needs `LlasmDataCollator(distill=True)`).
+        ce_weight (`float`): weight of the cross-entropy on the labels.
+        distill_temperature (`float`): softmax temperature of the distillation.
+        teacher_model (*optional*): the text teacher; by default the model itself reading the transcript, with
+            its LoRA adapters disabled when it is a peft model (= the base LLM).
+        label_positions_only (`bool`): run the LM head only at learned positions (the full-vocabulary logits of
+            prompt and audio positions are never needed for training).
+        model_card (`dict`, *optional*): keyword arguments of `llasm_model_card` for the saved checkpoints.
+    """
+
+    def __init__(
+        self,
+        *args,
+        stage: str | None = None,
+        llm_mode: str | None = None,
+        train_encoder: bool = False,
+        distill_weight: float = 0.0,
+        ce_weight: float = 1.0,
+        distill_temperature: float = 1.0,
+        teacher_model: torch.nn.Module | None = None,
+        label_positions_only: bool = True,
+        model_card: Mapping[str, Any] | None = None,
+        **kwargs,
+    ):
+        args_obj = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if args_obj is not None and args_obj.remove_unused_columns:
+            args_obj.remove_unused_columns = False  # samples are raw chat records; the collator needs every field
+        self.stage_callback = None
+        if stage is not None:
+            self.stage_callback = LlasmStageCallback(stage, llm_mode, train_encoder)
+            callbacks = list(kwargs.pop("callbacks", None) or [])
+            kwargs["callbacks"] = [self.stage_callback, *callbacks]
+        self.distill_weight = float(distill_weight)
+        self.ce_weight = float(ce_weight)
+        self.distill_temperature = float(distill_temperature)
+        self.teacher_model = teacher_model
+        self.label_positions_only = label_positions_only
+        self.model_card_kwargs = dict(model_card or {})
+        self._warned_moving_teacher = False
+        super().__init__(*args, **kwargs)
+        self.args.remove_unused_columns = False
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        teacher = {key: inputs.pop(key) for key in TEACHER_KEYS if key in inputs}
+        labels = inputs.pop("labels", None)
+        if labels is None or self.label_smoother is not None or self.compute_loss_func is not None:
+            if labels is not None:
+                inputs["labels"] = labels
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+        outputs, logits, targets = logits_at_labels(model, inputs, labels, self.label_positions_only)
+        loss = logits.new_zeros(())
+        if self.ce_weight:
+            loss = loss + self.ce_weight * token_cross_entropy(logits, targets, num_items_in_batch)
+        if self.distill_weight:
+            if not teacher:
+                raise ValueError("distill_weight > 0 needs teacher inputs: use LlasmDataCollator(..., distill=True).")
+            teacher_logits = self.teacher_logits(model, teacher)
+            loss = loss + self.distill_weight * distillation_loss(
+                logits, teacher_logits, self.distill_temperature, num_items_in_batch
+            )
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Logits exist only at the learned positions (flattened), so evaluation reports the loss only.
+        return super().prediction_step(model, inputs, True, ignore_keys=ignore_keys)
+
+    @torch.no_grad()
+    def teacher_logits(self, model, teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the text teacher at the learned response positions of `teacher_labels`."""
+        teacher_inputs = {"input_ids": teacher["teacher_input_ids"], "attention_mask": teacher["teacher_attention_mask"]}
+        teacher_model = self.teacher_model if self.teacher_model is not None else model
+        context = contextlib.nullcontext()
+        unwrapped = self.accelerator.unwrap_model(teacher_model)
+        if self.teacher_model is None and hasattr(unwrapped, "disable_adapter"):
+            context = unwrapped.disable_adapter()  # the base LLM, without this run's LoRA
+        elif self.teacher_model is None and not self._warned_moving_teacher:
+            language_model = getattr(unwrapped, "language_model", None)
+            if language_model is not None and any(p.requires_grad for p in language_model.parameters()):
+                logger.warning("Distilling from the LLM being trained (a moving teacher); pass teacher_model= to fix it.")
+            self._warned_moving_teacher = True
+        with context:
+            _, logits, _ = logits_at_labels(teacher_model, teacher_inputs, teacher["teacher_labels"], self.label_positions_only)
+        return logits
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and _is_llasm(self.accelerator.unwrap_model(self.model)):
+            from .hub import make_hub_ready
+
+            make_hub_ready(output_dir, **self.card_kwargs())
+
+    def card_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.model_card_kwargs)
+        kwargs.setdefault("model_name", self.args.hub_model_id or Path(self.args.output_dir).name)
+        kwargs.setdefault("stages", [{
+            "name": self.stage_callback.stage if self.stage_callback else "custom",
+            "trained": "adaptor" + ({"full": " + LLM", "lora": " + LLM LoRA", "frozen": ""}[self.stage_callback.llm_mode]
+                                    if self.stage_callback else ""),
+            "data": "", "steps": self.state.global_step, "notes": "",
+        }])  # fmt: skip
+        return kwargs
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Write the LLaSM model card (huggingface_hub `ModelCard`) instead of the generic Trainer one."""
+        if not self.is_world_process_zero():
+            return
+        from .hub import llasm_model_card
+
+        card_kwargs = self.card_kwargs()
+        if kwargs.get("model_name"):
+            card_kwargs["model_name"] = kwargs["model_name"]
+        card_kwargs.setdefault("adapter", (Path(self.args.output_dir) / "adapter_config.json").is_file())
+        llasm_model_card(**card_kwargs).save(os.path.join(self.args.output_dir, "README.md"))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer copies only config + weights from a checkpoint to output_dir before pushing; the remote code,
+        # pipeline code and model card are needed too for the pushed repo to load.
+        if self.is_world_process_zero():
+            for path in Path(checkpoint_folder).iterdir():
+                if path.suffix in (".py", ".jinja") or path.name in ("README.md", "processor_config.json"):
+                    shutil.copy(path, Path(self.args.output_dir) / path.name)
+        super()._push_from_checkpoint(checkpoint_folder)
+
+
+def _is_llasm(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "model_type", None) == "llasm"
+
+
+__all__ = ["LlasmTrainer"]

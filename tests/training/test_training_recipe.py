@@ -1,0 +1,81 @@
+"""`llasm train --recipe tiny --smoke` end to end on the tiny model and a tiny dataset, resume, loss-curve PNG."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+from llasm_training_fixtures import tiny_training_files  # noqa: F401  (fixture)
+
+from modeling_llasm.cli import main
+from modeling_llasm.training import check_hub_layout
+from modeling_llasm.training.plotting import plot_loss_curves
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_llasm_train_smoke_runs_every_phase_and_resumes(tiny_training_files, tmp_path, capsys):
+    base_dir, data_dir = tiny_training_files
+    run_dir = tmp_path / "run"
+    argv = ["train", "--recipe", "tiny", "--smoke", "--base-dir", str(base_dir), "--data-dir", str(data_dir),
+            "--run-dir", str(run_dir), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for phase in ("stage1_ctc", "stage1_lm", "stage2_data", "stage2"):
+        assert (run_dir / phase / "done.json").is_file(), phase
+    assert 0.0 <= summary["stage1_heldout_wer"] and 0.0 <= summary["final_heldout_wer"]
+    assert check_hub_layout(run_dir / "final") == []
+    assert check_hub_layout(run_dir / "stage1_lm" / "final") == []
+    assert (run_dir / "loss_curve.png").read_bytes().startswith(PNG_MAGIC)
+    curves = json.loads((run_dir / "loss_curves.json").read_text())
+    assert set(curves) == {"stage1_ctc", "stage1_lm", "stage2"} and all(curves.values())
+    transcripts = (run_dir / "stage2" / "heldout_transcripts.jsonl").read_text().splitlines()
+    assert len(transcripts) == 4 and {"reference", "prediction"} <= set(json.loads(transcripts[0]))
+    responses = (run_dir / "stage2_data" / "train.jsonl").read_text().splitlines()
+    assert len(responses) == 6 and json.loads(responses[0])["messages"][-1]["role"] == "assistant"
+    assert (run_dir / "train.log").read_text().count("stage 2: instruct") == 1
+
+    # a second run without --resume refuses to overwrite; with --resume every finished phase is skipped
+    assert main(argv) == 2
+    assert main([*argv, "--resume"]) == 0
+    log = (run_dir / "train.log").read_text()
+    assert log.count("stage 2: instruct") == 1 and log.count("stage 1b: LM loss") == 1
+    assert json.loads((run_dir / "summary.json").read_text())["final_heldout_wer"] == summary["final_heldout_wer"]
+
+
+def test_resume_continues_an_interrupted_phase_from_its_checkpoint(tiny_training_files, tmp_path):
+    base_dir, data_dir = tiny_training_files
+    run_dir = tmp_path / "run"
+    argv = ["train", "--smoke", "--base-dir", str(base_dir), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
+            "--no-progress", "--no-ctc"]  # fmt: skip
+    assert main(argv) == 0
+    # simulate a kill during stage 2, after its first checkpoint: drop what came after it
+    import shutil
+
+    for path in ("stage2/done.json", "stage2/checkpoint-2", "final"):
+        target = run_dir / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    assert (run_dir / "stage2" / "checkpoint-1" / "trainer_state.json").is_file()
+    assert main([*argv, "--resume"]) == 0
+    stage2 = json.loads((run_dir / "stage2" / "done.json").read_text())
+    steps = [entry["step"] for entry in stage2["log_history"] if "loss" in entry]
+    assert steps == [1, 2]  # step 1 restored from the checkpoint, step 2 trained now
+    log = (run_dir / "train.log").read_text()
+    assert "resuming from" in log and str(run_dir / "stage2" / "checkpoint-1") in log
+    assert log.count("stage 1b: LM loss") == 1  # the finished stage 1 was not redone
+    assert check_hub_layout(run_dir / "final") == []
+
+
+def test_loss_curve_png_without_matplotlib(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    path = plot_loss_curves({"a": [(1, 5.0), (2, 4.0), (3, 3.5)], "b": [(4, 3.0), (5, 2.0)]}, tmp_path / "c.png")
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and b"IHDR" in data and data.endswith(b"IEND\xaeB`\x82")
