@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-base": ("build_base", "build the embedded default model (Whisper tiny.en + SmolLM2-135M) offline"),
     "chat": ("chat", "ask a model a spoken and/or typed question, once or interactively"),
+    "train": ("train", "run the LLaSM training recipe (--recipe tiny: build base, TTS data, stage 1, stage 2, WER, save)"),
     "eval": ("eval", "ASR WER/CER and spoken-instruction ROUGE-L of a model vs the Whisper->LLM cascade (JSON results)"),
     "bench": ("bench", "benchmark TTFT, decode speed, batching, stage-1 training speed and QLoRA memory vs baselines"),
     "convert-original": ("convert_original", "convert an original LinkSoul-AI LLaSM checkpoint (Cllama2/Baichuan) offline"),
