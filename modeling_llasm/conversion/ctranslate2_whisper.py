@@ -34,6 +34,7 @@ import re
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -416,20 +417,16 @@ def build_whisper_generation_config(
     return GenerationConfig(**gen_kwargs), config_token_kwargs
 
 
-def _fingerprint(src_dir: Path) -> dict[str, str]:
-    prints = {}
-    for name in _SOURCE_FILES:
-        path = src_dir / name
-        if path.is_file():
-            digest = hashlib.sha256()
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-            prints[name] = digest.hexdigest()
-    return prints
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _is_complete(dst_dir: Path, expected_manifest: dict[str, Any]) -> bool:
+    """Whether `dst_dir` holds a finished conversion whose manifest matches `expected_manifest`."""
     manifest_path = dst_dir / _MANIFEST
     if not manifest_path.is_file():
         return False
@@ -442,6 +439,48 @@ def _is_complete(dst_dir: Path, expected_manifest: dict[str, Any]) -> bool:
     return all((dst_dir / name).is_file() for name in manifest.get("files", []))
 
 
+def _check_destination(dst_dir: Path, converter: str) -> None:
+    """Refuse to replace a path that is not a (possibly stale) conversion written by one of our converters."""
+    if dst_dir.exists() and not dst_dir.is_dir():
+        raise ValueError(f"{dst_dir} exists and is not a directory; refusing to overwrite it.")
+    if dst_dir.exists() and not (dst_dir / _MANIFEST).is_file() and any(dst_dir.iterdir()):
+        raise ValueError(
+            f"{dst_dir} exists, is not empty and was not written by {converter} (no {_MANIFEST}); "
+            "refusing to overwrite it."
+        )
+
+
+def _write_conversion(dst_dir: Path, expected: dict[str, Any], write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp_dir)` in a temporary sibling of `dst_dir`, add the manifest, then move it into place.
+
+    A crash leaves at most a hidden `.<name>.tmp-*` directory, never a half-written `dst_dir`; a stale previous
+    conversion is replaced only once the new one is complete.
+    """
+    dst_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst_dir.name}.tmp-", dir=dst_dir.parent))
+    try:
+        write(tmp_dir)
+        files = sorted(p.name for p in tmp_dir.iterdir() if p.is_file())
+        manifest = {**expected, "files": files}
+        (tmp_dir / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        old = None
+        if dst_dir.exists():
+            old = dst_dir.with_name(f".{dst_dir.name}.old-{os.getpid()}")
+            os.replace(dst_dir, old)
+        try:
+            os.replace(tmp_dir, dst_dir)
+        except OSError:
+            # Another process finished the same conversion meanwhile: keep its result if complete.
+            if not _is_complete(dst_dir, expected):
+                raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    return dst_dir
+
+
 def convert_ctranslate2_whisper(
     src_dir: str | os.PathLike, dst_dir: str | os.PathLike, dtype: torch.dtype = torch.float32
 ) -> Path:
@@ -451,7 +490,7 @@ def convert_ctranslate2_whisper(
     Idempotent: if `dst_dir` already holds a complete conversion of the same source files (checked through
     `conversion_manifest.json`), nothing is done. The output is written to a temporary sibling directory and renamed
     into place, so an interrupted conversion never leaves a half-written `dst_dir`. An existing `dst_dir` that is not
-    a conversion made by this function is never overwritten.
+    a conversion made by this module is never overwritten.
     """
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -463,17 +502,11 @@ def convert_ctranslate2_whisper(
         "converter": "ctranslate2_whisper",
         "converter_version": _CONVERTER_VERSION,
         "dtype": str(dtype).removeprefix("torch."),
-        "source_sha256": _fingerprint(src_dir),
+        "source_sha256": {name: _sha256(src_dir / name) for name in _SOURCE_FILES if (src_dir / name).is_file()},
     }
     if _is_complete(dst_dir, expected):
         return dst_dir
-    if dst_dir.exists() and not dst_dir.is_dir():
-        raise ValueError(f"{dst_dir} exists and is not a directory; refusing to overwrite it.")
-    if dst_dir.exists() and not (dst_dir / _MANIFEST).is_file() and any(dst_dir.iterdir()):
-        raise ValueError(
-            f"{dst_dir} exists, is not empty and was not written by convert_ctranslate2_whisper "
-            f"(no {_MANIFEST}); refusing to overwrite it."
-        )
+    _check_destination(dst_dir, "convert_ctranslate2_whisper")
 
     ckpt = read_ctranslate2_model(src_dir / "model.bin")
     config_kwargs, state_dict = ctranslate2_whisper_to_hf(ckpt, dtype=dtype)
@@ -498,35 +531,11 @@ def convert_ctranslate2_whisper(
         model.tie_weights()
     model.generation_config = generation_config
 
-    dst_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst_dir.name}.tmp-", dir=dst_dir.parent))
-    try:
+    def write(tmp_dir: Path) -> None:
         model.save_pretrained(tmp_dir)
         processor.save_pretrained(tmp_dir)
-        files = sorted(p.name for p in tmp_dir.iterdir() if p.is_file())
-        manifest = {**expected, "source_dir": str(src_dir), "files": files}
-        (tmp_dir / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp_dir, dst_dir, expected)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-    return dst_dir
 
-
-def _replace_dir(tmp_dir: Path, dst_dir: Path, expected: dict[str, Any]) -> None:
-    """Atomically move `tmp_dir` to `dst_dir`, replacing a stale previous conversion."""
-    old = None
-    if dst_dir.exists():
-        old = dst_dir.with_name(f".{dst_dir.name}.old-{os.getpid()}")
-        os.replace(dst_dir, old)
-    try:
-        os.replace(tmp_dir, dst_dir)
-    except OSError:
-        # Another process finished the same conversion meanwhile: keep its result if complete.
-        if not _is_complete(dst_dir, expected):
-            raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return _write_conversion(dst_dir, expected, write)
 
 
 def find_embedded_whisper() -> Path:
