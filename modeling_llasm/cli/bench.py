@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-new-tokens", type=int, default=None, help="new tokens per clip in the batch test (default 32; 8 with --smoke)")
     parser.add_argument("--stage1-steps", type=int, default=None, help="timed training steps per mode (default 5; 1 with --smoke)")
     parser.add_argument("--no-profile", action="store_true", help="skip torch.profiler tables for missed goals")
+    parser.add_argument("--no-trainer-benchmark", action="store_true", help="do not also run benchmarks/stage1_speed.py (the training pipeline's stage-1 benchmark)")
     parser.add_argument("--work-dir", default=None, help="keep intermediate files (saved model for the memory probe) here")
 
 
@@ -54,6 +55,7 @@ def settings_from_args(args: argparse.Namespace):
         batch_new_tokens=args.batch_new_tokens or (8 if smoke else 32),
         stage1_steps=args.stage1_steps or (1 if smoke else 5),
         profile=not args.no_profile,
+        trainer_benchmark=not args.no_trainer_benchmark,
         work_dir=args.work_dir,
     )
 

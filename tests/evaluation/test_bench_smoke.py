@@ -9,12 +9,13 @@ from modeling_llasm.evaluation.bench import GOALS, BenchSettings, check_goals, g
 
 def test_bench_smoke_writes_table_json_and_plots(tmp_path):
     settings = BenchSettings(
-        output_dir=tmp_path / "out", smoke=True, repeats=1, warmup=0, threads=2, decode_tokens=4, batch_new_tokens=3,
+        output_dir=tmp_path / "out", smoke=True, repeats=1, warmup=0, threads=1, decode_tokens=4, batch_new_tokens=3,
         stage1_steps=1, stage1_batch=2, sections=("ttft", "decode", "batch", "stage1"), log=lambda line: None,
+        trainer_benchmark=False,  # benchmarks/stage1_speed.py is the training engineer's, with its own checks
     )  # fmt: skip
     results = run_benchmark(settings)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["machine"]["torch_threads"] == 2 and saved["machine"]["cpu_model"]
+    assert saved["machine"]["torch_threads"] == 1 and saved["machine"]["cpu_model"]
     assert set(saved["ttft"]["median"]) == {"llasm", "original", "cascade"}
     for method in ("llasm", "original", "cascade"):
         assert set(saved["ttft"]["median"][method]) == {"2.0", "5.0", "20.0"}
