@@ -21,9 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_benchmarks.py", description=bench.__doc__)
     bench.add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.output is None:
-        results = Path(__file__).resolve().parent / "results"
-        args.output = str(results / "smoke" if args.smoke else results)
+    if args.output is None and not args.smoke:
+        args.output = str(Path(__file__).resolve().parent / "results")
     return bench.run(args)
 
 

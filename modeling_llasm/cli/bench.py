@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from modeling_llasm.evaluation.bench import SECTIONS
 
     parser.add_argument("--smoke", action="store_true", help="tiny random models, 1 repeat: checks the machinery in seconds")
-    parser.add_argument("--output", "-o", default=None, help="output directory (default: benchmarks/results, or benchmarks/results/smoke with --smoke)")
+    parser.add_argument("--output", "-o", default=None, help="output directory (default: benchmarks/results; with --smoke: $TMPDIR/llasm-bench-smoke)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5; 1 with --smoke)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all usable CPUs)")
@@ -36,7 +36,14 @@ def settings_from_args(args: argparse.Namespace):
     from modeling_llasm.evaluation.bench import BenchSettings
 
     smoke = args.smoke
-    output = Path(args.output) if args.output else Path("benchmarks/results") / ("smoke" if smoke else "")
+    if args.output:
+        output = Path(args.output)
+    elif smoke:  # smoke numbers mean nothing: keep them out of the repository
+        import tempfile
+
+        output = Path(tempfile.gettempdir()) / "llasm-bench-smoke"
+    else:
+        output = Path("benchmarks/results")
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
