@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="speaking rates to rotate, 1.0 = normal (default 0.85,0.95,1.0,1.1,1.2)")
     voices.add_argument("--max-audio-seconds", type=float, default=30.0,
                         help="skip turns whose audio is longer (default 30, Whisper's window)")
+    voices.add_argument("--espeak-backend", choices=("auto", "binary", "library"), default="auto",
+                        help="espeak-ng through its binary or the espeakng-loader library; "
+                             "default: the binary when installed")
     voices.add_argument("--list-voices", action="store_true", help="print the available voice ids and exit")
 
     conv = parser.add_argument_group("conversation selection (files only)")
@@ -83,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     from modeling_llasm.data.filters import FilterConfig
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.espeak_backend != "auto":
+        backend = args.espeak_backend
+        tts.register_engine("espeak-ng", lambda: tts.EspeakNGEngine(backend=backend))
     if args.list_voices:
         for language in ("en", "zh"):
             for voice in tts.list_voices(language, args.engines):

@@ -312,17 +312,20 @@ def _check_or_write_config(output_dir: Path, wanted: dict[str, Any]) -> None:
 
 
 def _check_voices(voices: dict[str, list[str]]) -> None:
-    """Fail early, naming them, on voices of unknown engines or that the engine cannot speak."""
-    bad = []
+    """Fail early, naming them, on voices that cannot speak here (one test phrase per voice base and variant)."""
+    bad, tried = [], set()
     for language, ids in voices.items():
         if not ids:
             raise ValueError(f"voices[{language!r}] is empty; give at least one voice id or leave the language out")
         for voice_id in ids:
             try:
                 engine_name, voice = tts.parse_voice_id(voice_id)
-                engine = tts.get_engine(engine_name)
-                if voice not in engine.voices(language):  # not a listed voice: try it once
-                    engine.synthesize("hello" if language != "zh" else "你好", voice)
+                base, _, variant = voice.partition("+")
+                keys = {(engine_name, "base", base), (engine_name, "variant", variant)}
+                if keys <= tried:
+                    continue
+                tried |= keys
+                tts.get_engine(engine_name).synthesize("hello" if language != "zh" else "你好", voice)
             except (tts.TTSError, KeyError, ValueError) as e:
                 bad.append(f"{voice_id} ({e})")
     if bad:
@@ -380,6 +383,13 @@ def build_dataset(
         "max_audio_seconds": config.max_audio_seconds,
     }  # fmt: skip
     num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    executor = None
+    if num_workers > 1:
+        executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=num_workers, mp_context=multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn"),
+            initializer=_init_worker, initargs=(settings,),
+        )  # fmt: skip
+        executor.submit(int).result()  # start the workers now, before tqdm starts its monitor thread
     manifest = open(output_dir / MANIFEST_NAME, "a", encoding="utf-8")
     skipped_file = open(output_dir / SKIPPED_NAME, "a", encoding="utf-8")
     bar = tqdm(total=total, disable=not progress, unit="conv", dynamic_ncols=True, desc=output_dir.name)
@@ -389,14 +399,15 @@ def build_dataset(
         report.skipped[re.split(r"[ :(]", reason, maxsplit=1)[0]] += 1
         skipped_file.write(json.dumps({"id": record_id, "reason": reason}, ensure_ascii=False) + "\n")
         skipped_file.flush()
-        log = logger.debug if reason.startswith(("bad_format", "language_")) else logger.info
+        # engine trouble is worth a warning; selection by the filters is routine
+        log = logger.warning if reason.startswith(("tts_", "audio_too_long", "no_voice")) else logger.info
         log("skipped %s: %s", record_id, reason)
 
     def finish(result) -> None:
         record_id, status, record, reason = result
         if status == "ok":
             manifest.write(json.dumps(record, ensure_ascii=False) + "\n")
-            manifest.flush()  # the line reaches the OS now: a later kill -9 cannot lose or tear it
+            manifest.flush()  # in the OS now; a kill during this write leaves a torn last line, cut on resume
             report.written += 1
             for part in record["messages"]:
                 for p in part["content"]:
@@ -408,12 +419,6 @@ def build_dataset(
         bar.update(1)
         bar.set_postfix(skipped=sum(report.skipped.values()), refresh=False)
 
-    executor = None
-    if num_workers > 1:
-        executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=num_workers, mp_context=multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn"),
-            initializer=_init_worker, initargs=(settings,),
-        )  # fmt: skip
     window: collections.deque = collections.deque()
     try:
         for item in records:

@@ -3,7 +3,8 @@
 Every engine returns float32 mono audio at 16 kHz (the rate Whisper expects). Engines shipped here:
 
 - `EspeakNGEngine` ("espeak-ng"): the `espeak-ng` binary (Debian `apt-get install espeak-ng`), or, when the
-  binary is absent, the shared library bundled by the PyPI wheel `espeakng-loader` (called through ctypes).
+  binary is absent, the shared library bundled by the PyPI wheel `espeakng-loader` (driven through ctypes in
+  a helper process that forks per utterance, so audio is reproducible).
   English (8 accents x 12 voice variants) and Mandarin (`cmn`, 12 variants). Native rate 22050 Hz.
 - `FliteEngine` ("flite"): the `flite` binary (Debian `apt-get install flite`), English voices awb, kal16,
   rms, slt. Native rate 16 kHz.
@@ -36,13 +37,15 @@ register_engine("azure", AzureTTS)
 from __future__ import annotations
 
 import abc
-import ctypes
 import io
 import logging
 import os
 import re
+import select
 import shutil
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import unicodedata
@@ -177,82 +180,165 @@ _ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f
 _ESPEAK_DEFAULT_WPM = 175
 
 
-def _espeak_installed_names(data_dir: Path) -> tuple[set[str], set[str]]:
-    """(language voice names, variant names) present in an espeak-ng data directory."""
+def _espeak_installed_names(data_dir: Path) -> tuple[set[str], set[str], dict[str, str]]:
+    """(voice names, variant names, language code -> best voice file name) in an espeak-ng data directory."""
     languages: set[str] = set()
+    best: dict[str, tuple[int, str]] = {}
     for f in (data_dir / "lang").rglob("*"):
         if not f.is_file():
             continue
         languages.add(f.name.lower())
         try:
-            for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "language":
-                    languages.add(parts[1].lower())
+            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "language":
+                code = parts[1].lower()
+                languages.add(code)
+                priority = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 5
+                if code not in best or (priority, f.name) < best[code]:
+                    best[code] = (priority, f.name)
     variant_dir = data_dir / "voices" / "!v"
     variants = {f.name for f in variant_dir.iterdir()} if variant_dir.is_dir() else set()
-    return languages, variants
+    return languages, variants, {code: name for code, (_, name) in best.items()}
+
+
+# A small helper process that owns libespeak-ng. It initializes the library once and forks a child per
+# utterance, so every utterance starts from the same fresh state: libespeak-ng keeps generator state (noise,
+# phases) between calls, which would make audio depend on what was synthesized before. The helper imports only
+# ctypes, so each fork is cheap, and a crash in the C library only takes down one child.
+_LIBRARY_HELPER = r"""
+import ctypes, os, struct, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                             ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+rate = lib.espeak_Initialize(2, 0, sys.argv[2].encode(), 0x8000)  # AUDIO_OUTPUT_SYNCHRONOUS, DONT_EXIT
+chunks = []
+def on_audio(wav, n, events):
+    if n > 0:
+        chunks.append(ctypes.string_at(wav, 2 * n))
+    return 0
+callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)(on_audio)
+lib.espeak_SetSynthCallback(callback)
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def send(kind, data):
+    out.write(kind + struct.pack("<I", len(data)) + data)
+    out.flush()
+libc = ctypes.CDLL(None)
+def synth(request):
+    voice, wpm, text = request.decode("utf-8").split("\n", 2)
+    if hasattr(lib, "espeak_ng_SetRandSeed"):  # breath noise of some variants: seeded from the clock otherwise
+        lib.espeak_ng_SetRandSeed(ctypes.c_long(1))
+    libc.srand(1)
+    err = lib.espeak_SetVoiceByName(voice.encode())
+    if err:
+        return b"E" + ("unknown_voice\0espeak-ng library has no voice %r (error %d)" % (voice, err)).encode()
+    lib.espeak_SetParameter(1, int(wpm), 0)  # espeakRATE
+    data = text.encode("utf-8") + b"\0"
+    err = lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None)  # POS_CHARACTER, espeakCHARS_UTF8
+    return b"E" + ("engine_error\0espeak_Synth returned %d" % err).encode() if err else b"A" + b"".join(chunks)
+send(b"R", struct.pack("<i", rate))
+while True:
+    head = inp.read(4)
+    if len(head) < 4:
+        break
+    request = inp.read(struct.unpack("<I", head)[0])
+    if not hasattr(os, "fork"):
+        payload = synth(request)
+    else:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                with os.fdopen(w, "wb") as f:
+                    f.write(synth(request))
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            payload = f.read()
+        status = os.waitpid(pid, 0)[1]
+        if not payload:
+            payload = b"E" + ("engine_error\0espeak-ng library crashed (wait status %d)" % status).encode()
+    send(payload[:1], payload[1:])
+"""
 
 
 class _EspeakLibrary:
-    """libespeak-ng (from the `espeakng-loader` wheel) in synchronous mode; one per process."""
+    """Client of the libespeak-ng helper process (from the `espeakng-loader` wheel); one per process."""
 
-    _instance: ClassVar[_EspeakLibrary | None] = None
-    _lock = threading.Lock()
+    _instances: ClassVar[dict[int, _EspeakLibrary]] = {}
+    _class_lock = threading.Lock()
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = 60.0) -> None:
         import espeakng_loader
 
         self.library_path = espeakng_loader.get_library_path()
         self.data_dir = Path(espeakng_loader.get_data_path())
-        lib = ctypes.CDLL(self.library_path)
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-        ]  # fmt: skip
-        # AUDIO_OUTPUT_SYNCHRONOUS = 2, espeakINITIALIZE_DONT_EXIT = 0x8000
-        self.sampling_rate = lib.espeak_Initialize(2, 0, str(self.data_dir).encode(), 0x8000)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self.sampling_rate = 0
+        self._start()
+
+    def _start(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _LIBRARY_HELPER, self.library_path, str(self.data_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        kind, data = self._receive()
+        self.sampling_rate = struct.unpack("<i", data)[0] if kind == b"R" else 0
         if self.sampling_rate <= 0:
-            raise TTSError("engine_error", f"espeak_Initialize failed for data dir {self.data_dir}")
-        self._chunks: list[np.ndarray] = []
-        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+            self.close()
+            raise TTSError("engine_error", f"libespeak-ng failed to initialize ({self.library_path}, {self.data_dir})")
 
-        def on_audio(wav, num_samples, events):  # noqa: ARG001 - ctypes callback signature
-            if num_samples > 0:
-                self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
-            return 0
+    def _receive(self) -> tuple[bytes, bytes]:
+        out = self._proc.stdout
+        ready, _, _ = select.select([out], [], [], self.timeout)
+        if not ready:
+            self.close()
+            raise TTSError("engine_timeout", f"libespeak-ng helper gave no answer within {self.timeout} s")
+        head = out.read(5)
+        if len(head) < 5:
+            self.close()
+            raise TTSError("engine_error", "libespeak-ng helper process exited")
+        data = out.read(struct.unpack("<I", head[1:])[0])
+        return head[:1], data
 
-        self._callback = callback_type(on_audio)  # keep a reference: ctypes does not
-        lib.espeak_SetSynthCallback(self._callback)
-        self.lib = lib
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
 
     @classmethod
     def get(cls) -> _EspeakLibrary:
-        with cls._lock:
-            if cls._instance is None or cls._instance._pid != os.getpid():
-                cls._instance = cls()
-                cls._instance._pid = os.getpid()
-            return cls._instance
+        """This process's helper (a forked process never shares its parent's pipes)."""
+        with cls._class_lock:
+            pid = os.getpid()
+            if pid not in cls._instances:
+                cls._instances[pid] = cls()
+            return cls._instances[pid]
 
     def synthesize(self, text: str, voice: str, wpm: int) -> np.ndarray:
+        """int16 audio at `sampling_rate`; the same input always gives the same audio."""
+        request = f"{voice}\n{wpm}\n{text}".encode("utf-8")
         with self._lock:
-            err = self.lib.espeak_SetVoiceByName(voice.encode())
-            if err != 0:
-                raise TTSError("unknown_voice", f"espeak-ng library has no voice {voice!r} (error {err})")
-            self.lib.espeak_SetParameter(1, wpm, 0)  # espeakRATE
-            data = text.encode("utf-8") + b"\0"
-            self._chunks = []
-            err = self.lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None)  # POS_CHARACTER, espeakCHARS_UTF8
-            if err != 0:
-                raise TTSError("engine_error", f"espeak_Synth returned {err}")
-            chunks, self._chunks = self._chunks, []
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+            if self._proc is None:
+                self._start()
+            self._proc.stdin.write(struct.pack("<I", len(request)) + request)
+            self._proc.stdin.flush()
+            kind, data = self._receive()
+        if kind == b"A":
+            return np.frombuffer(data, dtype="<i2").copy()
+        reason, _, detail = data.partition(b"\0")
+        raise TTSError(reason.decode() or "engine_error", detail.decode("utf-8", "replace"))
 
 
 class EspeakNGEngine(TTSEngine):
@@ -296,6 +382,9 @@ class EspeakNGEngine(TTSEngine):
             self._version = f"libespeak-ng from espeakng-loader {_dist_version('espeakng-loader')}"
         self.backend = backend
         self._installed = _espeak_installed_names(self.data_dir) if self.data_dir and self.data_dir.is_dir() else None
+        self._voice_files = (
+            {f.name.lower() for f in (self.data_dir / "lang").rglob("*") if f.is_file()} if self._installed else set()
+        )
 
     @classmethod
     def is_available(cls) -> bool:
@@ -310,7 +399,7 @@ class EspeakNGEngine(TTSEngine):
         for base in bases:
             for variant in _ESPEAK_VARIANTS:
                 if self._installed is not None:
-                    languages, variants = self._installed
+                    languages, variants, _ = self._installed
                     if base not in languages or (variant and variant not in variants):
                         continue
                 out.append(f"{base}+{variant}" if variant else base)
@@ -320,7 +409,7 @@ class EspeakNGEngine(TTSEngine):
         """espeak-ng matches unknown names loosely ("no-such-voice" speaks Norwegian): insist on installed ones."""
         if self._installed is None:
             return
-        languages, variants = self._installed
+        languages, variants, _ = self._installed
         base, _, variant = voice.partition("+")
         if base.lower() not in languages or (variant and variant not in variants):
             raise TTSError("unknown_voice", f"espeak-ng has no voice {voice!r} in {self.data_dir}")
@@ -330,7 +419,11 @@ class EspeakNGEngine(TTSEngine):
         wpm = int(round(_ESPEAK_DEFAULT_WPM * rate))
         if self.backend == "library":
             lib = _EspeakLibrary.get()
-            return lib.synthesize(text, voice, wpm), lib.sampling_rate
+            base, plus, variant = voice.partition("+")
+            if self._installed is not None and base.lower() not in self._voice_files:
+                # the library selects voices by file name only ("en-gb" is the file "en"); the binary also by language
+                base = self._installed[2].get(base.lower(), base)
+            return lib.synthesize(text, base + plus + variant, wpm), lib.sampling_rate
         # text goes through stdin, so a leading "-" can never be taken for an option; WAV comes back on stdout
         cmd = [self.executable, "-v", voice, "-s", str(wpm), "-b", "1", "--stdout", "--stdin"]
         try:

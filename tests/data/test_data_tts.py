@@ -129,6 +129,31 @@ def test_espeak_speaks_english_and_mandarin(backend):
 
 
 @pytest.mark.tts
+@needs_espeak
+@pytest.mark.parametrize("backend", _espeak_backends())
+def test_every_listed_espeak_voice_speaks(backend):
+    if backend == "none":
+        pytest.skip("no espeak-ng backend")
+    engine = tts.EspeakNGEngine(backend=backend)
+    for language, text in (("en", "hello"), ("zh", "你好")):
+        for voice in engine.voices(language):
+            assert engine.synthesize(text, voice).size > 1600, voice
+
+
+@pytest.mark.tts
+@needs_espeak
+@pytest.mark.parametrize("backend", _espeak_backends())
+def test_espeak_is_reproducible(backend):
+    """Same text, voice and rate -> identical audio, whatever was synthesized before (the library keeps state)."""
+    if backend == "none":
+        pytest.skip("no espeak-ng backend")
+    engine = tts.EspeakNGEngine(backend=backend)
+    first = engine.synthesize("What is the capital of France?", "en-029+m3", 0.95)
+    engine.synthesize("Something else entirely, spoken faster.", "en-us+f2", 1.2)
+    assert np.array_equal(engine.synthesize("What is the capital of France?", "en-029+m3", 0.95), first)
+
+
+@pytest.mark.tts
 @needs_espeak_binary
 @pytest.mark.parametrize("text", ["--help", "-v xx hello there", "-w /tmp/oops.wav"])
 def test_espeak_binary_never_reads_text_as_options(text):
