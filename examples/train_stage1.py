@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = EncoderCache(model.get_base_model() if hasattr(model, "get_base_model") else model, processor,
                              cache_dir=data_args.encoder_cache_dir)  # fmt: skip
         with training_args.main_process_first(desc="encoder cache"):
-            cache.precompute(clips_of(train), progress=training_args.should_log)
+            cache.precompute(clips_of(train + (heldout or [])), progress=training_args.should_log)
 
     output_dir = Path(training_args.output_dir)
     resume = resume_arg(training_args)

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if data_args.encoder_cache and not model_args.train_encoder:
         cache = EncoderCache(base, processor, cache_dir=data_args.encoder_cache_dir)
         with training_args.main_process_first(desc="encoder cache"):
-            cache.precompute(clips_of(train), progress=training_args.should_log)
+            cache.precompute(clips_of(train + (heldout or [])), progress=training_args.should_log)
 
     resume = resume_arg(training_args)
     trainer, output = train_stage(

@@ -69,9 +69,9 @@ def resolve_model_dir(model_args: ModelArguments, training_args) -> Path:
 
 def load_model(model_args: ModelArguments, model_dir: Path, stage: str):
     """`(model, processor, llm_mode)`: plain fp32, LoRA-wrapped, or 4-bit QLoRA."""
-    from ..modeling_llasm import LlasmForConditionalGeneration
     from ..processing_llasm import LlasmProcessor
     from .qlora import load_qlora_model
+    from .runner import load_llasm
     from .stages import default_lora_config, prepare_stage, resolve_llm_mode
 
     processor = LlasmProcessor.from_pretrained(model_dir)
@@ -80,7 +80,7 @@ def load_model(model_args: ModelArguments, model_dir: Path, stage: str):
         model = load_qlora_model(model_dir, lora_config=lora, device_map={"": _device()})
         return model, processor, "lora"
     llm_mode = resolve_llm_mode(stage, model_args.llm_mode)
-    model = LlasmForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_llasm(model_dir)
     model = prepare_stage(model, stage, llm_mode, lora_config=lora, train_encoder=model_args.train_encoder)
     return model, processor, llm_mode
 

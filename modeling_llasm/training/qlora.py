@@ -43,11 +43,9 @@ def qlora_config(compute_dtype: torch.dtype = torch.bfloat16, skip_modules: list
 def load_quantized_base(model_dir: str | os.PathLike, compute_dtype: torch.dtype = torch.bfloat16, device_map="cpu"):
     """The LLaSM checkpoint with its LLM in 4-bit, loaded by the top-level `from_pretrained` (a 4-bit LLM built
     inside `__init__` would not be marked as quantized)."""
-    from ..modeling_llasm import LlasmForConditionalGeneration
+    from .runner import load_llasm
 
-    return LlasmForConditionalGeneration.from_pretrained(
-        model_dir, quantization_config=qlora_config(compute_dtype), device_map=device_map, dtype=torch.float32
-    )
+    return load_llasm(model_dir, quantization_config=qlora_config(compute_dtype), device_map=device_map)
 
 
 def load_qlora_model(
@@ -103,11 +101,11 @@ def merge_adapter(
     """Fold a (Q)LoRA adapter into a plain full-precision checkpoint for inference (hub-ready)."""
     from peft import PeftModel
 
-    from ..modeling_llasm import LlasmForConditionalGeneration
     from ..processing_llasm import LlasmProcessor
     from .hub import make_hub_ready
+    from .runner import load_llasm
 
-    base = LlasmForConditionalGeneration.from_pretrained(base_dir, dtype=dtype)
+    base = load_llasm(base_dir, dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     output_dir = Path(output_dir)
     merged.save_pretrained(output_dir)

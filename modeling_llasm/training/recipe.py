@@ -27,14 +27,16 @@ from transformers import TrainingArguments
 from ..data.collator import LlasmDataCollator
 from .encoder_cache import EncoderCache, clips_of
 from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
-from .runner import ctc_align, evaluate_wer, generate_batch, generate_responses, read_records, train_stage
+from .runner import ctc_align, evaluate_wer, generate_batch, generate_responses, load_llasm, read_records, train_stage
 from .stages import apply_stage, default_lora_config, prepare_stage
 
 
 logger = logging.getLogger("modeling_llasm.recipe")
 
-# Shares of the budget per training phase; the rest covers base + data build, cache, responses, evaluation.
-PHASE_SHARES = {"stage1_ctc": 0.20, "stage1_lm": 0.25, "stage2": 0.20}
+# The training phases share what is left of the budget once base, data and encoder cache are ready, minus
+# RESERVE_SHARE of the budget for the stage-2 targets, the evaluations and saving.
+PHASE_SHARES = {"stage1_ctc": 0.30, "stage1_lm": 0.40, "stage2": 0.30}
+RESERVE_SHARE = 0.2
 
 
 @dataclass
@@ -48,7 +50,7 @@ class RecipeSettings:
     smoke: bool = False
     resume: bool = False
     seed: int = 0
-    utterances: int | None = None  # stage-1 English utterances to synthesize; default 100 per budget minute
+    utterances: int | None = None  # stage-1 English utterances to synthesize; default 40 per budget minute
     use_ctc: bool = True
     use_cache: bool = True
     bf16: bool = True
@@ -109,11 +111,10 @@ class Recipe:
         base_dir = self.base()
         data_dir = self.data()
         records = self.load_data(data_dir)
-        from ..modeling_llasm import LlasmForConditionalGeneration
         from ..processing_llasm import LlasmProcessor
 
         processor = LlasmProcessor.from_pretrained(base_dir)
-        model = LlasmForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
+        model = load_llasm(base_dir)
         self.summary["base_dir"], self.summary["data_dir"] = str(base_dir), str(data_dir)
 
         cache = None
@@ -151,7 +152,7 @@ class Recipe:
             self.mark_done("stage1_lm", {"metrics": output.metrics, "heldout_wer": wer, "log_history": trainer.state.log_history})
             del trainer
         else:
-            model = LlasmForConditionalGeneration.from_pretrained(stage1_dir, dtype=torch.float32)
+            model = load_llasm(stage1_dir)
             if cache is not None:
                 cache.audio_tower = model.audio_tower
         self.summary["stage1_heldout_wer"] = self.done("stage1_lm").get("heldout_wer")
@@ -162,8 +163,9 @@ class Recipe:
         # stage 2: adaptor + LLM (LoRA by default), CE + text-teacher distillation
         final_dir = self.run_dir / "final"
         if not self.done("stage2"):
-            self.log(f"stage 2: instruct ({s.stage2_llm_mode}), {plan['stage2']['max_steps']} steps, distill {s.distill_weight}")
             peft_model = prepare_stage(model, "instruct", s.stage2_llm_mode, lora_config=default_lora_config(r=s.lora_r, lora_alpha=2 * s.lora_r))
+            self.plan_stage2(plan, peft_model, processor, stage2_train, cache)
+            self.log(f"stage 2: instruct ({s.stage2_llm_mode}), {plan['stage2']['max_steps']} steps, distill {s.distill_weight}")
             args = self.training_args("stage2", plan, s.lr_stage2, s.batch_stage2)
             trainer, output = train_stage(
                 peft_model, processor, stage2_train, args, "instruct", s.stage2_llm_mode, encoder_cache=cache,
@@ -180,7 +182,7 @@ class Recipe:
             self.mark_done("stage2", {"metrics": output.metrics, "heldout_wer": wer, "log_history": log_history})
             model = merged
         else:
-            model = LlasmForConditionalGeneration.from_pretrained(final_dir, dtype=torch.float32)
+            model = load_llasm(final_dir)
         self.summary["final_heldout_wer"] = self.done("stage2").get("heldout_wer")
 
         self.finish(final_dir, plan, model, processor)
@@ -201,7 +203,7 @@ class Recipe:
         from ..data.builder import build_seed_text
 
         data_dir = self.run_dir / "data"
-        utterances = self.s.utterances or (16 if self.s.smoke else int(100 * self.s.budget_minutes))
+        utterances = self.s.utterances or (16 if self.s.smoke else int(40 * self.s.budget_minutes))
         self.log(f"data: {utterances} stage-1 utterances + spoken questions with offline TTS -> {data_dir}")
         build_seed_text(data_dir, counts={"en": utterances}, seed=self.s.seed, num_workers=self.s.tts_workers,
                         progress=self.s.progress)  # fmt: skip
@@ -231,22 +233,54 @@ class Recipe:
             self.log("plan: timing one step of each phase")
             probes = {
                 "stage1_ctc": lambda: self._probe_ctc(model, processor, records["stage1_train"], cache),
-                "stage1_lm": lambda: self._probe_lm(model, processor, records["stage1_train"], cache, "align", None, s.batch_lm),
-                "stage2": lambda: self._probe_lm(model, processor, _with_dummy_answers(records["stage2_train"]), cache,
-                                                 "instruct", "full", s.batch_stage2),  # fmt: skip
+                "stage1_lm": lambda: self._probe_lm(model, processor, records["stage1_train"], cache, "align", s.batch_lm),
             }
-            for name, probe in probes.items():
-                if name == "stage1_ctc" and not s.use_ctc:
-                    plan[name] = {"max_steps": 0, "seconds_per_step": None}
-                    continue
-                seconds = probe()
-                model.zero_grad(set_to_none=True)
-                budget = PHASE_SHARES[name] * s.budget_minutes * 60
-                plan[name] = {"max_steps": max(10, int(0.85 * budget / seconds)), "seconds_per_step": round(seconds, 3),
-                              "budget_seconds": round(budget)}  # fmt: skip
+            elapsed = time.monotonic() - self.started
+            training_seconds = max(0.3 * s.budget_minutes * 60, (1 - RESERVE_SHARE) * s.budget_minutes * 60 - elapsed)
+            shares = dict(PHASE_SHARES)
+            if not s.use_ctc:
+                shares.pop("stage1_ctc")
+                plan["stage1_ctc"] = {"max_steps": 0, "seconds_per_step": None}
+            for name, share in shares.items():
+                budget = share / sum(shares.values()) * training_seconds
+                plan[name] = {"max_steps": None, "seconds_per_step": None, "budget_seconds": round(budget)}
+                if name in probes:  # stage 2 is timed when it starts, on its real data and configuration
+                    self._fill_steps(plan[name], probes[name]())
+                    model.zero_grad(set_to_none=True)
         path.write_text(json.dumps(plan, indent=2) + "\n")
         self.log("plan: " + json.dumps(plan))
         return plan
+
+    @staticmethod
+    def _fill_steps(entry: dict, seconds_per_step: float) -> None:
+        entry["seconds_per_step"] = round(seconds_per_step, 3)
+        entry["max_steps"] = max(10, int(0.9 * entry["budget_seconds"] / seconds_per_step))
+
+    def plan_stage2(self, plan: dict, model, processor, records, cache) -> None:
+        """Time one real stage-2 step (LoRA model, real targets, teacher pass) and plan the stage's steps."""
+        entry = plan["stage2"]
+        if entry["max_steps"] is not None:
+            return
+        s = self.s
+        collator = LlasmDataCollator(processor, "instruct", distill=s.distill_weight > 0, encoder_cache=cache)
+        unwrapped = model
+
+        def loss_of(batch):
+            teacher = {k: batch.pop(k) for k in list(batch) if k.startswith("teacher_")}
+            labels = batch.pop("labels")
+            _, logits, targets = logits_at_labels(model, batch, labels)
+            loss = token_cross_entropy(logits, targets)
+            if teacher:
+                context = unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else contextlib.nullcontext()
+                with torch.no_grad(), context:
+                    inputs = {"input_ids": teacher["teacher_input_ids"], "attention_mask": teacher["teacher_attention_mask"]}
+                    logits_at_labels(model, inputs, teacher["teacher_labels"])
+            return loss
+
+        self._fill_steps(entry, self._time(loss_of, collator, records, s.batch_stage2, 3))
+        model.zero_grad(set_to_none=True)
+        (self.run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        self.log("plan: stage2 " + json.dumps(entry))
 
     def _autocast(self):
         if self.s.bf16:
@@ -258,8 +292,8 @@ class Recipe:
         collator = LlasmDataCollator(processor, "align", ctc=True, encoder_cache=cache)
         return self._time(lambda batch: aligner(**batch)["loss"], collator, records, self.s.batch_ctc, repeats)
 
-    def _probe_lm(self, model, processor, records, cache, stage, llm_mode, batch_size, repeats: int = 3) -> float:
-        apply_stage(model, stage, llm_mode)
+    def _probe_lm(self, model, processor, records, cache, stage, batch_size, repeats: int = 3) -> float:
+        apply_stage(model, stage)
         collator = LlasmDataCollator(processor, stage, encoder_cache=cache)
 
         def loss_of(batch):
@@ -309,13 +343,15 @@ class Recipe:
         out.mkdir(parents=True, exist_ok=True)
         if not self.done("stage2_data"):
             self.log(f"stage-2 targets: the LLM answers {len(records)} question transcripts")
-        completed = generate_responses(model, processor, records, out / f"{split}.jsonl", batch_size=8,
-                                       max_new_tokens=8 if self.s.smoke else 64, progress=self.s.progress)  # fmt: skip
-        finished = [r for r in completed if r.get("finished")]
-        chosen = finished if len(finished) >= max(2, len(completed) // 2) else completed
+        completed = generate_responses(model, processor, records, out / f"{split}.jsonl", batch_size=16,
+                                       max_new_tokens=8 if self.s.smoke else 40, progress=self.s.progress)  # fmt: skip
+        finished = sum(bool(r.get("finished")) for r in completed)
+        chosen = [r for r in (_trim_unfinished(r) for r in completed) if r is not None]
+        if len(chosen) < max(1, len(completed) // 4):  # e.g. a random test model: keep its answers as they are
+            chosen = [{k: v for k, v in r.items() if k != "finished"} for r in completed]
         if not self.done("stage2_data"):
-            self.mark_done("stage2_data", {"records": len(completed), "finished": len(finished), "used": len(chosen)})
-        return [{k: v for k, v in r.items() if k != "finished"} for r in chosen]
+            self.mark_done("stage2_data", {"records": len(completed), "finished": finished, "used": len(chosen)})
+        return chosen
 
     def evaluate(self, model, processor, records, name: str) -> float:
         self.log(f"evaluate: held-out WER on {len(records)} clips ({name})")
@@ -397,10 +433,19 @@ def push_with_trainer(model, processor, output_dir: str | Path, hub_model_id: st
     return trainer.push_to_hub(commit_message="llasm tiny recipe")
 
 
-def _with_dummy_answers(records: list[dict]) -> list[dict]:
-    answer = {"role": "assistant", "content": [{"type": "text", "text": "This is a typical short answer of about twenty words, "
-                                                "used only to time one training step of the second stage."}]}  # fmt: skip
-    return [{**r, "messages": [*r["messages"], answer]} if r["messages"][-1]["role"] != "assistant" else r for r in records]
+def _trim_unfinished(record: dict) -> dict | None:
+    """A generated answer cut by max_new_tokens ends at its last full sentence (so the end-of-turn token is
+    learned after a sentence, not mid-word); an answer without any full sentence is dropped."""
+    finished = record.get("finished", True)
+    record = {k: v for k, v in record.items() if k != "finished"}
+    if finished:
+        return record
+    answer = record["messages"][-1]["content"][0]["text"]
+    cut = max(answer.rfind(mark) for mark in (".", "!", "?", "。", "！", "？"))
+    if cut < 1:
+        return None
+    messages = [*record["messages"][:-1], {"role": "assistant", "content": [{"type": "text", "text": answer[: cut + 1]}]}]
+    return {**record, "messages": messages}
 
 
 def _save_adaptor(model, path: Path) -> None:
@@ -438,4 +483,4 @@ def run_recipe(settings: RecipeSettings) -> dict[str, Any]:
         root.setLevel(previous_level)
 
 
-__all__ = ["RecipeSettings", "Recipe", "run_recipe", "push_with_trainer", "PHASE_SHARES"]
+__all__ = ["RecipeSettings", "Recipe", "run_recipe", "push_with_trainer", "PHASE_SHARES", "RESERVE_SHARE"]
