@@ -9,6 +9,7 @@ import sys
 # name -> (module under modeling_llasm.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-base": ("build_base", "build the embedded default model (Whisper tiny.en + SmolLM2-135M) offline"),
+    "build-data": ("build_data", "voice conversation files (or the embedded seed text) into a 16 kHz spoken-chat dataset with offline TTS (resumable)"),
     "chat": ("chat", "ask a model a spoken and/or typed question, once or interactively"),
     "train": ("train", "run the LLaSM training recipe (--recipe tiny: build base, TTS data, stage 1, stage 2, WER, save)"),
     "eval": ("eval", "ASR WER/CER and spoken-instruction ROUGE-L of a model vs the Whisper->LLM cascade (JSON results)"),
