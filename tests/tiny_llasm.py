@@ -4,33 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from transformers import LlamaConfig, PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
 
 from modeling_llasm import LlasmConfig, LlasmForConditionalGeneration, LlasmProcessor
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "what is the capital of france", "transcribe the speech", "the quick brown fox jumps over the lazy dog",
-    "hello world this is a tiny tokenizer for tests", "please answer the question in one sentence",
-] * 20
+from modeling_llasm.evaluation.tiny import tiny_tokenizer as tiny_components_tokenizer
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<|audio|>"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>",
-        extra_special_tokens=["<|audio|>"],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer = tiny_components_tokenizer(extra_special_tokens=("<|audio|>",))
     tokenizer.padding_side = "left"
     return tokenizer
 

@@ -1,6 +1,6 @@
-"""Tiny random component checkpoints (Whisper with 1-s windows, 2-layer Llama) for `llasm bench --smoke`.
+"""Tiny random components (Whisper with 1-s windows, 2-layer Llama, byte-level BPE tokenizer) built offline.
 
-They exercise exactly the code paths of the real benchmark in seconds; the numbers mean nothing.
+Used by `llasm bench --smoke` and the tests: they exercise the real code paths in seconds; their numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -15,22 +15,25 @@ CHAT_TEMPLATE = (
 )
 _CORPUS = [
     "what is the capital of france", "transcribe the speech", "the quick brown fox jumps over the lazy dog",
-    "hello world this is a tiny tokenizer for benchmarks", "please answer the question in one sentence",
+    "hello world this is a tiny tokenizer for tests", "please answer the question in one sentence",
 ] * 20
 
 
-def tiny_tokenizer():
+def tiny_tokenizer(extra_special_tokens: tuple[str, ...] = ()):
+    """A 300-token byte-level BPE with ChatML-style special tokens and chat template (plus `extra_special_tokens`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>", *extra_special_tokens]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(_CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>",
+        extra_special_tokens=list(extra_special_tokens),
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
