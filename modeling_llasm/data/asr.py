@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .chat import audio_part, message, text_part
+from .chat import audio_part, iter_jsonl, message, text_part
 from .filters import detect_language
 
 
@@ -171,22 +171,14 @@ def load_jsonl_manifest(
     """
     path = Path(path)
     base = path.parent.resolve()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not isinstance(row.get("text"), str):
-                raise ValueError(f"{where}: expected an object with string fields 'audio' and 'text', got {line.strip()[:120]}")
-            audio = Path(row["audio"])
-            audio = audio if audio.is_absolute() else base / audio
-            if not audio.is_file():
-                raise FileNotFoundError(f"{where}: audio file {audio} not found")
-            text = row["text"].strip()
-            lang = language or row.get("language") or ("zh" if detect_language(text) == "zh" else "en")
-            sample_id = str(row.get("id") or f"{path.stem}-{lineno:07d}")
-            yield asr_record(sample_id, audio_part(text, str(audio)), text, lang, seed=seed)
+    for where, lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not isinstance(row.get("text"), str):
+            raise ValueError(f"{where}: expected an object with string fields 'audio' and 'text', got {json.dumps(row)[:120]}")
+        audio = Path(row["audio"])
+        audio = audio if audio.is_absolute() else base / audio
+        if not audio.is_file():
+            raise FileNotFoundError(f"{where}: audio file {audio} not found")
+        text = row["text"].strip()
+        lang = language or row.get("language") or ("zh" if detect_language(text) == "zh" else "en")
+        sample_id = str(row.get("id") or f"{path.stem}-{lineno:07d}")
+        yield asr_record(sample_id, audio_part(text, str(audio)), text, lang, seed=seed)

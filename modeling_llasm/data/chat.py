@@ -96,24 +96,31 @@ def audio_parts(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield part
 
 
-def read_manifest(path: str | os.PathLike, *, resolve_paths: bool = True) -> Iterator[dict[str, Any]]:
-    """Yield the records of a JSONL manifest; with `resolve_paths`, audio paths become absolute."""
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, int, Any]]:
+    """Yield `(where, line_number, value)` for every non-blank line of a JSONL file; `where` is `"path:line"`
+    for error messages. Invalid JSON raises `ValueError` naming the file, line and column."""
     path = Path(path)
-    base = path.parent.resolve()
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                record = json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            validate_record(record, where=where)
-            if resolve_paths:
-                for part in audio_parts(record):
-                    part["path"] = str(base / part["path"])
-            yield record
+            yield where, lineno, value
+
+
+def read_manifest(path: str | os.PathLike, *, resolve_paths: bool = True) -> Iterator[dict[str, Any]]:
+    """Yield the records of a JSONL manifest; with `resolve_paths`, audio paths become absolute."""
+    base = Path(path).parent.resolve()
+    for where, _, record in iter_jsonl(path):
+        validate_record(record, where=where)
+        if resolve_paths:
+            for part in audio_parts(record):
+                part["path"] = str(base / part["path"])
+        yield record
 
 
 def write_manifest(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:

@@ -13,11 +13,13 @@ Only the first user turn is evaluated (with a preceding system message, if any).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
+
+from ..data.chat import iter_jsonl
+
 
 ASR = "asr"
 SPOKEN = "spoken_instruction"
@@ -165,22 +167,15 @@ def read_records(manifest: str | os.PathLike) -> list[dict[str, Any]]:
     manifest = Path(manifest)
     base = manifest.parent.resolve()
     records = []
-    with open(manifest, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{manifest}:{lineno}: invalid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                raise ValueError(f"{manifest}:{lineno}: expected a chat record with a 'messages' list.")
-            record.setdefault("id", f"{manifest.name}:{lineno}")
-            for message in record["messages"]:
-                for part in _parts(message):
-                    if part.get("type") == "audio":
-                        if not isinstance(part.get("path"), str):
-                            raise ValueError(f"{manifest}:{lineno}: an audio part has no 'path' (not synthesized yet?).")
-                        part["path"] = str(base / part["path"])
-            records.append(record)
+    for where, lineno, record in iter_jsonl(manifest):
+        if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+            raise ValueError(f"{where}: expected a chat record with a 'messages' list.")
+        record.setdefault("id", f"{manifest.name}:{lineno}")
+        for message in record["messages"]:
+            for part in _parts(message):
+                if part.get("type") == "audio":
+                    if not isinstance(part.get("path"), str):
+                        raise ValueError(f"{where}: an audio part has no 'path' (not synthesized yet?).")
+                    part["path"] = str(base / part["path"])
+        records.append(record)
     return records
