@@ -13,7 +13,6 @@ full window with `num_queries` copies of the decoder start token -> `mm_projecto
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

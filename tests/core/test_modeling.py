@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
 
-import modeling_llasm
+import modeling_llasm  # noqa: F401  (registers the Auto classes)
 from modeling_llasm import LlasmForConditionalGeneration
 from tiny_llasm import build_tiny_llasm, tone
 

@@ -3,7 +3,6 @@
 import json
 
 import jiwer
-import numpy as np
 import pytest
 import soundfile
 import torch
