@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_chat_pipeline(model: str | None, device: str = "cpu"):
-    import modeling_llasm  # noqa: F401  (registers the llasm-chat task)
     from transformers import pipeline
+
+    from modeling_llasm import LlasmChatPipeline
 
     from modeling_llasm.conversion.build_base import build_base, default_base_dir, is_built
 
@@ -34,7 +35,9 @@ def load_chat_pipeline(model: str | None, device: str = "cpu"):
         model = str(default_base_dir())
         if not is_built(model):
             build_base(model, log=lambda line: print(line, file=sys.stderr))
-    return pipeline("llasm-chat", model=model, device=device, dtype="float32")
+    # pipeline_class: hub-ready checkpoints carry a `custom_pipelines` entry, which transformers would otherwise
+    # only load with trust_remote_code; the installed package is the same code.
+    return pipeline("llasm-chat", model=model, device=device, dtype="float32", pipeline_class=LlasmChatPipeline)
 
 
 def user_turn(audio_paths: list[str], text: str | None) -> dict:

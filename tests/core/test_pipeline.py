@@ -77,6 +77,10 @@ def test_saved_pipeline_is_hub_ready_and_loads_with_remote_code(chat, tmp_path):
     for name in ("pipeline_llasm.py", "modeling_llasm.py", "processing_llasm.py", "configuration_llasm.py", "processor_config.json"):
         assert (tmp_path / "hub" / name).is_file(), name
     expected = chat({"text": "hello"}, **greedy())["generated_text"]
+    with pytest.raises(ValueError, match="trust_remote_code"):  # transformers' rule for custom_pipelines entries
+        pipeline("llasm-chat", model=str(tmp_path / "hub"), device="cpu")
+    installed = pipeline("llasm-chat", model=str(tmp_path / "hub"), pipeline_class=LlasmChatPipeline, device="cpu", dtype="float32")
+    assert installed({"text": "hello"}, **greedy())["generated_text"] == expected
     script = textwrap.dedent(
         f"""
         import sys
