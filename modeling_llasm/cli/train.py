@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use this dataset (stage1/{train,heldout}, stage2/{train,heldout} manifests) instead of "
                              "building the seed data")
     parser.add_argument("--utterances", type=int, default=None,
-                        help="stage-1 utterances to synthesize (default 40 per budget minute)")
+                        help="stage-1 utterances to synthesize (default 80 per budget minute)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stage2-llm-mode", choices=("lora", "full", "frozen"), default="lora",
                         help="how the LLM learns in stage 2 (default lora)")

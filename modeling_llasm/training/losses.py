@@ -69,6 +69,27 @@ def _normalize(total: torch.Tensor, count: int, num_items_in_batch) -> torch.Ten
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def calibrate_adaptor(model: nn.Module, batches, target_norm: float | None = None) -> float:
+    """Scale the adaptor's last linear layer so that its audio tokens have the mean norm of the LLM's token
+    embeddings (directions unchanged); returns the factor applied. Used after CTC pre-alignment, whose
+    norm-invariant head leaves the output norm arbitrary. `batches`: collated batches with audio."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    last = [m for m in base.multi_modal_projector.modules() if isinstance(m, nn.Linear)][-1]
+    if target_norm is None:
+        target_norm = float(base.get_input_embeddings().weight.float().norm(dim=-1).mean())
+    norms = []
+    for batch in batches:
+        features = base.get_audio_features(batch.get("input_features"), batch["input_features_mask"],
+                                           batch.get("audio_encoder_hidden_states"))  # fmt: skip
+        norms.append(features.float().norm(dim=-1))
+    factor = target_norm / float(torch.cat(norms).mean())
+    last.weight.mul_(factor)
+    if last.bias is not None:
+        last.bias.mul_(factor)
+    return factor
+
+
 class LlasmCtcAligner(nn.Module):
     r"""
     CTC pre-alignment of the adaptor without running the LLM (stage 1, before the LM loss).
@@ -93,6 +114,9 @@ class LlasmCtcAligner(nn.Module):
         self.multi_modal_projector = base.multi_modal_projector
         embeddings = base.get_input_embeddings().weight.detach()
         self.register_buffer("token_embeddings", embeddings, persistent=False)
+        # Audio tokens are scored at the LLM's typical embedding norm: CTC then shapes only their directions and
+        # cannot inflate their norms (which would put them far outside what the LLM reads; see calibrate_adaptor).
+        self.register_buffer("embedding_norm", embeddings.float().norm(dim=-1).mean(), persistent=False)
         self.blank_embedding = nn.Parameter(embeddings.float().mean(0).clone())
         self.blank_bias = nn.Parameter(torch.zeros(()))
         self.log_scale = nn.Parameter(torch.zeros(()))
@@ -109,17 +133,38 @@ class LlasmCtcAligner(nn.Module):
         counts = [self.config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
         return torch.cat([window[:count] for window, count in zip(tokens, counts)], dim=0)
 
+    def ctc_logits(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None,
+                   audio_token_counts=None) -> torch.Tensor:  # fmt: skip
+        """`(clips, T, 1 + vocab)` scores: index 0 is the blank, index i + 1 the LLM token i."""
+        tokens = self.audio_tokens(input_features, input_features_mask, audio_encoder_hidden_states)
+        clips = torch.split(tokens, audio_token_counts.tolist())
+        padded = nn.utils.rnn.pad_sequence(clips, batch_first=True).float()  # (clips, T, hidden)
+        padded = padded / padded.norm(dim=-1, keepdim=True).clamp_min(1e-6) * self.embedding_norm
+        scale = self.log_scale.exp()
+        vocab_logits = padded @ self.token_embeddings.float().T
+        blank_logits = padded @ self.blank_embedding.float() + self.blank_bias
+        return torch.cat([blank_logits[..., None], vocab_logits], dim=-1) * scale
+
+    @torch.no_grad()
+    def greedy_decode(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None,
+                      audio_token_counts=None, **ignored) -> list[list[int]]:  # fmt: skip
+        """Best-path CTC decoding: LLM token ids per clip (repeats collapsed, blanks removed)."""
+        best = self.ctc_logits(input_features, input_features_mask, audio_encoder_hidden_states, audio_token_counts).argmax(-1)
+        decoded = []
+        for row, length in zip(best.tolist(), audio_token_counts.tolist()):
+            tokens, previous = [], 0
+            for index in row[:length]:
+                if index != previous and index != 0:
+                    tokens.append(index - 1)
+                previous = index
+            decoded.append(tokens)
+        return decoded
+
     def forward(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None,
                 audio_token_counts=None, ctc_labels=None, **ignored):  # fmt: skip
         if audio_token_counts is None or ctc_labels is None:
             raise ValueError("LlasmCtcAligner needs `audio_token_counts` and `ctc_labels` (LlasmDataCollator(ctc=True)).")
-        tokens = self.audio_tokens(input_features, input_features_mask, audio_encoder_hidden_states)
-        clips = torch.split(tokens, audio_token_counts.tolist())
-        padded = nn.utils.rnn.pad_sequence(clips, batch_first=True).float()  # (clips, T, hidden)
-        scale = self.log_scale.exp()
-        vocab_logits = padded @ self.token_embeddings.float().T
-        blank_logits = padded @ self.blank_embedding.float() + self.blank_bias
-        logits = torch.cat([blank_logits[..., None], vocab_logits], dim=-1) * scale
+        logits = self.ctc_logits(input_features, input_features_mask, audio_encoder_hidden_states, audio_token_counts)
         log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T, clips, 1 + vocab)
         target_lengths = (ctc_labels != IGNORE_INDEX).sum(-1)
         targets = torch.where(ctc_labels == IGNORE_INDEX, torch.zeros_like(ctc_labels), ctc_labels + 1)
@@ -129,6 +174,6 @@ class LlasmCtcAligner(nn.Module):
 
 
 __all__ = [
-    "LlasmCtcAligner", "distillation_loss", "logits_at_labels", "prediction_mask", "shifted_targets",
+    "LlasmCtcAligner", "calibrate_adaptor", "distillation_loss", "logits_at_labels", "prediction_mask", "shifted_targets",
     "token_cross_entropy",
 ]  # fmt: skip

@@ -27,7 +27,7 @@ from transformers import TrainingArguments
 from ..data.collator import LlasmDataCollator
 from .encoder_cache import EncoderCache, clips_of
 from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
-from .runner import ctc_align, evaluate_wer, generate_batch, generate_responses, load_llasm, read_records, train_stage
+from .runner import ctc_align, ctc_wer, evaluate_wer, generate_batch, generate_responses, load_llasm, read_records, train_stage
 from .stages import apply_stage, default_lora_config, prepare_stage
 
 
@@ -50,7 +50,7 @@ class RecipeSettings:
     smoke: bool = False
     resume: bool = False
     seed: int = 0
-    utterances: int | None = None  # stage-1 English utterances to synthesize; default 40 per budget minute
+    utterances: int | None = None  # stage-1 English utterances to synthesize; default 80 per budget minute
     use_ctc: bool = True
     use_cache: bool = True
     bf16: bool = True
@@ -133,7 +133,10 @@ class Recipe:
                 args = self.training_args("stage1_ctc", plan, s.lr_ctc, s.batch_ctc)
                 trainer, output = ctc_align(model, processor, records["stage1_train"], args, encoder_cache=cache, resume=s.resume)
                 _save_adaptor(model, adaptor_file)
-                self.mark_done("stage1_ctc", {"metrics": output.metrics, "log_history": trainer.state.log_history})
+                ctc_heldout_wer = ctc_wer(trainer.model, processor, records["stage1_heldout"])
+                self.log(f"evaluate: CTC best-path held-out WER {ctc_heldout_wer:.3f} (adaptor + CTC head, no LLM)")
+                self.mark_done("stage1_ctc", {"metrics": output.metrics, "heldout_ctc_wer": ctc_heldout_wer,
+                                              "log_history": trainer.state.log_history})  # fmt: skip
                 del trainer
             else:
                 _load_adaptor(model, adaptor_file)
@@ -156,6 +159,8 @@ class Recipe:
             if cache is not None:
                 cache.audio_tower = model.audio_tower
         self.summary["stage1_heldout_wer"] = self.done("stage1_lm").get("heldout_wer")
+        if self.done("stage1_ctc"):
+            self.summary["ctc_heldout_wer"] = self.done("stage1_ctc").get("heldout_ctc_wer")
 
         # stage-2 targets: the LLM (frozen so far) answers each question's transcript
         stage2_train = self.stage2_targets(model, processor, records["stage2_train"], "train")
@@ -203,7 +208,7 @@ class Recipe:
         from ..data.builder import build_seed_text
 
         data_dir = self.run_dir / "data"
-        utterances = self.s.utterances or (16 if self.s.smoke else int(40 * self.s.budget_minutes))
+        utterances = self.s.utterances or (16 if self.s.smoke else int(80 * self.s.budget_minutes))
         self.log(f"data: {utterances} stage-1 utterances + spoken questions with offline TTS -> {data_dir}")
         build_seed_text(data_dir, counts={"en": utterances}, seed=self.s.seed, num_workers=self.s.tts_workers,
                         progress=self.s.progress)  # fmt: skip

@@ -16,7 +16,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..data.collator import LlasmDataCollator
-from .losses import LlasmCtcAligner
+from .losses import LlasmCtcAligner, calibrate_adaptor
 from .trainer import LlasmTrainer
 
 
@@ -94,8 +94,10 @@ def ctc_align(
     args: TrainingArguments,
     encoder_cache=None,
     resume: bool | str | None = None,
+    calibrate: bool = True,
 ):
-    """CTC pre-alignment of the adaptor (the LLM never runs): trains `model.multi_modal_projector` in place.
+    """CTC pre-alignment of the adaptor (the LLM never runs): trains `model.multi_modal_projector` in place,
+    then (`calibrate`) scales its output to the LLM's embedding norm (`calibrate_adaptor`).
 
     Returns `(trainer, TrainOutput)`; checkpoints (aligner state) go to `args.output_dir`.
     """
@@ -106,7 +108,13 @@ def ctc_align(
     collator = LlasmDataCollator(processor, stage="align", ctc=True, encoder_cache=encoder_cache)
     trainer = Trainer(model=aligner, args=args, train_dataset=list(train_records), data_collator=collator)
     checkpoint = _resolve_resume(resume, args.output_dir)
-    return trainer, trainer.train(resume_from_checkpoint=checkpoint)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    if calibrate:
+        sample = list(train_records)[: 4 * args.per_device_train_batch_size]
+        batches = [collator(sample[i : i + args.per_device_train_batch_size]) for i in range(0, len(sample), args.per_device_train_batch_size)]
+        factor = calibrate_adaptor(model, batches)
+        logger.info("adaptor output scaled by %.4f to the LLM embedding norm", factor)
+    return trainer, output
 
 
 def train_stage(
@@ -209,6 +217,28 @@ def evaluate_wer(model, processor, records: Sequence[dict], output_path: str | o
     return wer
 
 
+@torch.no_grad()
+def ctc_transcribe(aligner: LlasmCtcAligner, processor, records: Sequence[dict], batch_size: int = 16) -> tuple[list[str], list[str]]:
+    """`(references, predictions)`: best-path CTC decoding of each record's clips with a trained aligner (the LLM
+    never runs), references = the clips' transcripts."""
+    collator = LlasmDataCollator(processor, stage="align", ctc=True)
+    aligner.eval()
+    references, predictions = [], []
+    for start in range(0, len(records), batch_size):
+        batch = collator(records[start : start + batch_size])
+        for target, tokens in zip(batch["ctc_labels"].tolist(), aligner.greedy_decode(**batch)):
+            references.append(processor.decode([t for t in target if t >= 0], skip_special_tokens=True))
+            predictions.append(processor.decode(tokens, skip_special_tokens=True))
+    return references, predictions
+
+
+def ctc_wer(aligner: LlasmCtcAligner, processor, records: Sequence[dict], **kwargs) -> float:
+    """Held-out WER of best-path CTC decoding (what the pre-alignment alone has learned)."""
+    from ..metrics import word_error_rate
+
+    return word_error_rate(*ctc_transcribe(aligner, processor, records, **kwargs))
+
+
 def generate_responses(model, processor, records: Sequence[dict], output_path: str | os.PathLike, batch_size: int = 8,
                        max_new_tokens: int = 64, progress: bool = True) -> list[dict]:  # fmt: skip
     """Complete spoken-question records (user audio with a `transcript`, no assistant turn) with the LLM's own
@@ -254,6 +284,6 @@ def _transcript_conversation(messages: list[dict]) -> list[dict]:
 
 
 __all__ = [
-    "ctc_align", "evaluate_wer", "generate_batch", "generate_responses", "last_checkpoint", "read_records",
+    "ctc_align", "ctc_transcribe", "ctc_wer", "evaluate_wer", "generate_batch", "generate_responses", "last_checkpoint", "read_records",
     "train_stage", "transcribe_records",
 ]  # fmt: skip

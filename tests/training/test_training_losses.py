@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 
 from modeling_llasm.data.collator import LlasmDataCollator
 from modeling_llasm.training import EncoderCache, LlasmTrainer, distillation_loss, logits_at_labels, token_cross_entropy
-from modeling_llasm.training.runner import ctc_align
+from modeling_llasm.training.runner import ctc_align, ctc_transcribe
 from tiny_llasm import build_tiny_llasm
 
 
@@ -100,5 +100,13 @@ def test_ctc_pre_alignment_trains_the_adaptor_without_running_the_llm(tmp_path, 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 12 and losses[-1] < losses[0]
     assert not torch.equal(model.multi_modal_projector.linear_1.weight, projector_before)
+    # the CTC head is norm-invariant; afterwards the adaptor is scaled to the LLM's mean embedding norm
+    batch = LlasmDataCollator(processor, "align")(records)
+    with torch.no_grad():
+        audio = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+    embedding_norm = model.get_input_embeddings().weight.norm(dim=-1).mean()
+    torch.testing.assert_close(audio.norm(dim=-1).mean(), embedding_norm, rtol=1e-4, atol=1e-5)
+    references, predictions = ctc_transcribe(trainer.model, processor, records[:2])
+    assert references == [r["messages"][0]["content"][0]["transcript"] for r in records[:2]] and len(predictions) == 2
     assert all(torch.equal(v, model.language_model.state_dict()[k]) for k, v in llm_before.items())
     assert all(torch.equal(v, model.audio_tower.state_dict()[k]) for k, v in encoder_before.items())

@@ -88,3 +88,25 @@ def test_qlora_adapter_reload_and_merge_give_the_same_logits(qlora_base, tmp_pat
     torch.testing.assert_close(merged_logits, unmerged_logits, rtol=1e-5, atol=1e-5)
     # vs the 4-bit training model only the base weights' NF4 rounding differs: close, not equal
     assert (merged_logits - trained_4bit).abs().max() < 0.25 * merged_logits.abs().max()
+
+
+def test_stale_gguf_quantization_config_is_dropped_for_training(tmp_path):
+    """A base whose LLM was converted from GGUF can keep the GGUF quantization_config although its weights are
+    floats: transformers then flags the model as quantized (the Trainer refuses it, 4-bit loading clashes)."""
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    from modeling_llasm.training.runner import load_llasm
+
+    model, processor = build_tiny_llasm()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["quantization_config"] = {"dequantize": False, "gguf_file": "x.gguf", "quant_method": "gguf"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="quantized"):
+        validate_quantization_for_training(LlasmForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32))
+    loaded = load_llasm(tmp_path)
+    validate_quantization_for_training(loaded)
+    assert not hasattr(loaded.config.text_config, "quantization_config")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor)

@@ -25,6 +25,7 @@ def test_llasm_train_smoke_runs_every_phase_and_resumes(tiny_training_files, tmp
     for phase in ("stage1_ctc", "stage1_lm", "stage2_data", "stage2"):
         assert (run_dir / phase / "done.json").is_file(), phase
     assert 0.0 <= summary["stage1_heldout_wer"] and 0.0 <= summary["final_heldout_wer"]
+    assert summary["ctc_heldout_wer"] >= 0.0  # best-path decoding of the CTC head alone
     assert check_hub_layout(run_dir / "final") == []
     assert check_hub_layout(run_dir / "stage1_lm" / "final") == []
     assert (run_dir / "loss_curve.png").read_bytes().startswith(PNG_MAGIC)
