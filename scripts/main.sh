@@ -12,7 +12,7 @@ QUESTION="$RUN_DIR/question.wav"
 if command -v espeak-ng >/dev/null 2>&1; then
   espeak-ng -v en-us -w "$QUESTION" "What is the capital of France?"
 else
-  QUESTION="$(ls "$RUN_DIR"/data/stage2/heldout/audio/*.wav | head -n 1)"
+  QUESTION="$(find "$RUN_DIR/data/stage2/heldout/audio" -name "*.wav" | sort | head -n 1)"
 fi
 echo "Spoken question: $QUESTION"
 llasm chat "$RUN_DIR/final" --audio "$QUESTION" --max-new-tokens 64
