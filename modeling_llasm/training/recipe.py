@@ -123,19 +123,22 @@ class Recipe:
             self.log(f"encoder cache {cache.directory}")
             cache.precompute(clips_of(records["stage1_train"] + records["stage2_train"]), progress=s.progress)
 
-        plan = self.plan(model, processor, records, cache)
+        plan = self.plan()
 
         # stage 1a: CTC pre-alignment
         adaptor_file = self.phase_dir("stage1_ctc") / "adaptor.safetensors"
-        if s.use_ctc and plan["stage1_ctc"]["max_steps"] > 0:
+        if s.use_ctc and plan["stage1_ctc"]["max_steps"] != 0:
             if not self.done("stage1_ctc"):
-                self.log(f"stage 1a: CTC pre-alignment, {plan['stage1_ctc']['max_steps']} steps")
+                self.plan_phase(plan, "stage1_ctc", lambda: self._probe_ctc(model, processor, records["stage1_train"], cache))
+                self.log(f"stage 1a: CTC pre-alignment, up to {plan['stage1_ctc']['max_steps']} steps")
                 args = self.training_args("stage1_ctc", plan, s.lr_ctc, s.batch_ctc)
-                trainer, output = ctc_align(model, processor, records["stage1_train"], args, encoder_cache=cache, resume=s.resume)
+                trainer, output = ctc_align(model, processor, records["stage1_train"], args, encoder_cache=cache,
+                                            resume=s.resume, callbacks=[self.time_budget(plan, "stage1_ctc")])  # fmt: skip
                 _save_adaptor(model, adaptor_file)
                 ctc_heldout_wer = ctc_wer(trainer.model, processor, records["stage1_heldout"])
                 self.log(f"evaluate: CTC best-path held-out WER {ctc_heldout_wer:.3f} (adaptor + CTC head, no LLM)")
                 self.mark_done("stage1_ctc", {"metrics": output.metrics, "heldout_ctc_wer": ctc_heldout_wer,
+                                              "steps": trainer.state.global_step,
                                               "log_history": trainer.state.log_history})  # fmt: skip
                 del trainer
             else:
@@ -144,15 +147,19 @@ class Recipe:
         # stage 1b: LM loss, adaptor only
         stage1_dir = self.phase_dir("stage1_lm") / "final"
         if not self.done("stage1_lm"):
-            self.log(f"stage 1b: LM loss (adaptor only), {plan['stage1_lm']['max_steps']} steps")
+            self.plan_phase(plan, "stage1_lm", lambda: self._probe_lm(model, processor, records["stage1_train"], cache,
+                                                                      "align", s.batch_lm))  # fmt: skip
+            self.log(f"stage 1b: LM loss (adaptor only), up to {plan['stage1_lm']['max_steps']} steps")
             args = self.training_args("stage1_lm", plan, s.lr_lm, s.batch_lm)
             trainer, output = train_stage(
                 model, processor, records["stage1_train"], args, "align", encoder_cache=cache, resume=s.resume,
                 model_card=self.card_kwargs(stages=self.stage_rows(plan, upto="stage1_lm")),
+                callbacks=[self.time_budget(plan, "stage1_lm")],
             )  # fmt: skip
             trainer.save_model(str(stage1_dir))
             wer = self.evaluate(model, processor, records["stage1_heldout"], "stage1_lm")
-            self.mark_done("stage1_lm", {"metrics": output.metrics, "heldout_wer": wer, "log_history": trainer.state.log_history})
+            self.mark_done("stage1_lm", {"metrics": output.metrics, "heldout_wer": wer, "steps": trainer.state.global_step,
+                                         "log_history": trainer.state.log_history})  # fmt: skip
             del trainer
         else:
             model = load_llasm(stage1_dir)
@@ -169,22 +176,22 @@ class Recipe:
         final_dir = self.run_dir / "final"
         if not self.done("stage2"):
             peft_model = prepare_stage(model, "instruct", s.stage2_llm_mode, lora_config=default_lora_config(r=s.lora_r, lora_alpha=2 * s.lora_r))
-            self.plan_stage2(plan, peft_model, processor, stage2_train, cache)
-            self.log(f"stage 2: instruct ({s.stage2_llm_mode}), {plan['stage2']['max_steps']} steps, distill {s.distill_weight}")
+            self.plan_phase(plan, "stage2", lambda: self._probe_stage2(peft_model, processor, stage2_train, cache))
+            self.log(f"stage 2: instruct ({s.stage2_llm_mode}), up to {plan['stage2']['max_steps']} steps, distill {s.distill_weight}")
             args = self.training_args("stage2", plan, s.lr_stage2, s.batch_stage2)
             trainer, output = train_stage(
                 peft_model, processor, stage2_train, args, "instruct", s.stage2_llm_mode, encoder_cache=cache,
                 distill_weight=s.distill_weight, ce_weight=s.ce_weight, resume=s.resume,
-                model_card=self.card_kwargs(stages=self.stage_rows(plan)),
+                model_card=self.card_kwargs(stages=self.stage_rows(plan)), callbacks=[self.time_budget(plan, "stage2")],
             )  # fmt: skip
-            log_history = trainer.state.log_history
+            log_history, steps = trainer.state.log_history, trainer.state.global_step
             del trainer
             merged = peft_model.merge_and_unload() if hasattr(peft_model, "merge_and_unload") else peft_model
             merged.save_pretrained(final_dir)
             processor.save_pretrained(final_dir)
             wer = self.evaluate(merged, processor, records["stage1_heldout"], "stage2")
             self.answer_samples(merged, processor, records["stage2_heldout"])
-            self.mark_done("stage2", {"metrics": output.metrics, "heldout_wer": wer, "log_history": log_history})
+            self.mark_done("stage2", {"metrics": output.metrics, "heldout_wer": wer, "steps": steps, "log_history": log_history})
             model = merged
         else:
             model = load_llasm(final_dir)
@@ -226,49 +233,50 @@ class Recipe:
         self.summary["records"] = {k: len(v) for k, v in records.items()}
         return records
 
-    def plan(self, model, processor, records, cache) -> dict[str, dict]:
+    def plan(self) -> dict[str, dict]:
+        """Time budget of each training phase (steps are planned when the phase starts, see `plan_phase`)."""
         path = self.run_dir / "plan.json"
         if path.is_file():
             return json.loads(path.read_text())
         s = self.s
-        plan: dict[str, dict] = {}
         if s.smoke:
-            plan = {name: {"max_steps": 2, "seconds_per_step": None} for name in PHASE_SHARES}
+            plan = {name: {"max_steps": 2, "seconds_per_step": None, "budget_seconds": None} for name in PHASE_SHARES}
         else:
-            self.log("plan: timing one step of each phase")
-            probes = {
-                "stage1_ctc": lambda: self._probe_ctc(model, processor, records["stage1_train"], cache),
-                "stage1_lm": lambda: self._probe_lm(model, processor, records["stage1_train"], cache, "align", s.batch_lm),
-            }
             elapsed = time.monotonic() - self.started
             training_seconds = max(0.3 * s.budget_minutes * 60, (1 - RESERVE_SHARE) * s.budget_minutes * 60 - elapsed)
-            shares = dict(PHASE_SHARES)
+            shares = {k: v for k, v in PHASE_SHARES.items() if s.use_ctc or k != "stage1_ctc"}
+            plan = {name: {"max_steps": None, "seconds_per_step": None,
+                           "budget_seconds": round(share / sum(shares.values()) * training_seconds)}
+                    for name, share in shares.items()}  # fmt: skip
             if not s.use_ctc:
-                shares.pop("stage1_ctc")
-                plan["stage1_ctc"] = {"max_steps": 0, "seconds_per_step": None}
-            for name, share in shares.items():
-                budget = share / sum(shares.values()) * training_seconds
-                plan[name] = {"max_steps": None, "seconds_per_step": None, "budget_seconds": round(budget)}
-                if name in probes:  # stage 2 is timed when it starts, on its real data and configuration
-                    self._fill_steps(plan[name], probes[name]())
-                    model.zero_grad(set_to_none=True)
+                plan["stage1_ctc"] = {"max_steps": 0, "seconds_per_step": None, "budget_seconds": 0}
         path.write_text(json.dumps(plan, indent=2) + "\n")
         self.log("plan: " + json.dumps(plan))
         return plan
 
-    @staticmethod
-    def _fill_steps(entry: dict, seconds_per_step: float) -> None:
-        entry["seconds_per_step"] = round(seconds_per_step, 3)
-        entry["max_steps"] = max(10, int(0.9 * entry["budget_seconds"] / seconds_per_step))
-
-    def plan_stage2(self, plan: dict, model, processor, records, cache) -> None:
-        """Time one real stage-2 step (LoRA model, real targets, teacher pass) and plan the stage's steps."""
-        entry = plan["stage2"]
+    def plan_phase(self, plan: dict, name: str, probe) -> None:
+        """Time a few steps of phase `name` just before it runs (real data and configuration) and plan its steps
+        to fill its budget; the plan is stored, so a resumed run keeps the same schedule. A TimeBudgetCallback
+        stops the phase if the machine turns out slower."""
+        entry = plan[name]
         if entry["max_steps"] is not None:
             return
+        seconds = probe()
+        entry["seconds_per_step"] = round(seconds, 3)
+        entry["max_steps"] = max(10, int(0.95 * entry["budget_seconds"] / seconds))
+        (self.run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        self.log(f"plan: {name} " + json.dumps(entry))
+
+    def time_budget(self, plan: dict, name: str):
+        from .trainer import TimeBudgetCallback
+
+        budget = plan[name].get("budget_seconds")
+        return TimeBudgetCallback(1.1 * budget if budget else float("inf"))
+
+    def _probe_stage2(self, model, processor, records, cache) -> float:
+        """One real stage-2 step: LoRA model, real targets, the text-teacher pass included."""
         s = self.s
         collator = LlasmDataCollator(processor, "instruct", distill=s.distill_weight > 0, encoder_cache=cache)
-        unwrapped = model
 
         def loss_of(batch):
             teacher = {k: batch.pop(k) for k in list(batch) if k.startswith("teacher_")}
@@ -276,16 +284,15 @@ class Recipe:
             _, logits, targets = logits_at_labels(model, batch, labels)
             loss = token_cross_entropy(logits, targets)
             if teacher:
-                context = unwrapped.disable_adapter() if hasattr(unwrapped, "disable_adapter") else contextlib.nullcontext()
+                context = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
                 with torch.no_grad(), context:
                     inputs = {"input_ids": teacher["teacher_input_ids"], "attention_mask": teacher["teacher_attention_mask"]}
                     logits_at_labels(model, inputs, teacher["teacher_labels"])
             return loss
 
-        self._fill_steps(entry, self._time(loss_of, collator, records, s.batch_stage2, 3))
+        seconds = self._time(loss_of, collator, records, s.batch_stage2, 3)
         model.zero_grad(set_to_none=True)
-        (self.run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
-        self.log("plan: stage2 " + json.dumps(entry))
+        return seconds
 
     def _autocast(self):
         if self.s.bf16:
@@ -295,7 +302,9 @@ class Recipe:
     def _probe_ctc(self, model, processor, records, cache, repeats: int = 3) -> float:
         aligner = LlasmCtcAligner(model)
         collator = LlasmDataCollator(processor, "align", ctc=True, encoder_cache=cache)
-        return self._time(lambda batch: aligner(**batch)["loss"], collator, records, self.s.batch_ctc, repeats)
+        seconds = self._time(lambda batch: aligner(**batch)["loss"], collator, records, self.s.batch_ctc, repeats)
+        model.zero_grad(set_to_none=True)
+        return seconds
 
     def _probe_lm(self, model, processor, records, cache, stage, batch_size, repeats: int = 3) -> float:
         apply_stage(model, stage)
@@ -319,7 +328,9 @@ class Recipe:
                 loss = loss_fn(batch)
             loss.backward()
             times.append(time.perf_counter() - start)
-        return sum(times[1:]) / repeats * 1.15  # + optimizer step, logging, checkpoints
+        # the fastest step: a probe disturbed by another process must not shrink the plan (the time budget
+        # callback stops the phase if the machine really is slower); + 10 % for optimizer step, logs, checkpoints
+        return min(times[1:]) * 1.1
 
     def training_args(self, name: str, plan: dict, learning_rate: float, batch_size: int) -> TrainingArguments:
         max_steps = plan[name]["max_steps"]
@@ -335,6 +346,7 @@ class Recipe:
             save_strategy="steps",
             save_steps=max(1, max_steps // 4) if self.s.smoke else max(25, max_steps // 6),
             save_total_limit=2 if self.s.smoke else 1,
+            restore_callback_states_from_checkpoint=True,  # the time budget already spent
             bf16=self.s.bf16,
             use_cpu=not torch.cuda.is_available(),
             report_to=[],
@@ -379,16 +391,17 @@ class Recipe:
     def stage_rows(self, plan: dict, upto: str | None = None) -> list[dict]:
         s = self.s
         rows = []
-        if s.use_ctc and plan["stage1_ctc"]["max_steps"]:
+        steps = {name: (self.done(name) or {}).get("steps") or plan[name]["max_steps"] for name in PHASE_SHARES}
+        if s.use_ctc and steps["stage1_ctc"]:
             rows.append({"name": "1a align (CTC)", "trained": "adaptor", "data": "TTS seed ASR",
-                         "steps": f"{plan['stage1_ctc']['max_steps']} x {s.batch_ctc}",
+                         "steps": f"{steps['stage1_ctc']} x {s.batch_ctc}",
                          "notes": "CTC vs transcript LLM tokens, frozen embedding classifier + blank"})  # fmt: skip
         rows.append({"name": "1b align (LM)", "trained": "adaptor", "data": "TTS seed ASR",
-                     "steps": f"{plan['stage1_lm']['max_steps']} x {s.batch_lm}", "notes": "LLM frozen"})  # fmt: skip
+                     "steps": f"{steps['stage1_lm']} x {s.batch_lm}", "notes": "LLM frozen"})  # fmt: skip
         if upto != "stage1_lm":
             rows.append({"name": "2 instruct", "trained": f"adaptor + LLM ({s.stage2_llm_mode})",
                          "data": "TTS spoken questions, LLM answers to the transcripts",
-                         "steps": f"{plan['stage2']['max_steps']} x {s.batch_stage2}",
+                         "steps": f"{steps['stage2']} x {s.batch_stage2}",
                          "notes": f"CE x{s.ce_weight} + text-teacher KL x{s.distill_weight}"})  # fmt: skip
         return rows
 
@@ -413,7 +426,7 @@ class Recipe:
                 continue
             points = [(offset + e["step"], e["loss"]) for e in info["log_history"] if "loss" in e and "step" in e]
             curves[name] = points
-            offset += plan[name]["max_steps"]
+            offset += info.get("steps") or plan[name]["max_steps"]
         (self.run_dir / "loss_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
         plot_loss_curves(curves, self.run_dir / "loss_curve.png", title="llasm tiny recipe: training loss")
         self.summary.update({

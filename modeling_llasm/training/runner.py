@@ -95,6 +95,7 @@ def ctc_align(
     encoder_cache=None,
     resume: bool | str | None = None,
     calibrate: bool = True,
+    callbacks: list | None = None,
 ):
     """CTC pre-alignment of the adaptor (the LLM never runs): trains `model.multi_modal_projector` in place,
     then (`calibrate`) scales its output to the LLM's embedding norm (`calibrate_adaptor`).
@@ -106,7 +107,7 @@ def ctc_align(
         parameter.requires_grad_(not name.startswith("audio_tower.") and ".decoder." not in f".{name}")
     args = dataclasses.replace(args, activation_checkpointing=False, remove_unused_columns=False)
     collator = LlasmDataCollator(processor, stage="align", ctc=True, encoder_cache=encoder_cache)
-    trainer = Trainer(model=aligner, args=args, train_dataset=list(train_records), data_collator=collator)
+    trainer = Trainer(model=aligner, args=args, train_dataset=list(train_records), data_collator=collator, callbacks=callbacks)
     checkpoint = _resolve_resume(resume, args.output_dir)
     output = trainer.train(resume_from_checkpoint=checkpoint)
     if calibrate:

@@ -15,12 +15,14 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from .losses import distillation_loss, logits_at_labels, token_cross_entropy
 from .stages import LlasmStageCallback
@@ -29,6 +31,35 @@ from .stages import LlasmStageCallback
 logger = logging.getLogger(__name__)
 
 TEACHER_KEYS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels")
+
+
+class TimeBudgetCallback(TrainerCallback, ExportableState):
+    """Stops training once `budget_seconds` of training time (summed over resumed runs: the elapsed time is saved
+    with each checkpoint when `restore_callback_states_from_checkpoint=True`) are spent; a checkpoint is saved."""
+
+    def __init__(self, budget_seconds: float, elapsed: float = 0.0):
+        self.budget_seconds = float(budget_seconds)
+        self.elapsed = float(elapsed)
+        self.stopped_at_step: int | None = None
+        self._last = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        self.elapsed += now - (self._last if self._last is not None else now)
+        self._last = now
+        if self.elapsed >= self.budget_seconds and state.global_step < state.max_steps:
+            logger.info("time budget of %.0f s spent at step %d of %d: stopping", self.budget_seconds,
+                        state.global_step, state.max_steps)  # fmt: skip
+            self.stopped_at_step = state.global_step
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+    def state(self) -> dict:
+        return {"args": {"budget_seconds": self.budget_seconds}, "attributes": {"elapsed": self.elapsed}}
 
 
 class LlasmTrainer(Trainer):
@@ -174,4 +205,4 @@ def _is_llasm(model) -> bool:
     return getattr(getattr(base, "config", None), "model_type", None) == "llasm"
 
 
-__all__ = ["LlasmTrainer"]
+__all__ = ["LlasmTrainer", "TimeBudgetCallback"]

@@ -80,3 +80,23 @@ def test_loss_curve_png_without_matplotlib(tmp_path, monkeypatch):
     path = plot_loss_curves({"a": [(1, 5.0), (2, 4.0), (3, 3.5)], "b": [(4, 3.0), (5, 2.0)]}, tmp_path / "c.png")
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and b"IHDR" in data and data.endswith(b"IEND\xaeB`\x82")
+
+
+def test_time_budget_callback_stops_and_its_spent_time_survives_resume(tmp_path):
+    from llasm_training_fixtures import spoken_qa_record
+    from transformers import TrainingArguments
+
+    from modeling_llasm.data.collator import LlasmDataCollator
+    from modeling_llasm.training.trainer import LlasmTrainer, TimeBudgetCallback
+    from tiny_llasm import build_tiny_llasm
+
+    model, processor = build_tiny_llasm()
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], max_steps=6, save_steps=1, per_device_train_batch_size=1,
+                             restore_callback_states_from_checkpoint=True)  # fmt: skip
+    budget = TimeBudgetCallback(budget_seconds=0.0)
+    trainer = LlasmTrainer(model=model, args=args, train_dataset=[spoken_qa_record(i) for i in range(6)],
+                           data_collator=LlasmDataCollator(processor, "instruct"), stage="instruct", callbacks=[budget])  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 1 and budget.stopped_at_step == 1
+    state = json.loads((tmp_path / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["TimeBudgetCallback"]["attributes"]["elapsed"] > 0
