@@ -153,7 +153,8 @@ class LlasmProcessor(ProcessorMixin):
         padding_side: str | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """Tokenize `text` (one string per sample) with one `audio_token` per clip in `audio` (clips in order)."""
+        """Tokenize `text` (one string per sample) with one `audio_token` per clip in `audio`: one clip, or a list
+        of clips in placeholder order across the batch (an array is always one clip; 2-D = channels x samples)."""
         if text is None:
             raise ValueError("LlasmProcessor needs `text` (use the audio token as the placeholder for each clip).")
         texts = [text] if isinstance(text, str) else list(text)
@@ -277,11 +278,8 @@ class LlasmProcessor(ProcessorMixin):
 
 
 def _is_single_clip(audio: Any) -> bool:
-    if isinstance(audio, (str, os.PathLike, bytes, dict)):
-        return True
-    if isinstance(audio, (np.ndarray, torch.Tensor)):
-        return audio.ndim == 1 or (audio.ndim == 2 and min(audio.shape) <= 8)
-    return False
+    # One array is one clip (a 2-D array is its channels); several clips come as a list.
+    return isinstance(audio, (str, os.PathLike, bytes, dict, np.ndarray, torch.Tensor))
 
 
 def _audio_of_item(item: dict, position: int) -> AudioSource:
