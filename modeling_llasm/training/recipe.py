@@ -25,9 +25,10 @@ import torch
 from transformers import TrainingArguments
 
 from ..data.collator import LlasmDataCollator
+from ..metrics import word_error_rate
 from .encoder_cache import EncoderCache, clips_of
 from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
-from .runner import ctc_align, ctc_wer, evaluate_wer, generate_batch, generate_responses, load_llasm, read_records, train_stage
+from .runner import ctc_align, ctc_transcribe, evaluate_wer, generate_batch, generate_responses, load_llasm, read_records, train_stage
 from .stages import apply_stage, default_lora_config, prepare_stage
 
 
@@ -135,7 +136,11 @@ class Recipe:
                 trainer, output = ctc_align(model, processor, records["stage1_train"], args, encoder_cache=cache,
                                             resume=s.resume, callbacks=[self.time_budget(plan, "stage1_ctc")])  # fmt: skip
                 _save_adaptor(model, adaptor_file)
-                ctc_heldout_wer = ctc_wer(trainer.model, processor, records["stage1_heldout"])
+                references, predictions = ctc_transcribe(trainer.model, processor, records["stage1_heldout"])
+                ctc_heldout_wer = word_error_rate(references, predictions)
+                with open(self.phase_dir("stage1_ctc") / "heldout_ctc_transcripts.jsonl", "w", encoding="utf-8") as handle:
+                    for record, reference, prediction in zip(records["stage1_heldout"], references, predictions):
+                        handle.write(json.dumps({"id": record["id"], "reference": reference, "prediction": prediction}) + "\n")
                 self.log(f"evaluate: CTC best-path held-out WER {ctc_heldout_wer:.3f} (adaptor + CTC head, no LLM)")
                 self.mark_done("stage1_ctc", {"metrics": output.metrics, "heldout_ctc_wer": ctc_heldout_wer,
                                               "steps": trainer.state.global_step,
