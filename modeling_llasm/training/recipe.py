@@ -65,6 +65,8 @@ class RecipeSettings:
     lr_lm: float = 2e-3
     lr_stage2: float = 2e-4
     lora_r: int = 16
+    stage2_extra_utterances: int = 320  # stage-1 utterances also used as spoken instructions in stage 2
+    stage2_asr_mix: float = 0.5  # ASR records mixed into stage 2, per answered spoken instruction
     eval_clips: int = 100
     tts_workers: int | None = None
     push_to_hub: bool = False
@@ -175,7 +177,7 @@ class Recipe:
             self.summary["ctc_heldout_wer"] = self.done("stage1_ctc").get("heldout_ctc_wer")
 
         # stage-2 targets: the LLM (frozen so far) answers each question's transcript
-        stage2_train = self.stage2_targets(model, processor, records["stage2_train"], "train")
+        stage2_train = self.stage2_data(model, processor, records)
 
         # stage 2: adaptor + LLM (LoRA by default), CE + text-teacher distillation
         final_dir = self.run_dir / "final"
@@ -359,6 +361,23 @@ class Recipe:
             dataloader_num_workers=0,
             disable_tqdm=not self.s.progress,
         )
+
+    def stage2_data(self, model, processor, records: dict[str, list[dict]]) -> list[dict]:
+        """Stage-2 training records: the spoken questions + `stage2_extra_utterances` stage-1 utterances used as
+        spoken instructions, all answered by the LLM from their transcripts, + `stage2_asr_mix` x as many ASR
+        records from stage 1 (so that stage 2 does not unlearn transcription)."""
+        s = self.s
+        stage1 = records["stage1_train"]
+        extra = [] if s.smoke else stage1[len(stage1) - min(s.stage2_extra_utterances, len(stage1) // 4) :]
+        spoken = records["stage2_train"] + [
+            {"id": f"s2x-{r['id']}", "language": r.get("language"), "task": "spoken_instruction",
+             "messages": [{"role": "user", "content": [i for i in r["messages"][0]["content"] if i.get("type") == "audio"]}]}
+            for r in extra
+        ]  # fmt: skip
+        answered = self.stage2_targets(model, processor, spoken, "train")
+        asr = stage1[: int(s.stage2_asr_mix * len(answered))]
+        self.summary["stage2_records"] = {"answered": len(answered), "asr": len(asr)}
+        return answered + asr
 
     def stage2_targets(self, model, processor, records, split: str) -> list[dict]:
         out = self.phase_dir("stage2_data")
