@@ -48,6 +48,30 @@ def load_quantized_base(model_dir: str | os.PathLike, compute_dtype: torch.dtype
     return load_llasm(model_dir, quantization_config=qlora_config(compute_dtype), device_map=device_map)
 
 
+def keep_4bit_weights_trainable(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference, and undo a repacking already done.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a `Linear4bit` weight in place the first time it runs in
+    eval mode without gradients (evaluation, generation) and then computes it with a kernel that has no autograd:
+    any later training backward through it is silently wrong (measured: gradient differences as large as the
+    gradients). Returns the number of layers unpacked."""
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    except ImportError:
+        return 0
+    unpacked = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        state = getattr(module.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(module.weight.data, state)
+            unpacked += 1
+    return unpacked
+
+
 def load_qlora_model(
     model_dir: str | os.PathLike,
     lora_config=None,
@@ -62,6 +86,8 @@ def load_qlora_model(
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     model = load_quantized_base(model_dir, compute_dtype, device_map)
+    if is_trainable:
+        keep_4bit_weights_trainable(model)
     # use_gradient_checkpointing=False: enable it below through the non-deprecated transformers 5 API.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if activation_checkpointing and is_trainable:
@@ -118,4 +144,4 @@ def merge_adapter(
     return output_dir
 
 
-__all__ = ["QLORA_SKIP_MODULES", "load_qlora_model", "load_quantized_base", "merge_adapter", "qlora_config", "save_adapter"]
+__all__ = ["QLORA_SKIP_MODULES", "keep_4bit_weights_trainable", "load_qlora_model", "load_quantized_base", "merge_adapter", "qlora_config", "save_adapter"]

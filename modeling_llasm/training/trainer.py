@@ -110,6 +110,10 @@ class LlasmTrainer(Trainer):
         self._warned_moving_teacher = False
         super().__init__(*args, **kwargs)
         self.args.remove_unused_columns = False
+        from .qlora import keep_4bit_weights_trainable
+
+        if keep_4bit_weights_trainable(self.model):
+            logger.warning("4-bit weights had been repacked for CPU inference; unpacked them so that training is correct.")
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import LlamaConfig
 from modeling_llasm import LlasmForConditionalGeneration
 from modeling_llasm.data.collator import LlasmDataCollator
 from modeling_llasm.training import check_hub_layout, load_qlora_model, merge_adapter, save_adapter
+from modeling_llasm.training.qlora import keep_4bit_weights_trainable
 from tiny_llasm import build_tiny_llasm, tiny_tokenizer
 
 
@@ -71,6 +73,7 @@ def test_qlora_adapter_reload_and_merge_give_the_same_logits(qlora_base, tmp_pat
 
     # same 4-bit base + reloaded adapter: identical
     reloaded = load_qlora_model(directory, adapter_dir=tmp_path / "adapter", is_trainable=False)
+    keep_4bit_weights_trainable(reloaded)  # the same (unpacked) 4-bit kernels as the trained model, for exact logits
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, trained_4bit, rtol=0, atol=0)
 
@@ -110,3 +113,50 @@ def test_stale_gguf_quantization_config_is_dropped_for_training(tmp_path):
     assert not hasattr(loaded.config.text_config, "quantization_config")
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor)
+
+
+def test_eval_before_training_does_not_corrupt_qlora_gradients(qlora_base, tmp_path):
+    """bitsandbytes repacks 4-bit weights for CPU inference in eval mode (AVX512-BF16 CPUs) and then has no
+    autograd for them: our loaders keep the training layout, and LlasmTrainer undoes a repacking done earlier."""
+    from modeling_llasm.training import LlasmTrainer
+    from transformers import TrainingArguments
+
+    directory, processor, batch = qlora_base
+
+    def gradients(eval_first: bool, repack: bool, unpack: bool = True):
+        torch.manual_seed(0)
+        model = load_qlora_model(directory, activation_checkpointing=False)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if ".lora_B." in name:
+                    parameter.fill_(0.01)
+        if repack:  # a model used for CPU inference before training
+            for module in model.modules():
+                if isinstance(module, bnb.nn.Linear4bit):
+                    module.support_avx512bf16_for_cpu = True
+        if eval_first:
+            model.eval()
+            with torch.no_grad():
+                model(**batch)
+        if repack and unpack:
+            LlasmTrainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]))
+        model.train()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model(**batch).loss.backward()
+        no_autograd = any("autograd kernel was not registered" in str(w.message) for w in caught)
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, no_autograd
+
+    def distance(a, b):
+        return max(float((a[n] - b[n]).norm() / b[n].norm()) for n in b)
+
+    reference, _ = gradients(eval_first=False, repack=False)
+    kept, no_autograd = gradients(eval_first=True, repack=False)  # our loader never repacks: identical
+    assert not no_autograd and distance(kept, reference) < 1e-5
+    # repacked, then unpacked by LlasmTrainer: the backward runs through differentiable 4-bit kernels again (the
+    # weights are those of the repacking's inverse, whose block scales are re-quantized: close, not identical)
+    _, no_autograd = gradients(eval_first=True, repack=True)
+    assert not no_autograd
+    if bnb.functional.has_avx512bf16():  # only such CPUs repack; without the unpacking the gradients are wrong
+        broken, no_autograd = gradients(eval_first=True, repack=True, unpack=False)
+        assert no_autograd and distance(broken, reference) > 0.5
