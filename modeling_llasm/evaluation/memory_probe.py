@@ -58,18 +58,20 @@ def load_for_training(model_dir: str, mode: str):
     from transformers import BitsAndBytesConfig
 
     from modeling_llasm import LlasmForConditionalGeneration
+    from modeling_llasm.training.runner import training_config
 
+    config = training_config(model_dir)  # a GGUF-converted LLM may carry a stale GGUF quantization_config
     if mode == "qlora":
         quantization = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["audio_tower", "multi_modal_projector", "lm_head"],
         )  # fmt: skip
         model = LlasmForConditionalGeneration.from_pretrained(
-            model_dir, quantization_config=quantization, device_map="cpu", dtype=torch.float32
+            model_dir, config=config, quantization_config=quantization, device_map="cpu", dtype=torch.float32
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     elif mode == "lora-bf16":
-        model = LlasmForConditionalGeneration.from_pretrained(model_dir, dtype=torch.bfloat16)
+        model = LlasmForConditionalGeneration.from_pretrained(model_dir, config=config, dtype=torch.bfloat16)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
     else:

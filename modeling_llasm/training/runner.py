@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
+from ..data.chat import transcript_messages
 from ..data.collator import LlasmDataCollator
 from .losses import LlasmCtcAligner, calibrate_adaptor
 from .trainer import LlasmTrainer
@@ -261,7 +262,7 @@ def generate_responses(model, processor, records: Sequence[dict], output_path: s
     with open(output_path, "a", encoding="utf-8") as handle:
         for start in tqdm(range(0, len(todo), batch_size), desc="stage-2 responses", disable=not progress):
             chunk = todo[start : start + batch_size]
-            text_conversations = [_transcript_conversation(r["messages"]) for r in chunk]
+            text_conversations = [transcript_messages(r["messages"], where=str(r.get("id", "record"))) for r in chunk]
             answers, finished = generate_batch(model, processor, text_conversations, max_new_tokens)
             for record, answer, ok in zip(chunk, answers, finished):
                 completed = {**record, "finished": ok,
@@ -270,18 +271,6 @@ def generate_responses(model, processor, records: Sequence[dict], output_path: s
                 done[record["id"]] = completed
             handle.flush()
     return [done[r["id"]] for r in records if r["id"] in done]
-
-
-def _transcript_conversation(messages: list[dict]) -> list[dict]:
-    out = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, str):
-            out.append(message)
-            continue
-        items = [{"type": "text", "text": i["transcript"]} if i.get("type") == "audio" else i for i in content]
-        out.append({"role": message["role"], "content": items})
-    return out
 
 
 __all__ = [

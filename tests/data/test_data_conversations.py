@@ -116,3 +116,22 @@ def test_manifest_round_trip(tmp_path):
         list(chat.read_manifest(path))
     with pytest.raises(ValueError, match="role must be one of"):
         chat.message("robot", chat.text_part("x"))
+
+
+def test_transcript_messages_replace_audio_by_its_transcript():
+    record = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            chat.message("user", chat.text_part("Listen:"), chat.audio_part("What is a prime?", path="a.wav")),
+            chat.message("assistant", chat.text_part("A number with two divisors.")),
+        ]
+    }
+    out = chat.transcript_messages(record["messages"])
+    assert out[0] == {"role": "system", "content": "Be brief."}
+    assert out[1]["content"] == [{"type": "text", "text": "Listen:"}, {"type": "text", "text": "What is a prime?"}]
+    assert out[2] == record["messages"][2]
+    assert record["messages"][1]["content"][1]["type"] == "audio"  # the input is not modified
+
+    broken = [{"role": "user", "content": [{"type": "audio", "path": "a.wav"}]}]
+    with pytest.raises(ValueError, match=r"rec-7: an audio part has no 'transcript'"):
+        chat.transcript_messages(broken, where="rec-7")
