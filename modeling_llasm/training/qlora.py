@@ -57,7 +57,6 @@ def keep_4bit_weights_trainable(model) -> int:
     gradients). Returns the number of layers unpacked."""
     try:
         import bitsandbytes as bnb
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
     except ImportError:
         return 0
     unpacked = 0
@@ -67,6 +66,14 @@ def keep_4bit_weights_trainable(model) -> int:
         module.support_avx512bf16_for_cpu = False
         state = getattr(module.weight, "quant_state", None)
         if state is not None and getattr(state, "packing_format_for_cpu", False):
+            try:  # private helper of bitsandbytes 0.50; fail loudly rather than train on repacked weights
+                from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+            except ImportError as error:
+                raise RuntimeError(
+                    f"{type(module).__name__} weights were repacked for CPU inference by bitsandbytes "
+                    f"{getattr(bnb, '__version__', '?')} and cannot be unpacked with it: reload the model before "
+                    f"training (gradients through repacked weights are wrong)."
+                ) from error
             module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(module.weight.data, state)
             unpacked += 1
     return unpacked
