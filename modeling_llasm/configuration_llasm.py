@@ -56,7 +56,7 @@ class LlasmConfig(PreTrainedConfig):
     ```python
     >>> from transformers import LlamaConfig, WhisperConfig
     >>> from modeling_llasm import LlasmConfig, LlasmForConditionalGeneration
-    >>> config = LlasmConfig(audio_config=WhisperConfig(), text_config=LlamaConfig(), audio_token_id=32000)
+    >>> config = LlasmConfig(audio_config=WhisperConfig(), text_config=LlamaConfig(vocab_size=32001), audio_token_id=32000)
     >>> model = LlasmForConditionalGeneration(config)
     ```
     """

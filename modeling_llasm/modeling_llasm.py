@@ -16,12 +16,16 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 from transformers.activations import ACT2FN
+from transformers.utils import logging
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, ModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 
 from .configuration_llasm import LlasmConfig
 from .processing_llasm import LlasmProcessor
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -184,6 +188,10 @@ LLASM_ADAPTORS: dict[str, type[nn.Module]] = {
 }
 
 
+# Per-window audio inputs (one row per 30 s window, not per sample).
+AUDIO_INPUT_KEYS = ("input_features", "input_features_mask", "audio_encoder_hidden_states")
+
+
 class LlasmPreTrainedModel(PreTrainedModel):
     config: LlasmConfig
     config_class = LlasmConfig
@@ -192,7 +200,8 @@ class LlasmPreTrainedModel(PreTrainedModel):
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _supports_flash_attn = True
+    # The audio encoder and the resampler pass 4-D additive masks, which flash attention cannot read.
+    _supports_flash_attn = False
     _supports_attention_backend = True
     _skip_keys_device_placement = ["cache"]
 
@@ -271,13 +280,15 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         """Boolean mask over `inputs_embeds` of the audio placeholder positions, checked against the features."""
         if input_ids is None:
             raise ValueError("Audio features need `input_ids` to locate the audio placeholder tokens.")
+        if self.config.audio_token_id is None:
+            raise ValueError("`config.audio_token_id` is not set: the model cannot locate the audio placeholder tokens.")
         mask = input_ids == self.config.audio_token_id
         if int(mask.sum()) != audio_features.shape[0]:
             raise ValueError(
                 f"The prompt has {int(mask.sum())} audio placeholder tokens but the audio gives {audio_features.shape[0]} "
                 "audio tokens; build inputs with LlasmProcessor and do not truncate them."
             )
-        return mask.unsqueeze(-1).expand_as(inputs_embeds)
+        return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
     def forward(
         self,
@@ -309,11 +320,18 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         if input_features is not None or audio_encoder_hidden_states is not None:
             audio_features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features)
-            inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features.to(inputs_embeds.dtype))
-        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
+            inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features.to(inputs_embeds.device, inputs_embeds.dtype))
+        elif input_ids is not None and self.config.audio_token_id is not None and (cache is None or cache.get_seq_length() == 0):
             if (input_ids == self.config.audio_token_id).any():
                 raise ValueError("The prompt has audio placeholder tokens but no `input_features` were given.")
 
+        context = getattr(self.config.text_config, "max_position_embeddings", None)
+        if context is not None and (cache is None or cache.get_seq_length() == 0) and inputs_embeds.shape[1] > context:
+            # never truncated silently: say why quality may collapse (the default adaptor: ~6 audio tokens per second)
+            logger.warning_once(
+                f"The prompt has {inputs_embeds.shape[1]} tokens, more than the LLM's max_position_embeddings "
+                f"({context}); its answers past that length are unreliable. Use shorter audio or split it."
+            )
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -331,6 +349,51 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             audio_hidden_states=audio_features,
         )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs) -> dict:
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # Like `input_features`, cached encoder outputs only feed the prefill; later steps read the KV cache.
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            model_inputs.pop("audio_encoder_hidden_states", None)
+        return model_inputs
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: torch.LongTensor | None = None, **model_kwargs
+    ) -> tuple[torch.LongTensor | None, dict]:
+        # Audio tensors have one row per window, not per sample: repeat each sample's windows as a group so that the
+        # expanded rows (beams, return sequences) each get their own sample's audio, in placeholder order.
+        audio = {key: model_kwargs.pop(key) for key in AUDIO_INPUT_KEYS if model_kwargs.get(key) is not None}
+        if expand_size > 1 and audio:
+            index = self._expanded_window_index(input_ids, audio, expand_size)
+            audio = {key: value.index_select(0, index.to(value.device)) for key, value in audio.items()}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        model_kwargs.update(audio)
+        return input_ids, model_kwargs
+
+    def _expanded_window_index(self, input_ids: torch.LongTensor | None, audio: dict, expand_size: int) -> torch.Tensor:
+        """Window indices for `expand_size` copies of every sample, each copy holding that sample's windows."""
+        if input_ids is None:
+            raise ValueError("Expanding audio inputs for generation needs `input_ids` to locate the audio placeholders.")
+        mask = audio.get("input_features_mask")
+        if mask is None:
+            if "input_features" not in audio:
+                raise ValueError("`audio_encoder_hidden_states` need `input_features_mask` (mel frames per window).")
+            features = audio["input_features"]
+            tokens = [self.config.num_audio_tokens(features.shape[-1])] * features.shape[0]
+        else:
+            tokens = [self.config.num_audio_tokens(int(n)) for n in mask.sum(-1).tolist()]
+        index, window = [], 0
+        for row, needed in enumerate((input_ids == self.config.audio_token_id).sum(-1).tolist()):
+            first = window
+            while needed > 0 and window < len(tokens):
+                needed -= tokens[window]
+                window += 1
+            if needed != 0:
+                raise ValueError(f"Sample {row}: its audio placeholder tokens do not match whole audio windows.")
+            index.extend(list(range(first, window)) * expand_size)
+        if window != len(tokens):
+            raise ValueError(f"The prompts' audio placeholders use {window} audio windows but {len(tokens)} were given.")
+        return torch.tensor(index, dtype=torch.long)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         # `register_for_auto_class` records a single Auto class; list the others too so that each of them

@@ -27,7 +27,9 @@ class LlasmChatPipeline(Pipeline):
     Generation parameters (`max_new_tokens`, `do_sample`, `streamer`, ...) pass through to `generate()`.
     With `stream=True` the call returns an iterator of text pieces as they are generated.
 
-    Returns `{"generated_text": answer, "conversation": messages + [assistant turn]}`.
+    Returns `{"generated_text": answer, "conversation": messages + [assistant turn]}`; with
+    `num_return_sequences=n > 1`, a list of `n` such dicts. One conversation is processed at a time (`batch_size=1`;
+    for batched generation call the processor and `model.generate` directly).
 
     Example:
 
@@ -55,9 +57,16 @@ class LlasmChatPipeline(Pipeline):
             preprocess_params["system_prompt"] = system_prompt
         return preprocess_params, {"generate_kwargs": generate_kwargs}, {}
 
-    def __call__(self, inputs: Any = None, stream: bool = False, **kwargs):
+    def __call__(self, inputs: Any = None, stream: bool = False, **kwargs) -> dict | list | Iterator[str]:
+        batch_size = kwargs.get("batch_size") or getattr(self, "_batch_size", None) or 1
+        if batch_size != 1:
+            raise ValueError(f"llasm-chat runs one conversation per forward (batch_size=1), got batch_size={batch_size}.")
         if not stream:
             return super().__call__(inputs, **kwargs)
+        if kwargs.get("streamer") is not None:
+            raise ValueError("Pass either stream=True (the call returns an iterator) or your own `streamer`, not both.")
+        if kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("stream=True streams one answer; num_return_sequences must be 1.")
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
 
@@ -115,14 +124,21 @@ class LlasmChatPipeline(Pipeline):
 
     def _forward(self, model_inputs: dict, generate_kwargs: dict | None = None) -> dict:
         inputs = model_inputs["model_inputs"]
-        generate_kwargs = self._prepare_generate_kwargs(dict(generate_kwargs or {}))
+        generate_kwargs = dict(generate_kwargs or {})
+        # the Pipeline base class merges the pipeline's own generation defaults (as the built-in pipelines do)
+        prepare = getattr(self, "_prepare_generate_kwargs", None)
+        if prepare is not None:
+            generate_kwargs = prepare(generate_kwargs)
         sequences = self.model.generate(**inputs, **generate_kwargs)
         return {"new_tokens": sequences[:, inputs["input_ids"].shape[1] :], "messages": model_inputs["messages"]}
 
-    def postprocess(self, model_outputs: dict) -> dict:
-        answer = self.processor.decode(model_outputs["new_tokens"][0], skip_special_tokens=True).strip()
-        conversation = [*model_outputs["messages"], {"role": "assistant", "content": answer}]
-        return {"generated_text": answer, "conversation": conversation}
+    def postprocess(self, model_outputs: dict) -> dict | list[dict]:
+        results = []
+        for tokens in model_outputs["new_tokens"]:  # one row per returned sequence
+            answer = self.processor.decode(tokens, skip_special_tokens=True).strip()
+            conversation = [*model_outputs["messages"], {"role": "assistant", "content": answer}]
+            results.append({"generated_text": answer, "conversation": conversation})
+        return results[0] if len(results) == 1 else results
 
 
 def _joining(streamer: TextIteratorStreamer, worker: threading.Thread, failure: list[BaseException]) -> Iterator[str]:

@@ -27,9 +27,13 @@ def load_audio(source: AudioSource, sampling_rate: int | None = None, target_rat
     if isinstance(source, dict):
         if "array" not in source:
             raise ValueError(f"An audio dict needs an 'array' key (and 'sampling_rate'); got keys {sorted(source)}.")
-        return load_audio(source["array"], source.get("sampling_rate", sampling_rate), target_rate)
+        rate = source.get("sampling_rate")
+        return load_audio(source["array"], sampling_rate if rate is None else rate, target_rate)
     if isinstance(source, (str, os.PathLike, bytes)):
-        import soundfile
+        try:  # imported on use, so that loading a model with trust_remote_code does not require it
+            import soundfile
+        except ImportError as error:
+            raise ImportError("Reading audio files needs `soundfile` (pip install soundfile).") from error
 
         if isinstance(source, bytes):
             what, handle = "audio bytes", io.BytesIO(source)
@@ -65,7 +69,10 @@ def load_audio(source: AudioSource, sampling_rate: int | None = None, target_rat
         raise ValueError("Audio clip contains NaN or infinite samples.")
     rate = target_rate if sampling_rate is None else int(sampling_rate)
     if rate != target_rate:
-        import soxr
+        try:
+            import soxr
+        except ImportError as error:
+            raise ImportError(f"Resampling {rate} Hz audio to {target_rate} Hz needs `soxr` (pip install soxr).") from error
 
         samples = soxr.resample(samples, rate, target_rate).astype(np.float32)
     return samples
@@ -113,7 +120,7 @@ class LlasmProcessor(ProcessorMixin):
     def audio_token_id(self) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(self.audio_token)
         if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise ValueError(f"The tokenizer has no {self.audio_token!r} token; add it (LlasmForConditionalGeneration.compose does).")
+            raise ValueError(f"The tokenizer has no {self.audio_token!r} token; add it (LlasmForConditionalGeneration.from_pretrained_components does).")
         return token_id
 
     @property
@@ -122,12 +129,15 @@ class LlasmProcessor(ProcessorMixin):
 
     # ----- audio -----
     def audio_windows(self, samples: np.ndarray) -> list[np.ndarray]:
-        """Split a 16 kHz clip into encoder windows; the last one is zero-padded to whole mel hops, never cut."""
+        """Split a 16 kHz clip into encoder windows; the last one is zero-padded to whole mel hops (at least two, as
+        the STFT's reflect padding needs more than n_fft / 2 samples), never cut."""
         window, hop = self.feature_extractor.n_samples, self.feature_extractor.hop_length
         pieces = [samples[start : start + window] for start in range(0, len(samples), window)]
         last = pieces[-1]
-        if len(last) % hop:
-            pieces[-1] = np.pad(last, (0, hop - len(last) % hop))
+        minimum = hop * (self.feature_extractor.n_fft // 2 // hop + 1)
+        padded = max(minimum, -(-len(last) // hop) * hop)
+        if padded > len(last):
+            pieces[-1] = np.pad(last, (0, padded - len(last)))
         if self.pad_to_window:
             pieces = [np.pad(p, (0, window - len(p))) for p in pieces]
         return pieces
@@ -150,11 +160,14 @@ class LlasmProcessor(ProcessorMixin):
         sampling_rate: int | None = None,
         return_tensors: str | None = "pt",
         padding: bool | str = True,
-        padding_side: str | None = None,
+        padding_side: str = "left",
         **kwargs,
     ) -> BatchFeature:
         """Tokenize `text` (one string per sample) with one `audio_token` per clip in `audio`: one clip, or a list
-        of clips in placeholder order across the batch (an array is always one clip; 2-D = channels x samples)."""
+        of clips in placeholder order across the batch (an array is always one clip; 2-D = channels x samples).
+        Batches are left-padded for generation (`padding_side="right"` for training); nothing is ever truncated."""
+        if kwargs.pop("truncation", None) not in (None, False, "do_not_truncate"):
+            raise ValueError("LlasmProcessor never truncates: cutting a prompt would drop audio tokens. Shorten the input.")
         if text is None:
             raise ValueError("LlasmProcessor needs `text` (use the audio token as the placeholder for each clip).")
         texts = [text] if isinstance(text, str) else list(text)
@@ -216,20 +229,31 @@ class LlasmProcessor(ProcessorMixin):
         self,
         conversation: list[dict] | list[list[dict]],
         chat_template: str | None = None,
-        add_generation_prompt: bool = True,
+        add_generation_prompt: bool = False,
         tokenize: bool = True,
         return_dict: bool = True,
+        continue_final_message: bool = False,
+        tools: list[dict] | None = None,
+        documents: list[dict] | None = None,
         **kwargs,
-    ) -> BatchFeature | str | list[str]:
+    ) -> BatchFeature | torch.Tensor | str | list[str]:
         """Render chat messages whose content items are `{"type": "text", "text": ...}` or
         `{"type": "audio", "path" | "audio" | "array" (+ "sampling_rate"): ...}`.
 
         Audio items become the audio placeholder and the clips are collected in order. The processor's own
-        chat template is used if it has one, else the LLM tokenizer's. With `tokenize=True` the result is the
-        model inputs (as from `__call__`); otherwise the rendered prompt string(s).
+        chat template is used if it has one, else the LLM tokenizer's. As in transformers, pass
+        `add_generation_prompt=True` to prompt the assistant's answer. With `tokenize=True` the result is the
+        model inputs (as from `__call__`; only `input_ids` with `return_dict=False`); otherwise the rendered
+        prompt string(s). Other keyword arguments (`sampling_rate`, `padding_side`, `return_tensors`) go to
+        `__call__`.
         """
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
+        template_kwargs = {"continue_final_message": continue_final_message}
+        if tools is not None:
+            template_kwargs["tools"] = tools
+        if documents is not None:
+            template_kwargs["documents"] = documents
         texts, clips = [], []
         for messages in conversations:
             flat, audio = self.flatten_messages(messages)
@@ -239,13 +263,15 @@ class LlasmProcessor(ProcessorMixin):
                     chat_template=chat_template or self.chat_template,
                     add_generation_prompt=add_generation_prompt,
                     tokenize=False,
+                    **template_kwargs,
                 )
             )
             clips.extend(audio)
         if not tokenize:
             return texts if batched else texts[0]
         sampling_rate = kwargs.pop("sampling_rate", None)
-        return self(text=texts, audio=clips or None, sampling_rate=sampling_rate, **kwargs)
+        inputs = self(text=texts, audio=clips or None, sampling_rate=sampling_rate, **kwargs)
+        return inputs if return_dict else inputs["input_ids"]
 
     def flatten_messages(self, messages: list[dict]) -> tuple[list[dict], list[AudioSource]]:
         """Replace audio content items by the placeholder; return string-content messages and the clips."""
@@ -283,7 +309,7 @@ def _is_single_clip(audio: Any) -> bool:
 
 
 def _audio_of_item(item: dict, position: int) -> AudioSource:
-    for key in ("audio", "path", "array"):
+    for key in ("array", "audio", "path"):  # a `datasets` Audio dict has both a decoded array and its file path
         if item.get(key) is not None:
             value = item[key]
             if key == "array" or isinstance(value, (np.ndarray, torch.Tensor)):

@@ -69,7 +69,7 @@ def test_pipeline_runs_on_real_audio_and_streams(base_dir, spoken_question):
     pieces = list(chat(str(spoken_question), stream=True, max_new_tokens=12, do_sample=False))
     assert "".join(pieces).strip() == out["generated_text"]
     inputs = chat.processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "audio", "path": str(spoken_question)}]}]
+        [{"role": "user", "content": [{"type": "audio", "path": str(spoken_question)}]}], add_generation_prompt=True
     )
     seconds = soundfile.info(str(spoken_question)).duration
     # 50 encoder frames per second, stacked by 8: about 6.25 audio tokens per second

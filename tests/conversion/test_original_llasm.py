@@ -227,13 +227,13 @@ def test_chinese_multi_turn_multi_audio_keeps_every_clip(converted, original):
         {"role": "assistant", "content": "好的，没问题"},
         {"role": "user", "content": [audio_item(second)]},
     ]
-    text = processor.apply_chat_template(messages, tokenize=False)
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     expected_text = (
         f"<s>[INST] <<SYS>>\n{SYSTEM}\n<</SYS>>\n\n<au_start><au_patch><au_end>\n请把这段话翻译成英文 [/INST] 好的，没问题 </s>"
         "<s>[INST] <au_start><au_patch><au_end> [/INST] "
     )
     assert text == expected_text
-    inputs = processor.apply_chat_template(messages)
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
     expanded = expected_text.replace("<au_start><au_patch><au_end>", patch_block())
     expected_ids = AutoTokenizer.from_pretrained(src)(expanded, add_special_tokens=False, return_tensors="pt")["input_ids"]
     assert torch.equal(inputs["input_ids"], expected_ids)
@@ -254,7 +254,7 @@ def test_audio_longer_than_the_window_is_windowed_not_cut(converted, original):
     model, processor = converted
     window = processor.feature_extractor.n_samples  # 1 s here; 30 s for real Whisper
     clip = tone(2.5, seed=5)
-    inputs = processor.apply_chat_template([{"role": "user", "content": [audio_item(clip)]}])
+    inputs = processor.apply_chat_template([{"role": "user", "content": [audio_item(clip)]}], add_generation_prompt=True)
     ids = inputs["input_ids"][0]
     assert int((ids == model.config.audio_token_id).sum()) == 3 * QUERIES  # 3 windows x num_queries
     assert int((ids == processor.tokenizer.convert_tokens_to_ids("<au_start>")).sum()) == 1  # one clip, one start/end
@@ -276,8 +276,8 @@ def test_baichuan_variant(tmp_path):
     assert processor.tokenizer.pad_token == "<pad>"
     clip = tone(0.6, seed=7)
     messages = [{"role": "user", "content": [audio_item(clip)]}]
-    assert processor.apply_chat_template(messages, tokenize=False) == f"{SYSTEM}USER:<au_start><au_patch><au_end>ASSISTANT:"
-    inputs = processor.apply_chat_template(messages)
+    assert processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == f"{SYSTEM}USER:<au_start><au_patch><au_end>ASSISTANT:"
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
     prompt = f"{SYSTEM}USER:{patch_block()}ASSISTANT:"
     expected_ids = AutoTokenizer.from_pretrained(src)(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     assert torch.equal(inputs["input_ids"], expected_ids)
@@ -418,7 +418,7 @@ def test_greedy_generation_follows_the_original_computation(converted, original)
     src, whisper_dir, _ = original
     model, processor = converted
     clip = tone(0.9, seed=11)
-    inputs = processor.apply_chat_template([{"role": "user", "content": [audio_item(clip), {"type": "text", "text": "transcribe the speech"}]}])
+    inputs = processor.apply_chat_template([{"role": "user", "content": [audio_item(clip), {"type": "text", "text": "transcribe the speech"}]}], add_generation_prompt=True)
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=4, do_sample=False, min_new_tokens=4)
     ids = inputs["input_ids"]

@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
@@ -21,13 +22,13 @@ def test_save_load_auto_classes_give_identical_logits(tiny_llasm, tmp_path):
     model, processor = tiny_llasm
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    inputs = processor.apply_chat_template(audio_messages(1.4, 0))
+    inputs = processor.apply_chat_template(audio_messages(1.4, 0), add_generation_prompt=True)
     with torch.no_grad():
         reference = model(**inputs).logits
     for auto_class in (AutoModel, AutoModelForCausalLM):
         reloaded = auto_class.from_pretrained(tmp_path, dtype=torch.float32)
         assert isinstance(reloaded, LlasmForConditionalGeneration)
-        reloaded_inputs = AutoProcessor.from_pretrained(tmp_path).apply_chat_template(audio_messages(1.4, 0))
+        reloaded_inputs = AutoProcessor.from_pretrained(tmp_path).apply_chat_template(audio_messages(1.4, 0), add_generation_prompt=True)
         with torch.no_grad():
             assert torch.equal(reloaded(**reloaded_inputs).logits, reference)
 
@@ -68,12 +69,12 @@ def test_trust_remote_code_loads_without_the_package(tiny_llasm, tmp_path):
 def test_batched_greedy_generation_equals_one_by_one(tiny_llasm):
     model, processor = tiny_llasm
     conversations = [audio_messages(0.6, 0), audio_messages(2.3, 1, "hello"), audio_messages(1.1, 2, "what is the capital of france")]
-    batch = processor.apply_chat_template(conversations)
+    batch = processor.apply_chat_template(conversations, add_generation_prompt=True)
     assert batch["attention_mask"][:, 0].tolist().count(0) >= 1  # prompts differ in length: left padding in use
     batched = model.generate(**batch, max_new_tokens=12, do_sample=False)[:, batch["input_ids"].shape[1] :]
     singles = []
     for conversation in conversations:
-        inputs = processor.apply_chat_template(conversation)
+        inputs = processor.apply_chat_template(conversation, add_generation_prompt=True)
         singles.append(model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1] :])
     for row, single in zip(batched, singles):
         assert row[: len(single)].tolist() == single.tolist()
@@ -84,7 +85,7 @@ def test_encoder_runs_once_per_generate_call(tiny_llasm):
     model, processor = tiny_llasm
     calls = []
     model.audio_tower.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
-    inputs = processor.apply_chat_template([audio_messages(2.5, 0), audio_messages(0.7, 1)])
+    inputs = processor.apply_chat_template([audio_messages(2.5, 0), audio_messages(0.7, 1)], add_generation_prompt=True)
     model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert len(calls) == 1 and calls[0][0] == 4  # one call for all 3 + 1 windows
 
@@ -92,13 +93,13 @@ def test_encoder_runs_once_per_generate_call(tiny_llasm):
 def test_several_audios_in_several_turns(tiny_llasm):
     model, processor = tiny_llasm
     conversation = audio_messages(0.8, 0) + [{"role": "assistant", "content": "ok"}] + audio_messages(1.5, 3, "and this")
-    inputs = processor.apply_chat_template(conversation)
+    inputs = processor.apply_chat_template(conversation, add_generation_prompt=True)
     with torch.no_grad():
         out = model(**inputs)
     per_window = [model.config.num_audio_tokens(n) for n in inputs["input_features_mask"].sum(-1).tolist()]
     assert out.audio_hidden_states.shape[0] == sum(per_window) == (inputs["input_ids"] == model.config.audio_token_id).sum()
     # the second clip's tokens are its own: changing only the second clip changes only later logits
-    other = processor.apply_chat_template(audio_messages(0.8, 0) + [{"role": "assistant", "content": "ok"}] + audio_messages(1.5, 4, "and this"))
+    other = processor.apply_chat_template(audio_messages(0.8, 0) + [{"role": "assistant", "content": "ok"}] + audio_messages(1.5, 4, "and this"), add_generation_prompt=True)
     with torch.no_grad():
         changed = model(**other).logits
     first_clip_end = (inputs["input_ids"][0] == model.config.audio_token_id).nonzero()[per_window[0] - 1].item()
@@ -108,7 +109,7 @@ def test_several_audios_in_several_turns(tiny_llasm):
 
 def test_placeholder_feature_mismatch_is_a_clear_error(tiny_llasm):
     model, processor = tiny_llasm
-    inputs = processor.apply_chat_template(audio_messages(1.0, 0))
+    inputs = processor.apply_chat_template(audio_messages(1.0, 0), add_generation_prompt=True)
     audio_positions = (inputs["input_ids"][0] == model.config.audio_token_id).nonzero().flatten()
     cut = {k: v for k, v in inputs.items()}
     keep = torch.ones(inputs["input_ids"].shape[1], dtype=torch.bool)
@@ -123,7 +124,7 @@ def test_placeholder_feature_mismatch_is_a_clear_error(tiny_llasm):
 
 def test_loss_uses_only_labelled_positions(tiny_llasm):
     model, processor = tiny_llasm
-    inputs = processor.apply_chat_template(audio_messages(1.0, 0))
+    inputs = processor.apply_chat_template(audio_messages(1.0, 0), add_generation_prompt=True)
     labels = inputs["input_ids"].clone()
     labels[:, : labels.shape[1] - 5] = -100
     out = model(**inputs, labels=labels)
@@ -142,7 +143,7 @@ def test_frozen_encoder_gets_no_gradients(tiny_llasm):
     model.train()
     model.audio_tower.requires_grad_(False)
     model.language_model.requires_grad_(False)
-    inputs = processor.apply_chat_template(audio_messages(1.0, 0))
+    inputs = processor.apply_chat_template(audio_messages(1.0, 0), add_generation_prompt=True)
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
     for name, parameter in model.named_parameters():
         if name.startswith("multi_modal_projector"):
@@ -153,7 +154,7 @@ def test_frozen_encoder_gets_no_gradients(tiny_llasm):
 
 def test_sdpa_eager_and_gradient_checkpointing_agree(tmp_path):
     model, processor = build_tiny_llasm()
-    inputs = processor.apply_chat_template([audio_messages(0.9, 0), audio_messages(1.7, 1)])
+    inputs = processor.apply_chat_template([audio_messages(0.9, 0), audio_messages(1.7, 1)], add_generation_prompt=True)
     model.save_pretrained(tmp_path)
     eager = LlasmForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager", dtype=torch.float32)
     sdpa = LlasmForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa", dtype=torch.float32)
@@ -183,6 +184,73 @@ def test_tied_word_embeddings_survive_save_and_load(tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
     assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
-    inputs = processor.apply_chat_template(audio_messages(1.2, 0))
+    inputs = processor.apply_chat_template(audio_messages(1.2, 0), add_generation_prompt=True)
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
+
+
+def _merged_embeddings(model, inputs):
+    """Reference prompt embeddings: audio merged without generate's machinery."""
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        audio = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+        mask = inputs["input_ids"] == model.config.audio_token_id
+        embeds[mask] = audio
+    return embeds
+
+
+def test_beam_search_gives_every_beam_its_own_multi_window_audio(tiny_llasm):
+    model, processor = tiny_llasm
+    # one-second windows that differ (200, 900, 2500 Hz): a naive per-row expansion would mix them up
+    first = np.concatenate([tone(1.0, freq=200.0, seed=1), tone(1.0, freq=900.0, seed=2), tone(0.5, freq=2500.0, seed=3)])
+    second = np.concatenate([tone(1.0, freq=600.0, seed=4), tone(0.2, freq=3000.0, seed=5)])
+    conversations = [
+        [{"role": "user", "content": [{"type": "audio", "array": clip, "sampling_rate": 16000}, {"type": "text", "text": "hi"}]}]
+        for clip in (first, second)
+    ]
+    inputs = processor.apply_chat_template(conversations, add_generation_prompt=True)
+    _, expanded = model._expand_inputs_for_generation(expand_size=3, input_ids=inputs["input_ids"], **{k: v for k, v in inputs.items() if k != "input_ids"})
+    order = [0, 1, 2] * 3 + [3, 4] * 3  # each copy of a sample holds that sample's windows, in order
+    assert torch.equal(expanded["input_features"], inputs["input_features"][order])
+    assert torch.equal(expanded["input_features_mask"], inputs["input_features_mask"][order])
+
+    gen = dict(max_new_tokens=6, min_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False)
+    ours = model.generate(**inputs, **gen)[:, inputs["input_ids"].shape[1] :]
+    reference = model.language_model.generate(
+        inputs_embeds=_merged_embeddings(model, inputs), attention_mask=inputs["attention_mask"], **gen
+    )
+    assert ours.shape == (4, 6)
+    assert ours.tolist() == reference[:, -6:].tolist()
+
+
+def test_generation_from_cached_encoder_outputs(tiny_llasm):
+    model, processor = tiny_llasm
+    inputs = processor.apply_chat_template([audio_messages(1.7, 0), audio_messages(0.6, 2, "hello")], add_generation_prompt=True)
+    with torch.no_grad():
+        cached = model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
+    gen = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    expected = model.generate(**inputs, **gen)
+    without_features = {k: v for k, v in inputs.items() if k != "input_features"}
+    assert model.generate(**without_features, audio_encoder_hidden_states=cached, **gen).tolist() == expected.tolist()
+
+
+def test_unset_audio_token_id():
+    model, processor = build_tiny_llasm(audio_token_id=None)
+    text_only = processor(text=["hello world"])
+    with torch.no_grad():
+        assert model(**text_only).logits.shape[:2] == text_only["input_ids"].shape
+    with pytest.raises(ValueError, match="audio_token_id` is not set"):
+        model(**processor.apply_chat_template(audio_messages(1.0, 0), add_generation_prompt=True))
+
+
+def test_prompt_longer_than_the_llm_context_is_reported():
+    from transformers.testing_utils import CaptureLogger
+
+    from modeling_llasm import modeling_llasm as modeling
+
+    model, processor = build_tiny_llasm(seed=1)
+    model.config.text_config.max_position_embeddings = 16  # only read for the check; RoPE works past it
+    inputs = processor.apply_chat_template(audio_messages(1.0, 0), add_generation_prompt=True)
+    with CaptureLogger(modeling.logger) as captured, torch.no_grad():
+        model(**inputs)
+    assert f"The prompt has {inputs['input_ids'].shape[1]} tokens, more than the LLM's max_position_embeddings (16)" in captured.out

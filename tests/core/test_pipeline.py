@@ -97,3 +97,15 @@ def test_saved_pipeline_is_hub_ready_and_loads_with_remote_code(chat, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert f"ANSWER={expected!r}" in result.stdout, result.stderr[-3000:]
+
+
+def test_several_return_sequences_and_unsupported_options(chat):
+    answers = chat(tone(0.8), num_beams=2, num_return_sequences=2, max_new_tokens=6, do_sample=False)
+    assert isinstance(answers, list) and len(answers) == 2
+    assert all(a["conversation"][-1] == {"role": "assistant", "content": a["generated_text"]} for a in answers)
+    assert answers[0]["generated_text"] == chat(tone(0.8), num_beams=2, max_new_tokens=6, do_sample=False)["generated_text"]
+    with pytest.raises(ValueError, match="batch_size=1"):
+        chat([tone(0.8), tone(0.5)], batch_size=2)
+    streamer = TextIteratorStreamer(chat.processor.tokenizer, skip_prompt=True)
+    with pytest.raises(ValueError, match="not both"):
+        chat(tone(0.8), stream=True, streamer=streamer)

@@ -93,13 +93,54 @@ def test_chat_template_expands_audio_items_in_order(tmp_path):
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": [{"type": "audio", "array": tone(1.0, 8000), "sampling_rate": 8000}]},
     ]
-    prompt = processor.apply_chat_template(messages, tokenize=False)
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt.count("<|audio|>") == 2 and prompt.endswith("<|im_start|>assistant\n")
-    inputs = processor.apply_chat_template(messages)
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
     assert inputs["input_features_mask"].sum(-1).tolist() == [300, 100]
     ids = inputs["input_ids"][0].tolist()
     first = ids.index(processor.audio_token_id)
     assert ids[first : first + math.ceil(150 / 8)] == [processor.audio_token_id] * math.ceil(150 / 8)
     assert (inputs["input_ids"] == processor.audio_token_id).sum() == math.ceil(150 / 8) + math.ceil(50 / 8)
     with pytest.raises(ValueError, match="remote audio URLs"):
-        processor.apply_chat_template([{"role": "user", "content": [{"type": "audio", "url": "https://x/y.wav"}]}])
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "audio", "url": "https://x/y.wav"}]}], add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("samples", [50, 160, 16000 + 100, 16000 + 200])
+def test_tiny_last_window_is_padded_not_crashing(samples):
+    from tiny_llasm import build_tiny_llasm
+
+    model, processor = build_tiny_llasm()  # 1-s windows: the tail after 16000 samples is its own window
+    inputs = processor(text="<|audio|>", audio=tone(samples / 16000))
+    windows = -(-samples // 16000)
+    assert inputs["input_features"].shape[0] == windows
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.audio_hidden_states.shape[0] == (inputs["input_ids"] == model.config.audio_token_id).sum()
+
+
+def test_call_level_sampling_rate_applies_to_array_items():
+    processor = real_size_processor()
+    clip_8k = tone(2.0, sampling_rate=8000)
+    messages = [{"role": "user", "content": [{"type": "audio", "array": clip_8k}]}]
+    at_8k = processor.apply_chat_template(messages, sampling_rate=8000, add_generation_prompt=True)
+    assert at_8k["input_features_mask"].sum() == 200  # 2 s, not 1 s (as if 16 kHz)
+    own_rate = [{"role": "user", "content": [{"type": "audio", "array": clip_8k, "sampling_rate": 8000}]}]
+    assert processor.apply_chat_template(own_rate, sampling_rate=16000, add_generation_prompt=True)["input_features_mask"].sum() == 200
+
+
+def test_left_padding_by_default_and_no_truncation():
+    processor = real_size_processor()
+    processor.tokenizer.padding_side = "right"
+    inputs = processor(text=["hello world", "hello"])
+    assert inputs["attention_mask"][1, 0] == 0 and inputs["attention_mask"][1, -1] == 1
+    right = processor(text=["hello world", "hello"], padding_side="right")
+    assert right["attention_mask"][1, -1] == 0
+    with pytest.raises(ValueError, match="never truncates"):
+        processor(text="<|audio|> hello", audio=tone(1.0), truncation=True, max_length=4)
+
+
+def test_datasets_audio_dict_uses_its_decoded_array():
+    processor = real_size_processor()
+    item = {"type": "audio", "path": "not-here.mp3", "array": tone(1.5), "sampling_rate": 16000}
+    inputs = processor.apply_chat_template([{"role": "user", "content": [item]}], add_generation_prompt=True)
+    assert inputs["input_features_mask"].sum() == 150
