@@ -1,6 +1,6 @@
 """The whole LLaSM benchmark in one command (same as `llasm bench`); results go to benchmarks/results/.
 
-    python benchmarks/run_benchmarks.py                 # full run: ~15-25 min on 2 CPU cores (see docs/benchmarks.md)
+    python benchmarks/run_benchmarks.py                 # full run: ~4 min on 2 quiet CPU cores (see docs/benchmarks.md)
     python benchmarks/run_benchmarks.py --smoke         # tiny random models, ~1 min: checks the machinery
     python benchmarks/run_benchmarks.py --repeats 1 --sections ttft,decode
 

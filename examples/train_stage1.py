@@ -18,7 +18,6 @@ Resume an interrupted run with `--resume_from_checkpoint last` (or a checkpoint 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -27,7 +26,10 @@ from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
 from modeling_llasm.training.arguments import DataArguments, ModelArguments, load_model, resolve_model_dir
 from modeling_llasm.training.encoder_cache import EncoderCache, clips_of
-from modeling_llasm.training.runner import ctc_align, evaluate_wer, last_checkpoint, read_records, train_stage
+from modeling_llasm.files import atomic_write_json
+from modeling_llasm.training.runner import (
+    ctc_align, evaluate_wer, last_checkpoint, load_adaptor, read_records, resolve_resume, save_adaptor, train_stage,
+)  # fmt: skip
 
 
 logger = logging.getLogger("train_stage1")
@@ -40,15 +42,6 @@ class RecordStart(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start_step = state.global_step
-
-
-def resume_arg(training_args: TrainingArguments) -> str | None:
-    value = training_args.resume_from_checkpoint
-    if value is None or value.lower() in ("", "false", "no", "none"):
-        return None
-    if value.lower() in ("last", "true", "yes"):
-        return last_checkpoint(training_args.output_dir)
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,15 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             cache.precompute(clips_of(train + (heldout or [])), progress=training_args.should_log)
 
     output_dir = Path(training_args.output_dir)
-    resume = resume_arg(training_args)
+    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     if data_args.ctc_steps > 0:
         ctc_dir = output_dir / "ctc"
         adaptor = ctc_dir / "adaptor.safetensors"
-        if adaptor.is_file():
-            from safetensors.torch import load_file
-
+        if resume and adaptor.is_file():  # only a resumed run may reuse it: a new run must not inherit an old adaptor
             logger.info("CTC pre-alignment already done: loading %s", adaptor)
-            model.multi_modal_projector.load_state_dict(load_file(str(adaptor)))
+            load_adaptor(model, adaptor)
         else:
             ctc_args = dataclasses.replace(training_args, output_dir=str(ctc_dir), max_steps=data_args.ctc_steps,
                                            learning_rate=data_args.ctc_learning_rate, push_to_hub=False,
@@ -87,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             ctc_align(model, processor, train, ctc_args, encoder_cache=cache,
                       resume=last_checkpoint(ctc_dir) if resume else None)  # fmt: skip
             if training_args.should_save:
-                from safetensors.torch import save_file
-
-                state = {k: v.detach().contiguous() for k, v in model.multi_modal_projector.state_dict().items()}
-                save_file(state, str(adaptor))
+                save_adaptor(model, adaptor)
 
     start = RecordStart()
     trainer, output = train_stage(
@@ -106,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["heldout_wer"] = evaluate_wer(model, processor, heldout, output_dir / "heldout_transcripts.jsonl")
         logger.info("held-out WER %.4f", summary["heldout_wer"])
     if trainer.is_world_process_zero():
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        atomic_write_json(output_dir / "train_summary.json", summary, default=str)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="LLaSM stage 1")
     return 0

@@ -19,7 +19,6 @@ Resume with `--resume_from_checkpoint last`. Records without an assistant turn (
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -29,19 +28,11 @@ from transformers import HfArgumentParser, TrainingArguments
 from modeling_llasm.training.arguments import DataArguments, ModelArguments, load_model, resolve_model_dir
 from modeling_llasm.training.encoder_cache import EncoderCache, clips_of
 from modeling_llasm.training.qlora import merge_adapter
-from modeling_llasm.training.runner import generate_responses, last_checkpoint, read_records, train_stage
+from modeling_llasm.files import atomic_write_json
+from modeling_llasm.training.runner import generate_responses, read_records, resolve_resume, train_stage, usable_responses
 
 
 logger = logging.getLogger("train_stage2")
-
-
-def resume_arg(training_args: TrainingArguments) -> str | None:
-    value = training_args.resume_from_checkpoint
-    if value is None or value.lower() in ("", "false", "no", "none"):
-        return None
-    if value.lower() in ("last", "true", "yes"):
-        return last_checkpoint(training_args.output_dir)
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if data_args.generate_responses:
         with training_args.main_process_first(desc="stage-2 responses"):
             questions = [r for r in train if r["messages"][-1]["role"] != "assistant"]
-            answered = {r["id"]: r for r in generate_responses(base, processor, questions, output_dir / "responses.jsonl")}
-        train = [answered.get(r.get("id"), r) for r in train]
-        for record in train:
-            record.pop("finished", None)
+            generated = generate_responses(base, processor, questions, output_dir / "responses.jsonl")
+        # answers cut by max_new_tokens end at their last full sentence; those without one are dropped (logged)
+        answered = {r["id"]: r for r in usable_responses(generated, where=str(output_dir / "responses.jsonl"))}
+        dropped = {r["id"] for r in generated} - set(answered)
+        train = [answered.get(r.get("id"), r) for r in train if r.get("id") not in dropped]
     missing = [r.get("id") for r in train if r["messages"][-1]["role"] != "assistant"]
     if missing:
         raise ValueError(f"{len(missing)} training records have no assistant turn (e.g. {missing[:3]}); pass --generate_responses.")
@@ -74,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         with training_args.main_process_first(desc="encoder cache"):
             cache.precompute(clips_of(train + (heldout or [])), progress=training_args.should_log)
 
-    resume = resume_arg(training_args)
+    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     trainer, output = train_stage(
         model, processor, train, training_args, "instruct", llm_mode, eval_records=heldout, encoder_cache=cache,
         distill_weight=data_args.distill_weight, ce_weight=data_args.ce_weight,
@@ -87,19 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="LLaSM stage 2")
     if llm_mode == "lora" and model_args.merge_lora and trainer.is_world_process_zero():
+        # from the saved adapter, never the live model: under FSDP/ZeRO-3 a rank holds only shards, and QLoRA
+        # must not be merged into its 4-bit weights; the fp32 base + adapter are folded instead
         merged_dir = output_dir / "merged"
-        if model_args.qlora:  # never merge into 4-bit weights: the fp32 base + adapter, folded
-            merge_adapter(model_dir, output_dir, merged_dir, processor, model_name=merged_dir.name)
-        else:
-            from modeling_llasm.training.hub import make_hub_ready
-
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(merged_dir)
-            processor.save_pretrained(merged_dir)
-            make_hub_ready(merged_dir, model_name=merged_dir.name)
+        merge_adapter(model_dir, output_dir, merged_dir, processor, model_name=merged_dir.name)
         summary["merged_dir"] = str(merged_dir)
     if trainer.is_world_process_zero():
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        atomic_write_json(output_dir / "train_summary.json", summary, default=str)
     return 0
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import soundfile as sf
 
+from ..files import atomic_write_json, read_appendable_jsonl
 from . import tts
 from .asr import asr_record
 from .chat import MANIFEST_NAME, SAMPLING_RATE, audio_part, message, validate_record
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SKIPPED_NAME = "skipped.jsonl"
 CONFIG_NAME = "build_config.json"
+# skip reasons that say nothing about the record (engine timeout or crash): retried when a build resumes
+TRANSIENT_SKIP_REASONS = ("tts_engine_timeout", "tts_engine_error")
 AUDIO_DIR = "audio"
 DEFAULT_RATES = (0.85, 0.95, 1.0, 1.1, 1.2)
 
@@ -201,31 +204,6 @@ def _worker_task(record: dict[str, Any]):
 # ---------------------------------------------------------------------------------------------- resume
 
 
-def _read_jsonl_tolerant(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file we append to; a torn last line (no trailing newline) is cut off the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        logger.warning("%s: ignoring a torn last line (%d bytes) left by an interrupted build", path, len(data) - cut)
-        with open(path, "r+b") as f:
-            f.truncate(cut)
-        data = data[:cut]
-    records = []
-    for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path}:{lineno}: corrupt line in the middle of the file ({e.msg}); the builder only appends whole "
-                "lines, so this file was changed by something else. Fix or delete it."
-            ) from None
-    return records
-
-
 def _audio_ok(output_dir: Path, part: dict[str, Any]) -> bool:
     path = output_dir / part["path"]
     try:
@@ -241,7 +219,7 @@ def _audio_ok(output_dir: Path, part: dict[str, Any]) -> bool:
 def _recover(output_dir: Path, validate_audio: bool) -> tuple[set[str], set[str]]:
     """Repair the manifest after an interruption; returns (built ids, skipped ids)."""
     manifest = output_dir / MANIFEST_NAME
-    records = _read_jsonl_tolerant(manifest)
+    records = read_appendable_jsonl(manifest)
     keep, built, dropped = [], set(), 0
     for i, record in enumerate(records, 1):
         try:
@@ -267,7 +245,14 @@ def _recover(output_dir: Path, validate_audio: bool) -> tuple[set[str], set[str]
             for record in keep:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(tmp, manifest)
-    skipped = {r["id"] for r in _read_jsonl_tolerant(output_dir / SKIPPED_NAME) if isinstance(r, dict) and "id" in r}
+    skipped, retry = set(), set()
+    for entry in read_appendable_jsonl(output_dir / SKIPPED_NAME):
+        if isinstance(entry, dict) and "id" in entry:
+            # a timeout or a crashed engine says nothing about the record: voice it again
+            transient = str(entry.get("reason", "")).startswith(TRANSIENT_SKIP_REASONS)
+            (retry if transient else skipped).add(entry["id"])
+    if retry - skipped:
+        logger.warning("%s: retrying %d record(s) skipped by a TTS timeout or engine crash", output_dir, len(retry - skipped))
     audio_root = output_dir / AUDIO_DIR
     if audio_root.is_dir():
         for tmp in audio_root.glob("*/*.tmp-*"):
@@ -306,9 +291,7 @@ def _check_or_write_config(output_dir: Path, wanted: dict[str, Any]) -> None:
                 "or overwrite=True (--overwrite) to start again."
             )
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(wanted, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, wanted)
 
 
 def _check_voices(voices: dict[str, list[str]]) -> None:

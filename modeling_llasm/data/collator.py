@@ -19,7 +19,8 @@ Labels:
   and whitespace the template puts after the end-of-turn token are not.
 - `stage="align"` (stage 1): only the transcript is learned. ASR records (`"task": "asr"`, or whose assistant
   turns repeat the transcripts) are used as they are; any other record whose audio parts carry a `transcript`
-  becomes an ASR conversation (user: audio + `asr_prompt`, assistant: transcript) for each of its clips.
+  becomes an ASR conversation (user: audio + `asr_prompt`, assistant: transcript) for each of its clips; a record
+  that is neither is refused (`ValueError`).
 
 Assistant spans are found by rendering the conversation prefix by prefix with the chat template (the prompt up to
 each assistant turn with `add_generation_prompt=True`, and up to the end of that turn) and mapping the character
@@ -132,7 +133,12 @@ class LlasmDataCollator:
             return messages
         clips = [item for m in messages if m["role"] == "user" for item in _content_items(m) if item.get("type") == "audio"]
         if not clips or any(not isinstance(c.get("transcript"), str) for c in clips):
-            return messages  # taken to be an ASR conversation already: its assistant turns are the transcripts
+            # never guess: an instruction answer learned as a "transcript" would silently corrupt stage 1
+            raise ValueError(
+                f"stage 'align' learns transcripts, but {_sample_label(sample)} has "
+                f"{'no audio' if not clips else 'an audio part without a transcript'} and is not an ASR record; "
+                "give its audio parts a 'transcript' or mark it with \"task\": \"asr\"."
+            )
         conversation = []
         for clip in clips:
             conversation.append({"role": "user", "content": [clip, {"type": "text", "text": self.asr_prompt}]})
@@ -364,6 +370,12 @@ def _is_asr_conversation(sample: Any, messages: list[dict]) -> bool:
     return bool(answers) and len(answers) == len(transcripts) and all(
         isinstance(t, str) and t.strip() == a for t, a in zip(transcripts, answers)
     )
+
+
+def _sample_label(sample: Any) -> str:
+    if isinstance(sample, dict) and sample.get("id") is not None:
+        return f"sample {sample['id']!r}"
+    return "a sample"
 
 
 def _sample_name(sample: Any, index: int) -> str:

@@ -77,6 +77,12 @@ def load_model(model_args: ModelArguments, model_dir: Path, stage: str):
     processor = LlasmProcessor.from_pretrained(model_dir)
     lora = default_lora_config(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout)
     if model_args.qlora:
+        # QLoRA trains LoRA on the 4-bit LLM: say so instead of ignoring a conflicting choice
+        if stage != "instruct" or model_args.llm_mode not in (None, "lora") or model_args.train_encoder:
+            raise ValueError(
+                f"--qlora trains LoRA adapters on the 4-bit LLM in stage 'instruct' only; got stage={stage!r}, "
+                f"llm_mode={model_args.llm_mode!r}, train_encoder={model_args.train_encoder}."
+            )
         model = load_qlora_model(model_dir, lora_config=lora, device_map={"": _device()})
         return model, processor, "lora"
     llm_mode = resolve_llm_mode(stage, model_args.llm_mode)

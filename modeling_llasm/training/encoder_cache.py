@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..cache import llasm_cache_dir
 from ..data.collator import clip_key
 from ..processing_llasm import load_audio
+
+
+logger = logging.getLogger(__name__)
 
 
 def encoder_fingerprint(audio_tower: torch.nn.Module, processor) -> str:
@@ -83,7 +88,8 @@ class EncoderCache:
             try:
                 windows = self._read(path)
                 self.hits += 1
-            except Exception:  # a torn file from a killed run: recompute it
+            except (OSError, SafetensorError, KeyError) as error:  # a torn file from a killed run: recompute it
+                logger.warning("%s: unreadable encoder-cache entry (%s); recomputing it", path, error)
                 windows = self._compute([clip])[0]
         else:
             windows = self._compute([clip])[0]
@@ -132,7 +138,12 @@ class EncoderCache:
             features[row, :, : window.shape[-1]] = torch.from_numpy(window)
             mask[row, : window.shape[-1]] = 1
         parameter = next(self.audio_tower.parameters())
-        states = self.audio_tower(features.to(parameter.device), attention_mask=mask.to(parameter.device)).last_hidden_state
+        was_training = self.audio_tower.training
+        self.audio_tower.eval()  # cached outputs are reused every epoch: never bake dropout into them
+        try:
+            states = self.audio_tower(features.to(parameter.device), attention_mask=mask.to(parameter.device)).last_hidden_state
+        finally:
+            self.audio_tower.train(was_training)
         states = states.float().cpu()
         results, row = [], 0
         for clip, count in zip(clips, per_clip):

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_json
+
 
 PIPELINE_TASK = "llasm-chat"
 DEFAULT_BASE_MODELS = ("openai/whisper-tiny.en", "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -31,7 +33,7 @@ def add_custom_pipeline(directory: str | os.PathLike) -> None:
         entry["type"] = info["type"]
     config = json.loads(config_path.read_text())
     config.setdefault("custom_pipelines", {})[PIPELINE_TASK] = entry
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(config_path, config, sort_keys=True)
     custom_object_save(impl, directory)
 
 

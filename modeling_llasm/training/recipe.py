@@ -28,7 +28,11 @@ from ..data.collator import LlasmDataCollator
 from ..metrics import word_error_rate
 from .encoder_cache import EncoderCache, clips_of
 from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
-from .runner import ctc_align, ctc_transcribe, evaluate_wer, generate_batch, generate_responses, load_llasm, read_records, train_stage
+from ..files import atomic_write_json
+from .runner import (
+    ctc_align, ctc_transcribe, evaluate_wer, generate_batch, generate_responses, load_adaptor, load_llasm, read_records,
+    save_adaptor, train_stage, usable_responses,
+)  # fmt: skip
 from .stages import apply_stage, default_lora_config, prepare_stage
 
 
@@ -99,7 +103,7 @@ class Recipe:
 
     def mark_done(self, name: str, info: dict) -> None:
         self.phase_dir(name).mkdir(parents=True, exist_ok=True)
-        (self.phase_dir(name) / "done.json").write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_json(self.phase_dir(name) / "done.json", info)
 
     def log(self, message: str) -> None:
         elapsed = (time.monotonic() - self.started) / 60
@@ -137,7 +141,7 @@ class Recipe:
                 args = self.training_args("stage1_ctc", plan, s.lr_ctc, s.batch_ctc)
                 trainer, output = ctc_align(model, processor, records["stage1_train"], args, encoder_cache=cache,
                                             resume=s.resume, callbacks=[self.time_budget(plan, "stage1_ctc")])  # fmt: skip
-                _save_adaptor(model, adaptor_file)
+                save_adaptor(model, adaptor_file)
                 references, predictions = ctc_transcribe(trainer.model, processor, records["stage1_heldout"])
                 ctc_heldout_wer = word_error_rate(references, predictions)
                 with open(self.phase_dir("stage1_ctc") / "heldout_ctc_transcripts.jsonl", "w", encoding="utf-8") as handle:
@@ -149,7 +153,7 @@ class Recipe:
                                               "log_history": trainer.state.log_history})  # fmt: skip
                 del trainer
             else:
-                _load_adaptor(model, adaptor_file)
+                load_adaptor(model, adaptor_file)
 
         # stage 1b: LM loss, adaptor only
         stage1_dir = self.phase_dir("stage1_lm") / "final"
@@ -257,7 +261,7 @@ class Recipe:
                     for name, share in shares.items()}  # fmt: skip
             if not s.use_ctc:
                 plan["stage1_ctc"] = {"max_steps": 0, "seconds_per_step": None, "budget_seconds": 0}
-        path.write_text(json.dumps(plan, indent=2) + "\n")
+        atomic_write_json(path, plan)
         self.log("plan: " + json.dumps(plan))
         return plan
 
@@ -271,7 +275,7 @@ class Recipe:
         seconds = probe()
         entry["seconds_per_step"] = round(seconds, 3)
         entry["max_steps"] = max(10, int(0.95 * entry["budget_seconds"] / seconds))
-        (self.run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        atomic_write_json(self.run_dir / "plan.json", plan)
         self.log(f"plan: {name} " + json.dumps(entry))
 
     def time_budget(self, plan: dict, name: str):
@@ -385,10 +389,13 @@ class Recipe:
         if not self.done("stage2_data"):
             self.log(f"stage-2 targets: the LLM answers {len(records)} question transcripts")
         completed = generate_responses(model, processor, records, out / f"{split}.jsonl", batch_size=16,
-                                       max_new_tokens=8 if self.s.smoke else 40, progress=self.s.progress)  # fmt: skip
+                                       max_new_tokens=8 if self.s.smoke else 40, progress=self.s.progress,
+                                       model_id="stage1_lm/final")  # the same weights, in memory or reloaded  # fmt: skip
         finished = sum(bool(r.get("finished")) for r in completed)
-        chosen = [r for r in (_trim_unfinished(r) for r in completed) if r is not None]
+        chosen = usable_responses(completed, where=f"stage-2 targets ({split})")
         if len(chosen) < max(1, len(completed) // 4):  # e.g. a random test model: keep its answers as they are
+            self.log(f"stage-2 targets: only {len(chosen)} of {len(completed)} answers end a sentence; training on all "
+                     f"{len(completed)} as generated (cut ones included)")  # fmt: skip
             chosen = [{k: v for k, v in r.items() if k != "finished"} for r in completed]
         if not self.done("stage2_data"):
             self.mark_done("stage2_data", {"records": len(completed), "finished": finished, "used": len(chosen)})
@@ -451,13 +458,13 @@ class Recipe:
             points = [(offset + e["step"], e["loss"]) for e in info["log_history"] if "loss" in e and "step" in e]
             curves[name] = points
             offset += info.get("steps") or plan[name]["max_steps"]
-        (self.run_dir / "loss_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+        atomic_write_json(self.run_dir / "loss_curves.json", curves, indent=1)
         plot_loss_curves(curves, self.run_dir / "loss_curve.png", title="llasm tiny recipe: training loss")
         self.summary.update({
             "final_dir": str(final_dir), "plan": plan, "loss_curve": str(self.run_dir / "loss_curve.png"),
             "minutes_this_invocation": round((time.monotonic() - self.started) / 60, 2),
         })  # fmt: skip
-        (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        atomic_write_json(self.run_dir / "summary.json", self.summary)
         self.log(f"done: {final_dir} (held-out WER {self.summary.get('final_heldout_wer')})")
         if self.s.push_to_hub:
             push_with_trainer(model, processor, final_dir, self.s.hub_model_id,
@@ -473,34 +480,6 @@ def push_with_trainer(model, processor, output_dir: str | Path, hub_model_id: st
                              use_cpu=not torch.cuda.is_available(), save_strategy="no")  # fmt: skip
     trainer = LlasmTrainer(model=model, args=args, processing_class=processor, model_card=card_kwargs)
     return trainer.push_to_hub(commit_message="llasm tiny recipe")
-
-
-def _trim_unfinished(record: dict) -> dict | None:
-    """A generated answer cut by max_new_tokens ends at its last full sentence (so the end-of-turn token is
-    learned after a sentence, not mid-word); an answer without any full sentence is dropped."""
-    finished = record.get("finished", True)
-    record = {k: v for k, v in record.items() if k != "finished"}
-    if finished:
-        return record
-    answer = record["messages"][-1]["content"][0]["text"]
-    cut = max(answer.rfind(mark) for mark in (".", "!", "?", "。", "！", "？"))
-    if cut < 1:
-        return None
-    messages = [*record["messages"][:-1], {"role": "assistant", "content": [{"type": "text", "text": answer[: cut + 1]}]}]
-    return {**record, "messages": messages}
-
-
-def _save_adaptor(model, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.multi_modal_projector.state_dict().items()}, str(path))
-
-
-def _load_adaptor(model, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    model.multi_modal_projector.load_state_dict(load_file(str(path)))
 
 
 def run_recipe(settings: RecipeSettings) -> dict[str, Any]:

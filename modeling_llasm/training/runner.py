@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..data.chat import transcript_messages
+from ..data.chat import audio_parts, transcript_messages
+from ..files import atomic_write_json, read_appendable_jsonl
 from ..data.collator import LlasmDataCollator
 from .losses import LlasmCtcAligner, calibrate_adaptor
 from .trainer import LlasmTrainer
@@ -109,7 +110,7 @@ def ctc_align(
     args = dataclasses.replace(args, activation_checkpointing=False, remove_unused_columns=False)
     collator = LlasmDataCollator(processor, stage="align", ctc=True, encoder_cache=encoder_cache)
     trainer = Trainer(model=aligner, args=args, train_dataset=list(train_records), data_collator=collator, callbacks=callbacks)
-    checkpoint = _resolve_resume(resume, args.output_dir)
+    checkpoint = resolve_resume(resume, args.output_dir)
     output = trainer.train(resume_from_checkpoint=checkpoint)
     if calibrate:
         sample = list(train_records)[: 4 * args.per_device_train_batch_size]
@@ -156,19 +157,45 @@ def train_stage(
         model_card=model_card,
         callbacks=callbacks,
     )
-    output = trainer.train(resume_from_checkpoint=_resolve_resume(resume, args.output_dir))
+    output = trainer.train(resume_from_checkpoint=resolve_resume(resume, args.output_dir))
     return trainer, output
 
 
-def _resolve_resume(resume: bool | str | None, output_dir: str) -> str | None:
+def resolve_resume(resume: bool | str | None, output_dir: str | os.PathLike) -> str | None:
+    """The checkpoint to resume from: `True`/`"last"`/`"true"`/`"yes"` -> the newest complete checkpoint in
+    `output_dir` (None if there is none yet); `None`/`False`/`""`/`"no"`/`"none"`/`"false"` -> None; any other
+    string is a checkpoint path (as `--resume_from_checkpoint` takes it)."""
     if isinstance(resume, str):
-        return resume
+        if resume.lower() in ("", "false", "no", "none"):
+            return None
+        if resume.lower() not in ("last", "true", "yes"):
+            return resume
+        resume = True
     if resume:
         checkpoint = last_checkpoint(output_dir)
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
         return checkpoint
     return None
+
+
+def save_adaptor(model, path: str | os.PathLike) -> Path:
+    """Save the adaptor (`multi_modal_projector`) weights alone as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous() for k, v in model.multi_modal_projector.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def load_adaptor(model, path: str | os.PathLike) -> None:
+    """Load adaptor weights written by `save_adaptor` (strict: every tensor must match)."""
+    from safetensors.torch import load_file
+
+    model.multi_modal_projector.load_state_dict(load_file(str(path)))
 
 
 # ---------------------------------------------------------------------- generation-based evaluation
@@ -242,22 +269,35 @@ def ctc_wer(aligner: LlasmCtcAligner, processor, records: Sequence[dict], **kwar
 
 
 def generate_responses(model, processor, records: Sequence[dict], output_path: str | os.PathLike, batch_size: int = 8,
-                       max_new_tokens: int = 64, progress: bool = True) -> list[dict]:  # fmt: skip
+                       max_new_tokens: int = 64, progress: bool = True, model_id: str | None = None) -> list[dict]:  # fmt: skip
     """Complete spoken-question records (user audio with a `transcript`, no assistant turn) with the LLM's own
     answer to the transcript (text only), as the stage-2 targets. Appends to `output_path` (JSONL) and resumes
-    from it; unfinished answers (no end-of-sequence within `max_new_tokens`) are marked `"finished": false`."""
+    from it; unfinished answers (no end-of-sequence within `max_new_tokens`) are marked `"finished": false`
+    (see `trim_unfinished`). A sidecar `<output_path>.config.json` records the model (`model_id`, default its
+    `name_or_path`) and `max_new_tokens`: resuming with other ones is refused instead of mixing two models' answers."""
     from tqdm.auto import tqdm
 
     output_path = Path(output_path)
+    model_id = model_id or str(getattr(model, "name_or_path", "") or type(model).__name__)
+    settings = {"model": model_id, "max_new_tokens": max_new_tokens}
+    settings_path = output_path.with_name(output_path.name + ".config.json")
+    if output_path.is_file() and settings_path.is_file():
+        recorded = json.loads(settings_path.read_text(encoding="utf-8"))
+        if recorded != settings:
+            raise ValueError(
+                f"{output_path} holds answers generated with {recorded}, not {settings}: use another output file "
+                "or delete it to regenerate."
+            )
+    atomic_write_json(settings_path, settings)
     done: dict[str, dict] = {}
-    if output_path.is_file():
-        for line in output_path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                done[record["id"]] = record
-            except (json.JSONDecodeError, KeyError):
-                continue  # a torn last line from a killed run
+    for where, record in enumerate(read_appendable_jsonl(output_path), 1):
+        if not isinstance(record, dict) or "id" not in record:
+            raise ValueError(f"{output_path}:{where}: expected a record with an 'id', got {str(record)[:80]}")
+        done[record["id"]] = record
     todo = [r for r in records if r["id"] not in done]
+    for record in todo:  # checked up front: the answers are written as JSON lines, which hold no arrays
+        if any(part.get("type") == "audio" and not isinstance(part.get("path"), str) for part in audio_parts(record)):
+            raise ValueError(f"record {record['id']!r}: audio parts need a 'path' to be saved with their answers in {output_path}")
     model.eval()
     with open(output_path, "a", encoding="utf-8") as handle:
         for start in tqdm(range(0, len(todo), batch_size), desc="stage-2 responses", disable=not progress):
@@ -273,7 +313,33 @@ def generate_responses(model, processor, records: Sequence[dict], output_path: s
     return [done[r["id"]] for r in records if r["id"] in done]
 
 
+def trim_unfinished(record: dict) -> dict | None:
+    """A generated answer cut by max_new_tokens ends at its last full sentence (so the end-of-turn token is
+    learned after a sentence, not mid-word); an answer without any full sentence gives None (drop it). The
+    `"finished"` flag of `generate_responses` is removed."""
+    finished = record.get("finished", True)
+    record = {k: v for k, v in record.items() if k != "finished"}
+    if finished:
+        return record
+    answer = record["messages"][-1]["content"][0]["text"]
+    cut = max(answer.rfind(mark) for mark in (".", "!", "?", "。", "！", "？"))
+    if cut < 1:
+        return None
+    messages = [*record["messages"][:-1], {"role": "assistant", "content": [{"type": "text", "text": answer[: cut + 1]}]}]
+    return {**record, "messages": messages}
+
+
+def usable_responses(records: Sequence[dict], where: str = "responses") -> list[dict]:
+    """`trim_unfinished` over generated records, with a log line saying how many were trimmed or dropped."""
+    unfinished = sum(not r.get("finished", True) for r in records)
+    kept = [r for r in map(trim_unfinished, records) if r is not None]
+    if unfinished:
+        logger.warning("%s: %d of %d answers hit max_new_tokens: %d cut at their last full sentence, %d dropped",
+                       where, unfinished, len(records), unfinished - (len(records) - len(kept)), len(records) - len(kept))  # fmt: skip
+    return kept
+
+
 __all__ = [
-    "ctc_align", "ctc_transcribe", "ctc_wer", "evaluate_wer", "generate_batch", "generate_responses", "last_checkpoint", "read_records",
-    "train_stage", "transcribe_records",
+    "ctc_align", "ctc_transcribe", "ctc_wer", "evaluate_wer", "generate_batch", "generate_responses", "last_checkpoint", "load_adaptor", "read_records",
+    "resolve_resume", "save_adaptor", "train_stage", "transcribe_records", "trim_unfinished", "usable_responses",
 ]  # fmt: skip

@@ -110,6 +110,12 @@ class LlasmTrainer(Trainer):
         self._warned_moving_teacher = False
         super().__init__(*args, **kwargs)
         self.args.remove_unused_columns = False
+        if (self.label_smoother is not None or self.compute_loss_func is not None) and (self.distill_weight or self.ce_weight != 1.0):
+            raise ValueError(
+                "distill_weight / ce_weight need LlasmTrainer's own loss, which label_smoothing_factor and "
+                f"compute_loss_func replace (got distill_weight={self.distill_weight}, ce_weight={self.ce_weight}); "
+                "drop one of them."
+            )
         from .qlora import keep_4bit_weights_trainable
 
         if keep_4bit_weights_trainable(self.model):
@@ -163,13 +169,23 @@ class LlasmTrainer(Trainer):
         return logits
 
     # ------------------------------------------------------------------ saving
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict=state_dict)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save as the Trainer does, then make the folder hub-ready (remote code, `llasm-chat` pipeline, model card)
+        before anything is pushed."""
+        super().save_model(output_dir, _internal_call=True)  # push (below) only once the folder is complete
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save and _is_llasm(self.accelerator.unwrap_model(self.model)):
             from .hub import make_hub_ready
 
             make_hub_ready(output_dir, **self.card_kwargs())
+            if _internal_call and self.args.push_to_hub and Path(output_dir) != Path(self.args.output_dir):
+                # a checkpoint: the Trainer pushes output_dir after copying only config + weights into it, and the
+                # pushed repo needs the code, processor and card too
+                for path in Path(output_dir).iterdir():
+                    if path.suffix in (".py", ".jinja") or path.name in ("README.md", "processor_config.json"):
+                        shutil.copy(path, Path(self.args.output_dir) / path.name)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def card_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.model_card_kwargs)
@@ -193,15 +209,6 @@ class LlasmTrainer(Trainer):
             card_kwargs["model_name"] = kwargs["model_name"]
         card_kwargs.setdefault("adapter", (Path(self.args.output_dir) / "adapter_config.json").is_file())
         llasm_model_card(**card_kwargs).save(os.path.join(self.args.output_dir, "README.md"))
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # The Trainer copies only config + weights from a checkpoint to output_dir before pushing; the remote code,
-        # pipeline code and model card are needed too for the pushed repo to load.
-        if self.is_world_process_zero():
-            for path in Path(checkpoint_folder).iterdir():
-                if path.suffix in (".py", ".jinja") or path.name in ("README.md", "processor_config.json"):
-                    shutil.copy(path, Path(self.args.output_dir) / path.name)
-        super()._push_from_checkpoint(checkpoint_folder)
 
 
 def _is_llasm(model) -> bool:

@@ -132,6 +132,21 @@ def test_resume_repairs_torn_line_and_damaged_audio(tmp_path, write_jsonl):
     assert not list((out / "audio").rglob("*.tmp-*"))
 
 
+def test_resume_retries_records_skipped_by_an_engine_timeout(tmp_path, write_jsonl):
+    src = write_jsonl("chats.jsonl", sharegpt_conversations(4))
+    out = tmp_path / "out"
+    builder.build_from_files([src], out, config=_config(), num_workers=1, progress=False)
+    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    # as if record 1 had hit a TTS timeout and record 2 were really unspeakable
+    (out / "manifest.jsonl").write_text(lines[0] + lines[3], encoding="utf-8")
+    timeout = {"id": "chats-0000001", "reason": "tts_engine_timeout (espeak-ng:en-us: took more than 30 s)"}
+    permanent = {"id": "chats-0000002", "reason": "tts_no_speakable_characters"}
+    (out / "skipped.jsonl").write_text(json.dumps(timeout) + "\n" + json.dumps(permanent) + "\n", encoding="utf-8")
+    report = builder.build_from_files([src], out, config=_config(), num_workers=1, progress=False)
+    assert report.written == 1 and report.already_done == 3
+    assert sorted(r["id"] for r in _manifest_lines(out)) == ["chats-0000000", "chats-0000001", "chats-0000003"]
+
+
 def test_resume_refuses_other_settings(tmp_path, write_jsonl):
     src = write_jsonl("chats.jsonl", sharegpt_conversations(2))
     builder.build_from_files([src], tmp_path / "out", config=_config(seed=1), num_workers=1, progress=False)

@@ -162,3 +162,14 @@ def test_teacher_and_ctc_fields(tiny_llasm):
     ctc = batch["ctc_labels"]
     assert tokenizer.decode(ctc[0][ctc[0] != IGNORE_INDEX]) == "what is the capital"
     assert tokenizer.decode(ctc[1][ctc[1] != IGNORE_INDEX]) == "the quick brown fox"
+
+
+def test_align_stage_refuses_a_record_it_cannot_turn_into_asr(tiny_llasm):
+    _, processor = tiny_llasm
+    no_transcript = {k: v for k, v in audio_item(0.3).items() if k != "transcript"}
+    answer = {"id": "chat-7", "messages": [{"role": "user", "content": [no_transcript]},
+                                           {"role": "assistant", "content": [text("the quick brown fox")]}]}  # fmt: skip
+    with pytest.raises(ValueError, match="sample 'chat-7' has an audio part without a transcript"):
+        LlasmDataCollator(processor, "align")([answer])
+    marked = {**answer, "task": "asr"}  # an ASR record without transcript fields is used as it is
+    assert (LlasmDataCollator(processor, "align")([marked])["labels"] != IGNORE_INDEX).any()

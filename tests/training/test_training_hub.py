@@ -37,6 +37,12 @@ class FakeHubApi:
             if p.is_file() and not any(fnmatch.fnmatch(part, pat) for pat in ignore_patterns or [] for part in p.relative_to(root).parts)
         )  # fmt: skip
         self.uploads.append({"repo_id": repo_id, "files": files, "kwargs": kwargs})
+        if kwargs.get("run_as_future"):  # checkpoint pushes during training run in the background
+            from concurrent.futures import Future
+
+            done = Future()
+            done.set_result("https://huggingface.co/fake/commit")
+            return done
         return "https://huggingface.co/fake/commit"
 
 
@@ -88,3 +94,18 @@ def test_push_to_hub_uploads_a_loadable_hub_ready_folder(tiny_llasm, tmp_path, f
     reloaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], tensor)
+
+
+def test_checkpoint_pushes_during_training_carry_code_processor_and_card(tiny_llasm, tmp_path, fake_hub):
+    model, processor = tiny_llasm
+    args = TrainingArguments(str(tmp_path / "run"), use_cpu=True, report_to=[], max_steps=1, save_steps=1,
+                             per_device_train_batch_size=2, push_to_hub=True, hub_model_id="llasm-ckpt-test")  # fmt: skip
+    trainer = LlasmTrainer(model=model, args=args, train_dataset=[spoken_qa_record(i) for i in range(2)],
+                           data_collator=LlasmDataCollator(processor, "instruct"), processing_class=processor,
+                           stage="instruct")  # fmt: skip
+    trainer.train()
+    if trainer.push_in_progress is not None:
+        trainer.push_in_progress.wait_until_done()
+    assert fake_hub.uploads, "the checkpoint was not pushed"
+    files = set(fake_hub.uploads[0]["files"])
+    assert {"modeling_llasm.py", "pipeline_llasm.py", "processor_config.json", "README.md", "config.json"} <= files, files

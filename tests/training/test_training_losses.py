@@ -110,3 +110,10 @@ def test_ctc_pre_alignment_trains_the_adaptor_without_running_the_llm(tmp_path, 
     assert references == [r["messages"][0]["content"][0]["transcript"] for r in records[:2]] and len(predictions) == 2
     assert all(torch.equal(v, model.language_model.state_dict()[k]) for k, v in llm_before.items())
     assert all(torch.equal(v, model.audio_tower.state_dict()[k]) for k, v in encoder_before.items())
+
+
+def test_label_smoothing_with_distillation_is_refused(tmp_path):
+    model, processor = build_tiny_llasm()
+    collator = LlasmDataCollator(processor, "instruct", distill=True)
+    with pytest.raises(ValueError, match="label_smoothing_factor and compute_loss_func replace"):
+        LlasmTrainer(model=model, args=args(tmp_path, label_smoothing_factor=0.1), data_collator=collator, distill_weight=1.0)
