@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 # Adaptor types and how many LLM tokens each produces for one audio window.
@@ -15,6 +20,12 @@ ADAPTOR_TYPES = ("stack_mlp", "linear", "whisper_resampler")
 def encoder_frame_count(num_mel_frames: int) -> int:
     """Whisper's conv front-end: conv1 keeps the length, conv2 has stride 2."""
     return (num_mel_frames - 1) // 2 + 1
+
+
+def encoder_frame_mask(mel_frame_mask: torch.Tensor) -> torch.Tensor:
+    """`(windows, mel_frames)` 0/1 mask -> `(windows, encoder_frames)` bool mask; the rule of `encoder_frame_count`
+    (encoder frame i sees mel frames 2i-1..2i+1, so it is real when mel frame 2i is)."""
+    return mel_frame_mask[:, ::2].bool()
 
 
 def audio_token_count(num_mel_frames: int, adaptor_type: str, stack_factor: int, num_queries: int = 64) -> int:
@@ -99,4 +110,4 @@ class LlasmConfig(PreTrainedConfig):
         return audio_token_count(num_mel_frames, self.adaptor_type, self.stack_factor, self.num_queries)
 
 
-__all__ = ["LlasmConfig", "audio_token_count", "encoder_frame_count", "ADAPTOR_TYPES"]
+__all__ = ["LlasmConfig", "audio_token_count", "encoder_frame_count", "encoder_frame_mask", "ADAPTOR_TYPES"]

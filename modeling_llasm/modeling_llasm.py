@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, ModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 
-from .configuration_llasm import LlasmConfig
+from .configuration_llasm import LlasmConfig, encoder_frame_mask
 from .processing_llasm import LlasmProcessor
 
 
@@ -69,7 +69,7 @@ class LlasmAudioEncoder(WhisperEncoder):
         hidden = nn.functional.gelu(self.conv1(input_features * mel_mask))
         hidden = nn.functional.gelu(self.conv2(hidden * mel_mask))
         hidden = hidden.permute(0, 2, 1)
-        frame_mask = attention_mask[:, ::2].bool()  # encoder frame i sees mel frames 2i-1..2i+1
+        frame_mask = encoder_frame_mask(attention_mask)
         hidden = hidden + self.embed_positions.weight[: hidden.shape[1]].to(hidden.dtype)
         hidden = nn.functional.dropout(hidden, p=self.dropout, training=self.training)
 
@@ -188,6 +188,30 @@ LLASM_ADAPTORS: dict[str, type[nn.Module]] = {
 }
 
 
+def audio_window_tokens(
+    audio_tower: nn.Module,
+    projector: nn.Module,
+    config: LlasmConfig,
+    input_features: torch.Tensor | None,
+    input_features_mask: torch.Tensor | None = None,
+    audio_encoder_hidden_states: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Encoder -> adaptor -> the valid audio tokens of every window, concatenated: `(total_audio_tokens, hidden)`.
+    The one implementation behind `LlasmForConditionalGeneration.get_audio_features` (and the CTC aligner)."""
+    if audio_encoder_hidden_states is not None:
+        if input_features_mask is None:
+            raise ValueError("`audio_encoder_hidden_states` need `input_features_mask` (mel frames per window).")
+        encoded = audio_encoder_hidden_states.to(audio_tower.layer_norm.weight.dtype)
+    else:
+        if input_features_mask is None:
+            input_features_mask = torch.ones(input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device)
+        encoded = audio_tower(input_features, attention_mask=input_features_mask).last_hidden_state
+    frame_mask = encoder_frame_mask(input_features_mask)
+    tokens = projector(encoded, frame_mask)
+    counts = [config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
+    return torch.cat([window[:count] for window, count in zip(tokens, counts)], dim=0)
+
+
 # Per-window audio inputs (one row per 30 s window, not per sample).
 AUDIO_INPUT_KEYS = ("input_features", "input_features_mask", "audio_encoder_hidden_states")
 
@@ -263,18 +287,9 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         concatenated in window order: `(total_audio_tokens, hidden)`. `audio_encoder_hidden_states`
         `(windows, ceil(frames / 2), d_model)`: precomputed `audio_tower` outputs (a frozen-encoder cache) used
         instead of running the encoder; `input_features_mask` is then required."""
-        if audio_encoder_hidden_states is not None:
-            if input_features_mask is None:
-                raise ValueError("`audio_encoder_hidden_states` need `input_features_mask` (mel frames per window).")
-            encoded = audio_encoder_hidden_states.to(self.audio_tower.layer_norm.weight.dtype)
-        else:
-            if input_features_mask is None:
-                input_features_mask = torch.ones(input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device)
-            encoded = self.audio_tower(input_features, attention_mask=input_features_mask).last_hidden_state
-        frame_mask = input_features_mask[:, ::2].bool()
-        tokens = self.multi_modal_projector(encoded, frame_mask)
-        counts = [self.config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
-        return torch.cat([window[:count] for window, count in zip(tokens, counts)], dim=0)
+        return audio_window_tokens(
+            self.audio_tower, self.multi_modal_projector, self.config, input_features, input_features_mask, audio_encoder_hidden_states
+        )
 
     def get_placeholder_mask(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Boolean mask over `inputs_embeds` of the audio placeholder positions, checked against the features."""
@@ -475,4 +490,5 @@ __all__ = [
     "LlasmAudioEncoder",
     "LlasmCausalLMOutputWithPast",
     "LLASM_ADAPTORS",
+    "audio_window_tokens",
 ]

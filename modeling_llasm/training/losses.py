@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..data.collator import IGNORE_INDEX
+from ..modeling_llasm import audio_window_tokens
 
 
 def prediction_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -123,15 +122,8 @@ class LlasmCtcAligner(nn.Module):
 
     def audio_tokens(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None) -> torch.Tensor:
         """`(total_audio_tokens, hidden)`, as `LlasmForConditionalGeneration.get_audio_features`."""
-        if audio_encoder_hidden_states is not None:
-            encoded = audio_encoder_hidden_states.to(self.audio_tower.layer_norm.weight.dtype)
-        else:
-            with contextlib.nullcontext() if any(p.requires_grad for p in self.audio_tower.parameters()) else torch.no_grad():
-                encoded = self.audio_tower(input_features, attention_mask=input_features_mask).last_hidden_state
-        frame_mask = input_features_mask[:, ::2].bool()
-        tokens = self.multi_modal_projector(encoded, frame_mask)
-        counts = [self.config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
-        return torch.cat([window[:count] for window, count in zip(tokens, counts)], dim=0)
+        return audio_window_tokens(self.audio_tower, self.multi_modal_projector, self.config, input_features,
+                                   input_features_mask, audio_encoder_hidden_states)  # fmt: skip
 
     def ctc_logits(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None,
                    audio_token_counts=None) -> torch.Tensor:  # fmt: skip
