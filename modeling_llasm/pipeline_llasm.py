@@ -49,6 +49,10 @@ class LlasmChatPipeline(Pipeline):
     _load_image_processor = False
     _pipeline_calls_generate = True
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.processor.check_model_config(self.model.config)
+
     def _sanitize_parameters(self, text: str | None = None, system_prompt: str | None = None, stream: bool | None = None, **generate_kwargs):
         preprocess_params = {}
         if text is not None:

@@ -123,6 +123,19 @@ class LlasmProcessor(ProcessorMixin):
             raise ValueError(f"The tokenizer has no {self.audio_token!r} token; add it (LlasmForConditionalGeneration.from_pretrained_components does).")
         return token_id
 
+    def check_model_config(self, config) -> None:
+        """Raise `ValueError` if this processor would count audio tokens differently from a model with `config`
+        (both store the adaptor settings; a mismatch would otherwise surface later as a token-count error)."""
+        pairs = [("adaptor_type", self.adaptor_type, config.adaptor_type), ("audio_token", self.audio_token, config.audio_token),
+                 ("audio_token_id", self.audio_token_id, config.audio_token_id)]  # fmt: skip
+        if config.adaptor_type in ("stack_mlp", "linear"):
+            pairs.append(("stack_factor", self.stack_factor, config.stack_factor))
+        else:
+            pairs.append(("num_queries", self.num_queries, config.num_queries))
+        wrong = [f"{name}: processor {mine!r}, model {theirs!r}" for name, mine, theirs in pairs if mine != theirs]
+        if wrong:
+            raise ValueError("The processor does not match the model config (" + "; ".join(wrong) + ").")
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "input_features", "input_features_mask"]

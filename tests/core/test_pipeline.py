@@ -109,3 +109,10 @@ def test_several_return_sequences_and_unsupported_options(chat):
     streamer = TextIteratorStreamer(chat.processor.tokenizer, skip_prompt=True)
     with pytest.raises(ValueError, match="not both"):
         chat(tone(0.8), stream=True, streamer=streamer)
+
+
+def test_processor_that_does_not_match_the_model_is_refused(tiny_llasm):
+    model, processor = tiny_llasm
+    processor.stack_factor = model.config.stack_factor + 1
+    with pytest.raises(ValueError, match=r"stack_factor: processor 3, model 2"):
+        LlasmChatPipeline(model=model, processor=processor)
