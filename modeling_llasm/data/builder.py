@@ -44,7 +44,7 @@ from ..files import atomic_write_json, read_appendable_jsonl
 from . import tts
 from .asr import asr_record
 from .chat import MANIFEST_NAME, SAMPLING_RATE, audio_part, message, validate_record
-from .conversations import SkippedRecord, read_conversations
+from .conversations import SkippedRecord, read_conversations, record_id_prefix
 from .filters import FilterConfig, detect_language
 from .text_sources import DEFAULT_HELDOUT_VOICES, SeedTextSplit, seed_text_split
 
@@ -473,7 +473,7 @@ def build_from_files(
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"conversation file {p} not found")
-        stem = p.name.split(".")[0]
+        stem = record_id_prefix(p)
         if stem in stems:
             raise ValueError(f"input files {stems[stem]} and {p} share the name {stem!r}, which prefixes record ids")
         stems[stem] = p

@@ -110,7 +110,8 @@ def normalize_conversation(raw: Any, record_id: str) -> dict[str, Any]:
     return record
 
 
-def _safe_stem(path: Path) -> str:
+def record_id_prefix(path: Path) -> str:
+    """The prefix of the record ids read from `path` (its name up to the first dot, made id-safe)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name.split(".")[0]) or "data"
     return stem
 
@@ -151,7 +152,7 @@ def read_conversations(path: str | os.PathLike) -> Iterator[dict[str, Any] | Ski
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"conversation file {path} not found")
-    stem = _safe_stem(path)
+    stem = record_id_prefix(path)
     for index, raw in _iter_raw(path):
         record_id = f"{stem}-{index:07d}"
         try:

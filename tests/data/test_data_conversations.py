@@ -135,3 +135,13 @@ def test_transcript_messages_replace_audio_by_its_transcript():
     broken = [{"role": "user", "content": [{"type": "audio", "path": "a.wav"}]}]
     with pytest.raises(ValueError, match=r"rec-7: an audio part has no 'transcript'"):
         chat.transcript_messages(broken, where="rec-7")
+
+
+def test_input_files_whose_record_ids_would_collide_are_refused_before_building(tmp_path):
+    from modeling_llasm.data import builder
+
+    for name in ("chats a.jsonl", "chats_a.json"):
+        (tmp_path / name).write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"share the name 'chats_a', which prefixes record ids"):
+        builder.build_from_files([tmp_path / "chats a.jsonl", tmp_path / "chats_a.json"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
