@@ -16,10 +16,10 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 from transformers.activations import ACT2FN
-from transformers.utils import logging
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, ModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
+from transformers.utils import logging
 
 from .configuration_llasm import LlasmConfig, encoder_frame_mask
 from .processing_llasm import LlasmProcessor
@@ -206,10 +206,14 @@ def audio_window_tokens(
         if input_features_mask is None:
             input_features_mask = torch.ones(input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device)
         encoded = audio_tower(input_features, attention_mask=input_features_mask).last_hidden_state
-    frame_mask = encoder_frame_mask(input_features_mask)
-    tokens = projector(encoded, frame_mask)
-    counts = [config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
+    tokens = projector(encoded, encoder_frame_mask(input_features_mask))
+    counts = window_token_counts(config, input_features_mask)
     return torch.cat([window[:count] for window, count in zip(tokens, counts)], dim=0)
+
+
+def window_token_counts(config: LlasmConfig, input_features_mask: torch.Tensor) -> list[int]:
+    """Audio tokens of each window, from its real mel frames (`config.num_audio_tokens`)."""
+    return [config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
 
 
 # Per-window audio inputs (one row per 30 s window, not per sample).
@@ -396,7 +400,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             features = audio["input_features"]
             tokens = [self.config.num_audio_tokens(features.shape[-1])] * features.shape[0]
         else:
-            tokens = [self.config.num_audio_tokens(int(n)) for n in mask.sum(-1).tolist()]
+            tokens = window_token_counts(self.config, mask)
         index, window = [], 0
         for row, needed in enumerate((input_ids == self.config.audio_token_id).sum(-1).tolist()):
             first = window
