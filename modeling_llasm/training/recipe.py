@@ -25,10 +25,10 @@ import torch
 from transformers import TrainingArguments
 
 from ..data.collator import LlasmDataCollator
+from ..files import atomic_write_json
 from ..metrics import word_error_rate
 from .encoder_cache import EncoderCache, clips_of
 from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
-from ..files import atomic_write_json
 from .runner import (
     ctc_align, ctc_transcribe, evaluate_wer, generate_batch, generate_responses, load_adaptor, load_llasm, read_records,
     save_adaptor, train_stage, usable_responses,
@@ -388,9 +388,10 @@ class Recipe:
         out.mkdir(parents=True, exist_ok=True)
         if not self.done("stage2_data"):
             self.log(f"stage-2 targets: the LLM answers {len(records)} question transcripts")
+        # model_id: the stage-1 model, whether still in memory or reloaded by a resumed run
         completed = generate_responses(model, processor, records, out / f"{split}.jsonl", batch_size=16,
                                        max_new_tokens=8 if self.s.smoke else 40, progress=self.s.progress,
-                                       model_id="stage1_lm/final")  # the same weights, in memory or reloaded  # fmt: skip
+                                       model_id="stage1_lm/final")  # fmt: skip
         finished = sum(bool(r.get("finished")) for r in completed)
         chosen = usable_responses(completed, where=f"stage-2 targets ({split})")
         if len(chosen) < max(1, len(completed) // 4):  # e.g. a random test model: keep its answers as they are
