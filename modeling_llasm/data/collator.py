@@ -135,7 +135,7 @@ class LlasmDataCollator:
         if not clips or any(not isinstance(c.get("transcript"), str) for c in clips):
             # never guess: an instruction answer learned as a "transcript" would silently corrupt stage 1
             raise ValueError(
-                f"stage 'align' learns transcripts, but {_sample_label(sample)} has "
+                f"stage 'align' learns transcripts, but {_sample_name(sample)} has "
                 f"{'no audio' if not clips else 'an audio part without a transcript'} and is not an ASR record; "
                 "give its audio parts a 'transcript' or mark it with \"task\": \"asr\"."
             )
@@ -372,16 +372,11 @@ def _is_asr_conversation(sample: Any, messages: list[dict]) -> bool:
     )
 
 
-def _sample_label(sample: Any) -> str:
+def _sample_name(sample: Any, index: int | None = None) -> str:
+    where = f" (batch position {index})" if index is not None else ""
     if isinstance(sample, dict) and sample.get("id") is not None:
-        return f"sample {sample['id']!r}"
-    return "a sample"
-
-
-def _sample_name(sample: Any, index: int) -> str:
-    if isinstance(sample, dict) and sample.get("id") is not None:
-        return f"sample {sample['id']!r} (batch position {index})"
-    return f"sample at batch position {index}"
+        return f"sample {sample['id']!r}{where}"
+    return f"sample at batch position {index}" if index is not None else "a sample"
 
 
 def clip_key(clip: Any) -> str:
