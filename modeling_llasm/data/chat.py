@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
+
 
 SAMPLING_RATE = 16_000
 ROLES = ("system", "user", "assistant")
@@ -148,15 +150,9 @@ def read_manifest(path: str | os.PathLike, *, resolve_paths: bool = True) -> Ite
 
 def write_manifest(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
     """Write records as JSONL atomically (temp file + rename); returns the number written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for n, record in enumerate(records, 1):
-            validate_record(record, where=f"record {n}")
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n
+    lines = []
+    for n, record in enumerate(records, 1):
+        validate_record(record, where=f"record {n}")
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
+    return len(lines)
