@@ -40,7 +40,7 @@ from typing import Any
 
 import soundfile as sf
 
-from ..files import atomic_write_json, read_appendable_jsonl
+from ..files import atomic_write_json, atomic_write_text, read_appendable_jsonl
 from . import tts
 from .asr import asr_record
 from .chat import MANIFEST_NAME, SAMPLING_RATE, audio_part, message, validate_record
@@ -240,11 +240,7 @@ def _recover(output_dir: Path, validate_audio: bool) -> tuple[set[str], set[str]
         keep.append(record)
         built.add(record["id"])
     if dropped:
-        tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in keep:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, manifest)
+        atomic_write_text(manifest, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in keep))
     skipped, retry = set(), set()
     for entry in read_appendable_jsonl(output_dir / SKIPPED_NAME):
         if isinstance(entry, dict) and "id" in entry:
