@@ -394,13 +394,12 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         if input_ids is None:
             raise ValueError("Expanding audio inputs for generation needs `input_ids` to locate the audio placeholders.")
         mask = audio.get("input_features_mask")
-        if mask is None:
+        if mask is None:  # as in `audio_window_tokens`: every mel frame is real
             if "input_features" not in audio:
                 raise ValueError("`audio_encoder_hidden_states` need `input_features_mask` (mel frames per window).")
             features = audio["input_features"]
-            tokens = [self.config.num_audio_tokens(features.shape[-1])] * features.shape[0]
-        else:
-            tokens = window_token_counts(self.config, mask)
+            mask = features.new_ones(features.shape[0], features.shape[-1])
+        tokens = window_token_counts(self.config, mask)
         index, window = [], 0
         for row, needed in enumerate((input_ids == self.config.audio_token_id).sum(-1).tolist()):
             first = window

@@ -4,6 +4,7 @@ stage's Trainer run, transcription / WER, response generation for spoken-questio
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -32,12 +33,7 @@ def read_records(path: str | os.PathLike, limit: int | None = None) -> list[dict
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    records = []
-    for record in read_manifest(path):
-        records.append(record)
-        if limit is not None and len(records) >= limit:
-            break
-    return records
+    return list(itertools.islice(read_manifest(path), limit))
 
 
 def training_config(path: str | os.PathLike):
@@ -281,14 +277,14 @@ def generate_responses(model, processor, records: Sequence[dict], output_path: s
     model_id = model_id or str(getattr(model, "name_or_path", "") or type(model).__name__)
     settings = {"model": model_id, "max_new_tokens": max_new_tokens}
     settings_path = output_path.with_name(output_path.name + ".config.json")
-    if output_path.is_file() and settings_path.is_file():
-        recorded = json.loads(settings_path.read_text(encoding="utf-8"))
-        if recorded != settings:
+    recorded = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else None
+    if recorded != settings:
+        if recorded is not None and output_path.is_file():
             raise ValueError(
                 f"{output_path} holds answers generated with {recorded}, not {settings}: use another output file "
                 "or delete it to regenerate."
             )
-    atomic_write_json(settings_path, settings)
+        atomic_write_json(settings_path, settings)
     done: dict[str, dict] = {}
     for where, record in enumerate(read_appendable_jsonl(output_path), 1):
         if not isinstance(record, dict) or "id" not in record:
