@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 
 # Adaptor types and how many LLM tokens each produces for one audio window.
-ADAPTOR_TYPES = ("stack_mlp", "linear", "whisper_resampler")
+ADAPTOR_TYPES = ("stack_mlp", "linear", "whisper_resampler", "ctc_compress", "whisper_reader")
+# Adaptors whose token count depends on what was said: `audio_token_count` is then an upper bound (see there).
+VARIABLE_TOKEN_ADAPTORS = ("ctc_compress", "whisper_reader")
 
 
 def encoder_frame_count(num_mel_frames: int) -> int:
@@ -29,14 +31,24 @@ def encoder_frame_mask(mel_frame_mask: torch.Tensor) -> torch.Tensor:
 
 
 def audio_token_count(num_mel_frames: int, adaptor_type: str, stack_factor: int, num_queries: int = 64) -> int:
-    """Number of audio tokens one audio window of `num_mel_frames` log-mel frames becomes.
+    """Number of audio placeholder tokens one audio window of `num_mel_frames` log-mel frames becomes.
 
-    The single source of truth for this number: the processor uses it to expand placeholders and the model
-    uses it to keep only the valid adaptor outputs of each window.
+    The single source of truth for this number: the processor expands each window's placeholder to it, and the
+    model uses it to find each window's tokens.
+
+    The audio-token contract. For the fixed-rate adaptors (`stack_mlp`, `linear`, `whisper_resampler`) every
+    placeholder carries one audio token. For `ctc_compress` and `whisper_reader` (`VARIABLE_TOKEN_ADAPTORS`) the
+    number is an upper bound, one slot per `stack_factor` encoder frames: the adaptor gives about one token per
+    spoken LLM token (CTC segments; Whisper's reading), so a window fills only its first `n` slots (1 <= n <= the
+    bound; `n` is known once the encoder, and for the reader the Whisper decoder, has run). The model
+    then ignores the unused slots: `forward` masks them out of attention and numbers positions as if they were
+    absent (logits keep the prompt's shape; labels and the collator are unchanged), and `generate` drops them before
+    prefill, then returns the caller's prompt followed by the new tokens, so slicing the output by the prompt length,
+    batching, beams and streaming behave as for every other adaptor.
     """
     if num_mel_frames <= 0:
         raise ValueError(f"An audio window needs at least one mel frame, got {num_mel_frames}.")
-    if adaptor_type in ("stack_mlp", "linear"):
+    if adaptor_type in ("stack_mlp", "linear", "ctc_compress", "whisper_reader"):
         return math.ceil(encoder_frame_count(num_mel_frames) / stack_factor)
     if adaptor_type == "whisper_resampler":  # the original LLaSM adaptor: a fixed number of decoder queries
         return num_queries
@@ -54,10 +66,27 @@ class LlasmConfig(PreTrainedConfig):
         adaptor_type (`str`, defaults to `"stack_mlp"`): `"stack_mlp"` stacks `stack_factor` consecutive encoder
             frames and maps them through a 2-layer MLP; `"linear"` stacks and applies a single linear layer;
             `"whisper_resampler"` is the original LLaSM adaptor: the Whisper decoder run on `num_queries` copies
-            of `audio_config.decoder_start_token_id`, cross-attending to the window, then one linear layer.
-        stack_factor (`int`, defaults to 8): encoder frames (50 per second) per audio token.
+            of `audio_config.decoder_start_token_id`, cross-attending to the window, then one linear layer;
+            `"ctc_compress"` stacks and maps frames like `"stack_mlp"` (plus `adaptor_num_layers` transformer layers),
+            scores every stacked frame with a CTC head against the LLM's own input embeddings of `ctc_vocab_size`
+            tokens (+ a blank), merges runs of frames with the same best label and drops blank runs: about one audio
+            token per spoken LLM token, each the posterior-weighted mean of those tokens' embeddings (LegoSLM /
+            CTC compression; see `audio_token_count` for how the variable count is handled); `"whisper_reader"` reads
+            each window with the Whisper decoder as Whisper transcribes it and gives, per decoded token, the LLM's
+            input embeddings of the same text + a learned projection of the decoder state (no CTC training needed).
         adaptor_hidden_size (`int`, *optional*): inner width of the MLP; defaults to the LLM hidden size.
         adaptor_hidden_act (`str`, defaults to `"gelu"`): MLP activation.
+        stack_factor (`int`, defaults to 8): encoder frames (50 per second) per audio token (per CTC frame for
+            `"ctc_compress"`).
+        adaptor_num_layers (`int`, defaults to 0): transformer layers after the MLP (`"stack_mlp"`, `"ctc_compress"`).
+        ctc_vocab_size (`int`, defaults to 8192): LLM tokens the `"ctc_compress"` head scores (the training recipe
+            picks the most frequent ones; their ids are a buffer of the adaptor).
+        ctc_temperature (`float`, defaults to 1.0): softmax temperature of the posteriors that weight the token
+            embeddings (`"ctc_compress"`; lower is closer to the single best token).
+        reader_prompt_ids (`list[int]`, *optional*), reader_suppress_ids, reader_begin_suppress_ids: the Whisper decoder
+            prompt and the tokens it never reads (first step: `reader_begin_suppress_ids` too), as in Whisper's
+            generation config (`"whisper_reader"`; `from_pretrained_components` copies them).
+        reader_max_pieces (`int`, defaults to 8): most LLM tokens one Whisper token is spelled with (`"whisper_reader"`).
         num_queries (`int`, defaults to 64): audio tokens per window for query-based adaptors
             (`"whisper_resampler"`; at most `audio_config.max_target_positions`).
         audio_token (`str`), audio_token_id (`int`): the placeholder the processor expands, one per audio token.
@@ -84,6 +113,13 @@ class LlasmConfig(PreTrainedConfig):
     stack_factor: int = 8
     adaptor_hidden_size: int | None = None
     adaptor_hidden_act: str = "gelu"
+    adaptor_num_layers: int = 0
+    ctc_vocab_size: int = 8192
+    ctc_temperature: float = 1.0
+    reader_prompt_ids: list[int] | None = None
+    reader_suppress_ids: list[int] | None = None
+    reader_begin_suppress_ids: list[int] | None = None
+    reader_max_pieces: int = 8
     num_queries: int = 64
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None
@@ -97,6 +133,17 @@ class LlasmConfig(PreTrainedConfig):
             raise ValueError(f"stack_factor must be >= 1, got {self.stack_factor}.")
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}.")
+        if self.adaptor_num_layers < 0:
+            raise ValueError(f"adaptor_num_layers must be >= 0, got {self.adaptor_num_layers}.")
+        if self.adaptor_type == "ctc_compress" and not 1 <= self.ctc_vocab_size <= self.text_config.vocab_size:
+            raise ValueError(f"ctc_vocab_size must be in [1, {self.text_config.vocab_size}], got {self.ctc_vocab_size}.")
+        if self.adaptor_type == "whisper_reader" and self.reader_prompt_ids is None:
+            start = self.audio_config.decoder_start_token_id
+            if start is None:
+                raise ValueError("The whisper_reader adaptor needs reader_prompt_ids or audio_config.decoder_start_token_id.")
+            self.reader_prompt_ids = [start]
+        if self.ctc_temperature <= 0:
+            raise ValueError(f"ctc_temperature must be > 0, got {self.ctc_temperature}.")
         if self.text_config.is_encoder_decoder:
             raise ValueError(f"text_config must be a decoder-only LM, got model_type {self.text_config.model_type!r}.")
 
@@ -105,9 +152,14 @@ class LlasmConfig(PreTrainedConfig):
         """Longest audio window the encoder takes (3000 mel frames = 30 s for real Whisper)."""
         return 2 * self.audio_config.max_source_positions
 
+    @property
+    def variable_audio_tokens(self) -> bool:
+        """True when a window's audio-token count depends on its content (`audio_token_count` is an upper bound)."""
+        return self.adaptor_type in VARIABLE_TOKEN_ADAPTORS
+
     def num_audio_tokens(self, num_mel_frames: int) -> int:
-        """Audio tokens for one window of `num_mel_frames` mel frames (see `audio_token_count`)."""
+        """Audio placeholders for one window of `num_mel_frames` mel frames (see `audio_token_count`)."""
         return audio_token_count(num_mel_frames, self.adaptor_type, self.stack_factor, self.num_queries)
 
 
-__all__ = ["LlasmConfig", "audio_token_count", "encoder_frame_count", "encoder_frame_mask", "ADAPTOR_TYPES"]
+__all__ = ["LlasmConfig", "audio_token_count", "encoder_frame_count", "encoder_frame_mask", "ADAPTOR_TYPES", "VARIABLE_TOKEN_ADAPTORS"]

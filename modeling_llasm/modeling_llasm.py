@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import (
@@ -16,8 +18,8 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutput, ModelOutput
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 from transformers.utils import logging
 
@@ -44,6 +46,23 @@ class LlasmCausalLMOutputWithPast(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     audio_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class LlasmAudioFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(windows, encoder_frames, d_model)`): the audio encoder's output.
+    pooler_output (`torch.FloatTensor` of shape `(total_audio_tokens, hidden)`): the audio tokens of all windows,
+        concatenated in window order: what replaces the audio placeholders in the prompt.
+    audio_token_counts (`torch.LongTensor` of shape `(windows,)`): audio tokens of each window (for `ctc_compress`
+        at most the window's placeholder count, see `configuration_llasm.audio_token_count`).
+    recognized_token_ids (`list[list[int]]`, *optional*): adaptors that recognise words (`ctc_compress`: the CTC
+        best path; `whisper_reader`: the Whisper decoder's reading): per window, what was recognised as LLM token ids
+        (`processor.decode` reads it).
+    """
+
+    audio_token_counts: torch.LongTensor | None = None
+    recognized_token_ids: list[list[int]] | None = None
 
 
 class LlasmAudioEncoder(WhisperEncoder):
@@ -90,19 +109,102 @@ def stack_frames(hidden: torch.Tensor, stack_factor: int) -> torch.Tensor:
     return hidden.reshape(batch, (frames + remainder) // stack_factor, stack_factor * dim)
 
 
+def stacked_frame_mask(encoder_frame_mask: torch.Tensor, stack_factor: int) -> torch.Tensor:
+    """`(windows, frames)` bool -> `(windows, ceil(frames / k))`: a stacked frame is real if any of its frames is."""
+    return stack_frames(encoder_frame_mask[..., None].float(), stack_factor).amax(-1) > 0
+
+
 class LlasmStackMlpAdaptor(nn.Module):
-    """Stack `stack_factor` encoder frames, then Linear -> activation -> Linear into the LLM embedding space."""
+    """Stack `stack_factor` encoder frames, then Linear -> activation -> Linear into the LLM embedding space, then
+    `adaptor_num_layers` pre-norm transformer layers over the window (padded frames masked)."""
 
     def __init__(self, config: LlasmConfig):
         super().__init__()
         self.stack_factor = config.stack_factor
-        inner = config.adaptor_hidden_size or config.text_config.hidden_size
+        hidden = config.text_config.hidden_size
+        inner = config.adaptor_hidden_size or hidden
         self.linear_1 = nn.Linear(config.audio_config.d_model * config.stack_factor, inner)
         self.act = ACT2FN[config.adaptor_hidden_act]
-        self.linear_2 = nn.Linear(inner, config.text_config.hidden_size)
+        self.linear_2 = nn.Linear(inner, hidden)
+        heads = hidden // 64 if hidden % 64 == 0 else 1
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+            for _ in range(config.adaptor_num_layers)
+        )  # fmt: skip
+
+    def frame_states(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(windows, T, hidden)` mapped stacked frames and their `(windows, T)` real-frame mask."""
+        hidden = self.linear_2(self.act(self.linear_1(stack_frames(encoder_hidden_states, self.stack_factor))))
+        valid = stacked_frame_mask(encoder_frame_mask, self.stack_factor)
+        for layer in self.layers:
+            hidden = layer(hidden, src_key_padding_mask=~valid)
+        return hidden, valid
 
     def forward(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(stack_frames(encoder_hidden_states, self.stack_factor))))
+        return self.frame_states(encoder_hidden_states, encoder_frame_mask)[0]
+
+
+class LlasmCtcCompressAdaptor(LlasmStackMlpAdaptor):
+    """`stack_mlp` frames, scored by a CTC head against the LLM's input embeddings, compressed to one audio token per
+    CTC segment (LegoSLM / CTC compression, see `LlasmConfig`).
+
+    The head scores each frame's direction (rescaled to the mean norm of the scored embeddings) against the
+    embeddings of the `ctc_vocab_size` tokens in the `ctc_token_ids` buffer, plus a learned blank. Runs of frames
+    with the same best label are merged and blank runs dropped; each remaining segment becomes the
+    posterior-weighted mean of the scored embeddings (posteriors over the tokens, blank excluded, at
+    `ctc_temperature`, averaged over the segment's frames): inputs the frozen LLM already reads. A window whose
+    frames are all blank (silence) still gives one token: its least blank-like frame. The head reads the LLM
+    embeddings at call time (`token_embeddings`), so the LLM stays their one source.
+    """
+
+    def __init__(self, config: LlasmConfig):
+        super().__init__(config)
+        hidden = config.text_config.hidden_size
+        self.temperature = config.ctc_temperature
+        self.register_buffer("ctc_token_ids", torch.arange(config.ctc_vocab_size), persistent=True)
+        self.blank_embedding = nn.Parameter(torch.zeros(hidden))
+        self.blank_bias = nn.Parameter(torch.zeros(()))
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def ctc_logits(self, frames: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """`(..., 1 + ctc_vocab_size)` scores of `(..., hidden)` frames: index 0 the blank, i + 1 `ctc_token_ids[i]`."""
+        vocab = token_embeddings[self.ctc_token_ids].float()
+        frames = frames.float()
+        directions = frames / frames.norm(dim=-1, keepdim=True).clamp_min(1e-6) * vocab.norm(dim=-1).mean()
+        blank = directions @ self.blank_embedding.float() + self.blank_bias
+        return torch.cat([blank[..., None], directions @ vocab.T], dim=-1) * self.log_scale.exp()
+
+    def forward(
+        self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, token_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """`(total_tokens, hidden)` audio tokens of all windows, `(windows,)` tokens per window, and the LLM token id
+        of every token (the CTC best path)."""
+        frames, valid = self.frame_states(encoder_hidden_states, encoder_frame_mask)
+        logits = self.ctc_logits(frames, token_embeddings)
+        posteriors = (logits[..., 1:] / self.temperature).softmax(-1)
+        best = logits.argmax(-1)
+        vocab = token_embeddings[self.ctc_token_ids]
+        tokens, counts, token_ids = [], [], []
+        for window in range(frames.shape[0]):
+            length = int(valid[window].sum())
+            labels = best[window, :length]
+            starts = torch.ones_like(labels, dtype=torch.bool)
+            starts[1:] = labels[1:] != labels[:-1]
+            segment = starts.cumsum(0) - 1
+            means = torch.zeros(int(starts.sum()), posteriors.shape[-1], dtype=posteriors.dtype, device=posteriors.device)
+            means = means.index_add(0, segment, posteriors[window, :length]) / torch.bincount(segment)[:, None]
+            keep = labels[starts] != 0
+            if not bool(keep.any()):  # silence: the least blank-like frame
+                frame = logits[window, :length, 1:].amax(-1).argmax()
+                means, keep = posteriors[window, frame][None], torch.ones(1, dtype=torch.bool, device=labels.device)
+                chosen = logits[window, frame, 1:].argmax()[None] + 1
+            else:
+                chosen = labels[starts][keep]
+            tokens.append(means[keep] @ vocab.to(means.dtype))
+            counts.append(int(keep.sum()))
+            token_ids.append(self.ctc_token_ids[chosen - 1].tolist())
+        hidden = torch.cat(tokens).to(frames.dtype)
+        return hidden, torch.tensor(counts, dtype=torch.long, device=frames.device), token_ids
 
 
 class LlasmLinearAdaptor(nn.Module):
@@ -179,13 +281,184 @@ class LlasmWhisperResamplerAdaptor(nn.Module):
         return self.linear(decoder.layer_norm(hidden))
 
 
+class LlasmWhisperReaderAdaptor(nn.Module):
+    """Reads each window with the Whisper decoder, greedily, as Whisper transcribes; every decoded Whisper token becomes
+    the LLM's own input embedding(s) of the same text piece, plus a learned projection of the decoder state that chose
+    it (`state_proj`, zero at first).
+
+    The Whisper decoder already knows how to read this encoder (DiVA initialises its adaptor from it for that reason);
+    read out token by token it recognises speech as well as Whisper does, and the LLM receives what it reads best:
+    its own token embeddings. `llm_pieces` maps each Whisper token to the LLM tokens spelling the same bytes (both
+    vocabularies are byte-level BPE; most tokens map one to one), so no tokenizer is needed at run time. Decoding is
+    discrete and runs without gradients; `state_proj` learns (e.g. by self-distillation through the frozen LLM) what
+    the decoder states add beyond the words. A window gives at most `config.num_audio_tokens` tokens
+    (`stack_factor` sets the bound: 12.5 tokens per second with 4); reading stops there, with a warning. A window
+    with nothing to read gives one token, the projection of the first decoder state.
+    """
+
+    def __init__(self, config: LlasmConfig):
+        super().__init__()
+        audio_config = config.audio_config
+        self.config = config
+        self.decoder = WhisperDecoder(audio_config)
+        self.state_proj = nn.Linear(audio_config.d_model, config.text_config.hidden_size)
+        nn.init.zeros_(self.state_proj.weight)
+        nn.init.zeros_(self.state_proj.bias)
+        self.state_proj._is_hf_initialized = True  # zero on purpose: a fresh reader passes the words through unchanged
+        self.register_buffer("llm_pieces", torch.full((audio_config.vocab_size, config.reader_max_pieces), -1), persistent=True)
+        # The encoder's output for a window of silence: Whisper's decoder was trained on 30 s windows and stops
+        # reading (end-of-text) when it reaches the padding after the speech; without it, it repeats the speech.
+        self.register_buffer("silence_states", torch.zeros(audio_config.max_source_positions, audio_config.d_model), persistent=True)
+        self.read_cache: dict | None = None  # see `read`
+
+    def with_silence(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each window's real frames followed by `silence_states` up to the full window, as Whisper reads a window
+        padded to 30 s (the speech frames themselves are encoded unpadded)."""
+        windows = encoder_hidden_states.shape[0]
+        lengths = encoder_frame_mask.sum(-1).tolist()
+        total = self.silence_states.shape[0]
+        states = self.silence_states.to(encoder_hidden_states.dtype)[None].repeat(windows, 1, 1)
+        for window, length in enumerate(lengths):
+            states[window, :length] = encoder_hidden_states[window, :length]
+        return states, torch.ones(windows, total, dtype=torch.bool, device=states.device)
+
+    @torch.no_grad()
+    def read(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int]) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """Greedy Whisper decoding of every window: its Whisper token ids (no special tokens) and, per token, the
+        decoder state that chose it `(tokens, d_model)` (a window without tokens: its first state, `(1, d_model)`);
+        a window stops at end-of-text or at `max_pieces` LLM tokens.
+
+        With `read_cache` set to a dict (training with a frozen decoder: every epoch reads the same clips), readings
+        are memoized by the window's encoder states, so each clip is decoded once."""
+        if self.read_cache is None:
+            return self._decode(encoder_hidden_states, encoder_frame_mask, max_pieces)
+        lengths = encoder_frame_mask.sum(-1).tolist()
+        keys = []
+        for window, length in enumerate(lengths):
+            digest = hashlib.blake2b(encoder_hidden_states[window, :length].float().cpu().numpy().tobytes(), digest_size=16)
+            keys.append(f"{digest.hexdigest()}:{max_pieces[window]}")
+        missing = [w for w, key in enumerate(keys) if key not in self.read_cache]
+        if missing:
+            index = torch.tensor(missing, device=encoder_hidden_states.device)
+            ids, states = self._decode(encoder_hidden_states[index], encoder_frame_mask[index], [max_pieces[w] for w in missing])
+            for window, window_ids, window_states in zip(missing, ids, states):
+                self.read_cache[keys[window]] = (window_ids, window_states)
+        return [self.read_cache[k][0] for k in keys], [self.read_cache[k][1].to(encoder_hidden_states.device) for k in keys]
+
+    @torch.no_grad()
+    def _decode(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int]) -> tuple[list[list[int]], list[torch.Tensor]]:
+        decoder, config = self.decoder, self.config
+        encoder_hidden_states, encoder_frame_mask = self.with_silence(encoder_hidden_states, encoder_frame_mask)
+        windows, frames = encoder_hidden_states.shape[:2]
+        device, dtype = encoder_hidden_states.device, decoder.layer_norm.weight.dtype
+        encoder_hidden_states = encoder_hidden_states.to(dtype)
+        minimum = torch.finfo(dtype).min
+        cross_mask = None
+        if not bool(encoder_frame_mask.all()):
+            cross_mask = torch.zeros(encoder_frame_mask.shape, dtype=dtype, device=device).masked_fill(~encoder_frame_mask.bool(), minimum)
+            cross_mask = cross_mask[:, None, None, :]
+        prompt = torch.tensor(config.reader_prompt_ids, dtype=torch.long, device=device)[None].expand(windows, -1)
+        eos = config.audio_config.eos_token_id
+        suppress = torch.zeros(decoder.embed_tokens.weight.shape[0], dtype=torch.bool, device=device)
+        suppress[eos + 1 :] = True  # special and timestamp tokens are never text
+        suppress[list(config.reader_suppress_ids or [])] = True
+        pieces_of = (self.llm_pieces >= 0).sum(-1)
+        suppress[: eos][pieces_of[: eos].to(device) == 0] = True  # text the LLM could not be given
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        tokens, states = [[] for _ in range(windows)], [[] for _ in range(windows)]
+        used, done = [0] * windows, [False] * windows
+        step_input, position = prompt, 0
+        limit = decoder.embed_positions.weight.shape[0] - prompt.shape[1]
+        for step in range(limit):
+            length = step_input.shape[1]
+            hidden = decoder.embed_tokens(step_input) + decoder.embed_positions.weight[position : position + length]
+            self_mask = None
+            if length > 1:
+                future = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+                self_mask = torch.zeros(future.shape, dtype=dtype, device=device).masked_fill(future, minimum)[None, None]
+            for layer in decoder.layers:
+                hidden = layer(hidden, self_mask, encoder_hidden_states, encoder_attention_mask=cross_mask, cache=cache, use_cache=True)
+            state = decoder.layer_norm(hidden[:, -1])
+            if step == 0:
+                first_states = state
+            logits = state @ decoder.embed_tokens.weight.T
+            logits = logits.masked_fill(suppress, minimum)
+            if step == 0:  # as Whisper: no blank or end-of-text first
+                logits[:, eos] = minimum
+                for token in config.reader_begin_suppress_ids or []:
+                    logits[:, token] = minimum
+            chosen = logits.argmax(-1)
+            for window, token in enumerate(chosen.tolist()):
+                if done[window]:
+                    continue
+                if token == eos or used[window] + int(pieces_of[token]) > max_pieces[window]:
+                    if token != eos:
+                        logger.warning_once(f"An audio window had more to read than its {max_pieces[window]} audio tokens; "
+                                            "reading stopped there (lower stack_factor to allow more tokens per second).")  # fmt: skip
+                    done[window] = True
+                    continue
+                tokens[window].append(token)
+                states[window].append(state[window])
+                used[window] += int(pieces_of[token])
+            if all(done):
+                break
+            position += length
+            step_input = chosen[:, None]
+        # a window with nothing to read keeps the first decoder state (see `forward`)
+        return tokens, [torch.stack(s) if s else first_states[w : w + 1] for w, s in enumerate(states)]
+
+    def forward(
+        self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, token_embeddings: torch.Tensor,
+        max_tokens: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:  # fmt: skip
+        """`(total_tokens, hidden)` audio tokens, `(windows,)` tokens per window, and their LLM token ids."""
+        whisper_ids, states = self.read(encoder_hidden_states, encoder_frame_mask, max_tokens)
+        tokens, counts, llm_ids = [], [], []
+        for ids, window_states in zip(whisper_ids, states):
+            if not ids:  # nothing to read: one token from the first decoder state
+                tokens.append(self.state_proj(window_states.to(self.state_proj.weight.dtype)))
+                counts.append(1)
+                llm_ids.append([])
+                continue
+            pieces = self.llm_pieces[torch.tensor(ids, device=self.llm_pieces.device)]  # (tokens, max_pieces)
+            owner = torch.arange(len(ids), device=pieces.device)[:, None].expand_as(pieces)[pieces >= 0]
+            flat = pieces[pieces >= 0]
+            projected = self.state_proj(window_states.to(self.state_proj.weight.dtype))[owner.to(window_states.device)]
+            tokens.append(token_embeddings[flat.to(token_embeddings.device)].to(projected.dtype) + projected)
+            counts.append(int(flat.numel()))
+            llm_ids.append(flat.tolist())
+        return torch.cat(tokens), torch.tensor(counts, dtype=torch.long, device=encoder_hidden_states.device), llm_ids
+
+
 # adaptor_type -> module. An adaptor maps (windows, frames, d_model) encoder states + frame mask to
 # (windows, tokens, hidden); the first `config.num_audio_tokens(mel_frames)` tokens of each window are used.
+# (`ctc_compress` also takes the LLM's input embeddings and returns its variable-length tokens, see there.)
 LLASM_ADAPTORS: dict[str, type[nn.Module]] = {
     "stack_mlp": LlasmStackMlpAdaptor,
     "linear": LlasmLinearAdaptor,
     "whisper_resampler": LlasmWhisperResamplerAdaptor,
+    "ctc_compress": LlasmCtcCompressAdaptor,
+    "whisper_reader": LlasmWhisperReaderAdaptor,
 }
+
+
+def encode_audio_windows(
+    audio_tower: nn.Module,
+    input_features: torch.Tensor | None,
+    input_features_mask: torch.Tensor | None = None,
+    audio_encoder_hidden_states: torch.Tensor | None = None,
+    **encoder_kwargs,
+) -> tuple[BaseModelOutput, torch.Tensor]:
+    """The encoder output of every window (or the cached one) and the `(windows, mel_frames)` mask."""
+    if audio_encoder_hidden_states is not None:
+        if input_features_mask is None:
+            raise ValueError("`audio_encoder_hidden_states` need `input_features_mask` (mel frames per window).")
+        return BaseModelOutput(last_hidden_state=audio_encoder_hidden_states.to(audio_tower.layer_norm.weight.dtype)), input_features_mask
+    if input_features is None:
+        raise ValueError("Pass `input_features` (or cached `audio_encoder_hidden_states`).")
+    if input_features_mask is None:
+        input_features_mask = torch.ones(input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device)
+    return audio_tower(input_features, attention_mask=input_features_mask, **encoder_kwargs), input_features_mask
 
 
 def audio_window_tokens(
@@ -195,25 +468,73 @@ def audio_window_tokens(
     input_features: torch.Tensor | None,
     input_features_mask: torch.Tensor | None = None,
     audio_encoder_hidden_states: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Encoder -> adaptor -> the valid audio tokens of every window, concatenated: `(total_audio_tokens, hidden)`.
-    The one implementation behind `LlasmForConditionalGeneration.get_audio_features` (and the CTC aligner)."""
-    if audio_encoder_hidden_states is not None:
-        if input_features_mask is None:
-            raise ValueError("`audio_encoder_hidden_states` need `input_features_mask` (mel frames per window).")
-        encoded = audio_encoder_hidden_states.to(audio_tower.layer_norm.weight.dtype)
+    token_embeddings: torch.Tensor | None = None,
+    **encoder_kwargs,
+) -> LlasmAudioFeaturesOutput:
+    """Encoder -> adaptor -> the audio tokens of every window, concatenated (`pooler_output`, `(total, hidden)`),
+    with the tokens per window. The one implementation behind `LlasmForConditionalGeneration.get_audio_features`
+    (and the CTC aligner). `token_embeddings`: the LLM input-embedding matrix (`ctc_compress` only)."""
+    encoded, input_features_mask = encode_audio_windows(audio_tower, input_features, input_features_mask,
+                                                        audio_encoder_hidden_states, **encoder_kwargs)  # fmt: skip
+    frame_mask = encoder_frame_mask(input_features_mask).to(encoded.last_hidden_state.device)
+    recognized = None
+    if config.variable_audio_tokens:
+        if token_embeddings is None:
+            raise ValueError(f"The {config.adaptor_type!r} adaptor needs the LLM's `token_embeddings`.")
+        if config.adaptor_type == "whisper_reader":
+            tokens, counts, recognized = projector(encoded.last_hidden_state, frame_mask, token_embeddings,
+                                                   window_token_counts(config, input_features_mask))  # fmt: skip
+        else:
+            tokens, counts, recognized = projector(encoded.last_hidden_state, frame_mask, token_embeddings)
     else:
-        if input_features_mask is None:
-            input_features_mask = torch.ones(input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device)
-        encoded = audio_tower(input_features, attention_mask=input_features_mask).last_hidden_state
-    tokens = projector(encoded, encoder_frame_mask(input_features_mask))
-    counts = window_token_counts(config, input_features_mask)
-    return torch.cat([window[:count] for window, count in zip(tokens, counts)], dim=0)
+        per_window = projector(encoded.last_hidden_state, frame_mask)
+        window_counts = window_token_counts(config, input_features_mask)
+        tokens = torch.cat([window[:count] for window, count in zip(per_window, window_counts)], dim=0)
+        counts = torch.tensor(window_counts, dtype=torch.long, device=tokens.device)
+    return LlasmAudioFeaturesOutput(
+        last_hidden_state=encoded.last_hidden_state, pooler_output=tokens, hidden_states=encoded.hidden_states,
+        attentions=encoded.attentions, audio_token_counts=counts, recognized_token_ids=recognized,
+    )  # fmt: skip
 
 
 def window_token_counts(config: LlasmConfig, input_features_mask: torch.Tensor) -> list[int]:
-    """Audio tokens of each window, from its real mel frames (`config.num_audio_tokens`)."""
+    """Audio placeholders of each window, from its real mel frames (`config.num_audio_tokens`)."""
     return [config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
+
+
+def whisper_token_pieces(whisper_tokenizer, llm_tokenizer, max_pieces: int = 8) -> list[list[int]]:
+    """For every Whisper token id, the LLM token ids spelling the same bytes: the LLM token with the same string if
+    there is one, else the longest LLM tokens covering it from the left (both are byte-level BPE vocabularies, so
+    token strings share one alphabet). Special tokens, text the LLM cannot spell and tokens needing more than
+    `max_pieces` LLM tokens (runs of symbols) map to `[]`: the reader never reads them."""
+    special_llm = set(llm_tokenizer.all_special_ids)
+    llm_vocab = {token: i for token, i in llm_tokenizer.get_vocab().items() if i not in special_llm}
+    longest = max(len(token) for token in llm_vocab)
+    whisper_vocab = whisper_tokenizer.get_vocab()
+    special = set(whisper_tokenizer.all_special_ids)
+    pieces: list[list[int]] = [[] for _ in range(max(whisper_vocab.values()) + 1)]
+    for token, whisper_id in whisper_vocab.items():
+        if whisper_id in special or token.startswith("<|"):
+            continue
+        row = spell_token(token, llm_vocab, longest)
+        pieces[whisper_id] = row if len(row) <= max_pieces else []
+    return pieces
+
+
+def spell_token(token: str, vocabulary: dict[str, int], longest: int | None = None) -> list[int]:
+    """Ids of the longest `vocabulary` strings spelling `token` from the left (greedy); `[]` if some character has no
+    entry. `longest`: the longest string in `vocabulary` (computed if not given)."""
+    longest = longest or max(len(entry) for entry in vocabulary)
+    row, start = [], 0
+    while start < len(token):
+        for end in range(min(len(token), start + longest), start, -1):
+            if token[start:end] in vocabulary:
+                row.append(vocabulary[token[start:end]])
+                start = end
+                break
+        else:
+            return []
+    return row
 
 
 # Per-window audio inputs (one row per 30 s window, not per sample).
@@ -286,14 +607,53 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         input_features: torch.Tensor | None,
         input_features_mask: torch.Tensor | None = None,
         audio_encoder_hidden_states: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Encode audio windows `(windows, n_mels, frames)` and return the valid audio tokens of all windows,
-        concatenated in window order: `(total_audio_tokens, hidden)`. `audio_encoder_hidden_states`
+        **kwargs,
+    ) -> LlasmAudioFeaturesOutput:
+        """Encode audio windows `(windows, n_mels, frames)`; `pooler_output` holds the audio tokens of all windows,
+        concatenated in window order `(total_audio_tokens, hidden)`, `last_hidden_state` the encoder output,
+        `audio_token_counts` the tokens of each window (see `LlasmAudioFeaturesOutput`). `audio_encoder_hidden_states`
         `(windows, ceil(frames / 2), d_model)`: precomputed `audio_tower` outputs (a frozen-encoder cache) used
-        instead of running the encoder; `input_features_mask` is then required."""
-        return audio_window_tokens(
-            self.audio_tower, self.multi_modal_projector, self.config, input_features, input_features_mask, audio_encoder_hidden_states
-        )
+        instead of running the encoder; `input_features_mask` is then required. Other keyword arguments
+        (`output_hidden_states`, `output_attentions`) go to the encoder."""
+        token_embeddings = self.get_input_embeddings().weight if self.config.variable_audio_tokens else None
+        return audio_window_tokens(self.audio_tower, self.multi_modal_projector, self.config, input_features,
+                                   input_features_mask, audio_encoder_hidden_states, token_embeddings, **kwargs)  # fmt: skip
+
+    @torch.no_grad()
+    def set_ctc_vocabulary(self, token_ids) -> None:
+        """Make the `ctc_compress` head score these LLM token ids (`config.ctc_vocab_size` follows); the blank starts
+        at their mean embedding. The training recipe picks the most frequent English tokens
+        (`modeling_llasm.training.ctc_vocabulary`)."""
+        if not self.config.variable_audio_tokens:
+            raise ValueError(f"The {self.config.adaptor_type!r} adaptor has no CTC vocabulary.")
+        head = self.multi_modal_projector
+        ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=head.ctc_token_ids.device)
+        vocab_size = self.get_input_embeddings().weight.shape[0]
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= vocab_size or ids.unique().numel() != ids.numel():
+            raise ValueError(f"CTC vocabulary: expected distinct token ids in [0, {vocab_size}), got {ids.numel()} ids.")
+        head.ctc_token_ids = ids
+        head.blank_embedding.copy_(self.get_input_embeddings().weight[ids].mean(0).to(head.blank_embedding.dtype))
+        self.config.ctc_vocab_size = ids.numel()
+
+    @torch.no_grad()
+    def set_reader_vocabulary(self, pieces: list[list[int]]) -> None:
+        """Set the `whisper_reader` table: for every Whisper token id, the LLM token ids spelling the same text
+        (`whisper_token_pieces` computes it from the two tokenizers; `config.reader_max_pieces` follows)."""
+        if self.config.adaptor_type != "whisper_reader":
+            raise ValueError(f"The {self.config.adaptor_type!r} adaptor has no reader vocabulary.")
+        reader = self.multi_modal_projector
+        rows = reader.llm_pieces.shape[0]
+        if len(pieces) > rows:
+            raise ValueError(f"Reader vocabulary: {len(pieces)} Whisper tokens, but the decoder has {rows}.")
+        vocab_size = self.get_input_embeddings().weight.shape[0]
+        if any(not 0 <= i < vocab_size for row in pieces for i in row):
+            raise ValueError(f"Reader vocabulary: LLM token ids must be in [0, {vocab_size}).")
+        width = max(1, max((len(row) for row in pieces), default=1))
+        table = torch.full((rows, width), -1, dtype=torch.long)
+        for whisper_id, row in enumerate(pieces):
+            table[whisper_id, : len(row)] = torch.tensor(row, dtype=torch.long)
+        reader.llm_pieces = table.to(reader.llm_pieces.device)
+        self.config.reader_max_pieces = width
 
     def get_placeholder_mask(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Boolean mask over `inputs_embeds` of the audio placeholder positions, checked against the features."""
@@ -337,9 +697,11 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
 
         audio_features = None
         if input_features is not None or audio_encoder_hidden_states is not None:
-            audio_features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features)
-            inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features.to(inputs_embeds.device, inputs_embeds.dtype))
+            features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states)
+            audio_features = features.pooler_output
+            inputs_embeds, attention_mask, position_ids = self.merge_audio_features(
+                input_ids, inputs_embeds, attention_mask, position_ids, features, input_features_mask
+            )
         elif input_ids is not None and self.config.audio_token_id is not None and (cache is None or cache.get_seq_length() == 0):
             if (input_ids == self.config.audio_token_id).any():
                 raise ValueError("The prompt has audio placeholder tokens but no `input_features` were given.")
@@ -369,8 +731,89 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             audio_hidden_states=audio_features,
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs) -> dict:
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+    def merge_audio_features(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        features: LlasmAudioFeaturesOutput,
+        input_features_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Put the audio tokens into the placeholder positions of `inputs_embeds`.
+
+        With a variable-count adaptor (`ctc_compress`) each window fills only the first `audio_token_counts` of its
+        placeholders: the unused ones are masked out of attention and, unless `position_ids` are given, positions are
+        numbered as if they were absent, so the logits at every other position equal those of the prompt without them
+        (`generate` removes them instead). Returns `(inputs_embeds, attention_mask, position_ids)`."""
+        audio = features.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+        if not self.config.variable_audio_tokens:
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio)
+            return inputs_embeds.masked_scatter(mask, audio), attention_mask, position_ids
+        if input_features_mask is None:  # every mel frame real: as many as the encoder frames need
+            windows, frames = features.last_hidden_state.shape[:2]
+            input_features_mask = torch.ones(windows, 2 * frames, dtype=torch.long)
+        slots = torch.tensor(window_token_counts(self.config, input_features_mask), device=audio.device)
+        used = features.audio_token_counts.to(audio.device)
+        if bool((used > slots).any()) or bool((used < 1).any()):
+            raise ValueError(f"Audio windows produced {used.tolist()} tokens for {slots.tolist()} placeholders.")
+        filled = torch.arange(int(slots.max()), device=audio.device)[None, :] < used[:, None]
+        filled = torch.cat([row[:count] for row, count in zip(filled, slots.tolist())])  # per placeholder, in order
+        values = audio.new_zeros(filled.shape[0], audio.shape[-1]).masked_scatter(filled[:, None], audio)
+        mask = self.get_placeholder_mask(input_ids, inputs_embeds, values)
+        inputs_embeds = inputs_embeds.masked_scatter(mask, values)
+        placeholders = mask[..., 0]
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.clone()
+        attention_mask[placeholders] = filled.to(attention_mask.device, attention_mask.dtype)
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return inputs_embeds, attention_mask, position_ids
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs):
+        """`GenerationMixin.generate`. With a variable-count adaptor (`ctc_compress`) the audio is encoded first, the
+        unused placeholders are removed from the prompt (each row re-left-padded) and the LLM generates from the
+        shorter prompt's embeddings; the returned sequences are the caller's `input_ids` followed by the new tokens,
+        as for every other adaptor (see `configuration_llasm.audio_token_count`)."""
+        audio = {key: kwargs.pop(key) for key in AUDIO_INPUT_KEYS if kwargs.get(key) is not None}
+        if not (self.config.variable_audio_tokens and set(audio) - {"input_features_mask"}):
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **audio, **kwargs)
+        if input_ids is None or kwargs.get("inputs_embeds") is not None:
+            raise ValueError("Generation with audio needs `input_ids` with the audio placeholders (not `inputs_embeds`).")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        features = self.get_audio_features(audio.get("input_features"), audio.get("input_features_mask"),
+                                           audio.get("audio_encoder_hidden_states"))  # fmt: skip
+        embeds, holed_mask, _ = self.merge_audio_features(input_ids, self.get_input_embeddings()(input_ids), attention_mask,
+                                                          None, features, audio.get("input_features_mask"))  # fmt: skip
+        keep = holed_mask.bool()
+        length = int(keep.sum(-1).max())
+        pad_id = self.generation_config.pad_token_id
+        pad_id = pad_id if pad_id is not None else 0
+        packed_ids = input_ids.new_full((input_ids.shape[0], length), pad_id)
+        packed_mask = attention_mask.new_zeros((input_ids.shape[0], length))
+        packed_embeds = embeds.new_zeros((input_ids.shape[0], length, embeds.shape[-1]))
+        for row in range(input_ids.shape[0]):  # left padding, as the processor pads for generation
+            count = int(keep[row].sum())
+            packed_ids[row, length - count :] = input_ids[row][keep[row]]
+            packed_mask[row, length - count :] = 1
+            packed_embeds[row, length - count :] = embeds[row][keep[row]]
+        output = super().generate(input_ids=packed_ids, inputs_embeds=packed_embeds, attention_mask=packed_mask, **kwargs)
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        prompt = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
+        sequences = torch.cat([prompt.to(sequences.device), sequences[:, length:]], dim=-1)
+        if isinstance(output, torch.Tensor):
+            return sequences
+        output.sequences = sequences
+        return output
+
+    def prepare_inputs_for_generation(
+        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor | None = None, is_first_iteration: bool | None = False,
+        **kwargs,
+    ) -> dict:  # fmt: skip
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         # Like `input_features`, cached encoder outputs only feed the prefill; later steps read the KV cache.
         if not is_first_iteration and kwargs.get("use_cache", True):
             model_inputs.pop("audio_encoder_hidden_states", None)
@@ -444,9 +887,20 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
 
         whisper_model = WhisperModel.from_pretrained(whisper, dtype=dtype)
         encoder_state = whisper_model.encoder.state_dict()
-        decoder_state = whisper_model.decoder.state_dict() if adaptor_type == "whisper_resampler" else None
+        reads_with_decoder = adaptor_type in ("whisper_resampler", "whisper_reader")
+        decoder_state = whisper_model.decoder.state_dict() if reads_with_decoder else None
         whisper_config: WhisperConfig = whisper_model.config
         del whisper_model
+        if adaptor_type == "whisper_reader":  # read as Whisper's own generation config transcribes
+            from transformers import GenerationConfig
+
+            whisper_generation = GenerationConfig.from_pretrained(whisper)
+            prompt = [whisper_config.decoder_start_token_id]
+            if getattr(whisper_generation, "no_timestamps_token_id", None) is not None:
+                prompt.append(whisper_generation.no_timestamps_token_id)
+            config_kwargs.setdefault("reader_prompt_ids", prompt)
+            config_kwargs.setdefault("reader_suppress_ids", list(getattr(whisper_generation, "suppress_tokens", None) or []))
+            config_kwargs.setdefault("reader_begin_suppress_ids", list(getattr(whisper_generation, "begin_suppress_tokens", None) or []))
         llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(language_model)
         tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]}, replace_extra_special_tokens=False)
@@ -468,7 +922,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         model.audio_tower = LlasmAudioEncoder(whisper_config).to(dtype)
         model.audio_tower.load_state_dict(encoder_state)
         model.multi_modal_projector = LLASM_ADAPTORS[adaptor_type](config).to(dtype)
-        if decoder_state is not None:  # the resampler's queries run through the pretrained Whisper decoder
+        if decoder_state is not None:  # the resampler / reader run the pretrained Whisper decoder
             model.multi_modal_projector.decoder.load_state_dict(decoder_state)
         model.language_model = llm
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -476,8 +930,16 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         if model.generation_config.pad_token_id is None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper)
+        if adaptor_type == "whisper_reader":
+            model.set_reader_vocabulary(whisper_token_pieces(AutoTokenizer.from_pretrained(whisper), tokenizer))
+            silence = feature_extractor(np.zeros(feature_extractor.n_samples, dtype=np.float32), sampling_rate=feature_extractor.sampling_rate,
+                                        return_tensors="pt").input_features  # fmt: skip
+            with torch.no_grad():
+                states = model.audio_tower(silence.to(dtype)).last_hidden_state[0]
+            model.multi_modal_projector.silence_states.copy_(states[: model.multi_modal_projector.silence_states.shape[0]])
         processor = LlasmProcessor(
-            feature_extractor=WhisperFeatureExtractor.from_pretrained(whisper),
+            feature_extractor=feature_extractor,
             tokenizer=tokenizer,
             audio_token=audio_token,
             adaptor_type=adaptor_type,
@@ -492,6 +954,11 @@ __all__ = [
     "LlasmPreTrainedModel",
     "LlasmAudioEncoder",
     "LlasmCausalLMOutputWithPast",
+    "LlasmAudioFeaturesOutput",
+    "LlasmCtcCompressAdaptor",
+    "LlasmWhisperReaderAdaptor",
     "LLASM_ADAPTORS",
     "audio_window_tokens",
+    "whisper_token_pieces",
+    "spell_token",
 ]

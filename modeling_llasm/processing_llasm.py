@@ -128,7 +128,7 @@ class LlasmProcessor(ProcessorMixin):
         (both store the adaptor settings; a mismatch would otherwise surface later as a token-count error)."""
         pairs = [("adaptor_type", self.adaptor_type, config.adaptor_type), ("audio_token", self.audio_token, config.audio_token),
                  ("audio_token_id", self.audio_token_id, config.audio_token_id)]  # fmt: skip
-        if config.adaptor_type in ("stack_mlp", "linear"):
+        if config.adaptor_type in ("stack_mlp", "linear", "ctc_compress", "whisper_reader"):
             pairs.append(("stack_factor", self.stack_factor, config.stack_factor))
         else:
             pairs.append(("num_queries", self.num_queries, config.num_queries))

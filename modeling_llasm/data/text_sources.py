@@ -8,6 +8,10 @@ Sources (all installed from PyPI, nothing downloaded at run time):
   words, for lexical and phonetic coverage beyond what templates reach.
 - `questions_en.txt` / `questions_zh.txt` (this package): short questions a small chat LLM can answer,
   for stage-2 spoken instructions.
+- `assistant_text`: templated questions, requests and small talk (what people say to an assistant), as extra
+  English training utterances (`assistant_counts`).
+- `eval_questions_en.txt`, `text_skill_prompts_en.txt` (this package): the understanding evaluation's held-out
+  spoken questions and typed prompts; never training text.
 
 Utterances contain no digits (a transcript must be what the TTS says) and are deduplicated. Everything is
 deterministic given `seed` and the installed faker / wordfreq versions. `seed_text_split` returns the
@@ -295,12 +299,27 @@ def seed_utterances(language: str, n: int, *, seed: int = 0) -> list[Utterance]:
     return out
 
 
+def _packaged_lines(name: str) -> list[str]:
+    text = resources.files("modeling_llasm.data").joinpath(name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
 def load_questions(language: str) -> list[str]:
     """The packaged stage-2 questions (`questions_en.txt` / `questions_zh.txt`), one per non-comment line."""
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
-    text = resources.files("modeling_llasm.data").joinpath(f"questions_{language}.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return _packaged_lines(f"questions_{language}.txt")
+
+
+def eval_questions() -> list[str]:
+    """The packaged held-out spoken questions of the understanding evaluation (`eval_questions_en.txt`): never
+    training text (`seed_text_split` refuses them)."""
+    return _packaged_lines("eval_questions_en.txt")
+
+
+def text_skill_prompts() -> list[str]:
+    """The packaged typed prompts of the text-skill retention check (`text_skill_prompts_en.txt`)."""
+    return _packaged_lines("text_skill_prompts_en.txt")
 
 
 def _split_list(items: list, fraction: float, rng: random.Random, *, what: str) -> tuple[list, list]:
@@ -338,11 +357,16 @@ def seed_text_split(
     seed: int = 0,
     voices: Mapping[str, Sequence[str]] | None = None,
     heldout_voices: Mapping[str, Sequence[str]] | None = None,
+    assistant_counts: Mapping[str, int] | None = None,
 ) -> SeedTextSplit:
     """Train / held-out split of the seed text, disjoint by text and by voice.
 
     Args:
         counts: distinct utterances per language (default `DEFAULT_COUNTS`: en 12,000, zh 3,000).
+        assistant_counts: extra *training* utterances per language of what people say to an assistant
+            (`assistant_text.assistant_utterances`, English only): questions, requests, small talk. The held-out
+            set keeps only `counts`' kinds, so held-out WER stays comparable; held-out and evaluation questions
+            are never among them.
         heldout_fraction: share of utterances held out (by text) for evaluation.
         question_heldout_fraction: share of questions held out.
         seed: makes everything deterministic.
@@ -362,6 +386,14 @@ def seed_text_split(
         taken = {u.text for u in utterances}
         questions = [Utterance(q, language, "question") for q in dict.fromkeys(load_questions(language)) if q not in taken]
         q_train, q_held = _split_list(questions, question_heldout_fraction, rng, what=f"{language} questions")
+        extra = (assistant_counts or {}).get(language, 0)
+        if extra:
+            if language != "en":
+                raise ValueError(f"assistant_counts: assistant-style text exists for English only, got {language!r}")
+            from .assistant_text import assistant_utterances
+
+            exclude = taken | {q.text for q in q_held} | set(eval_questions())
+            train += [Utterance(t, language, "assistant") for t in assistant_utterances(extra, seed=seed, exclude=exclude)]
         split.train += train
         split.heldout += held
         split.train_questions += q_train

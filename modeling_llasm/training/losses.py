@@ -7,7 +7,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.collator import IGNORE_INDEX
-from ..modeling_llasm import audio_window_tokens
+from ..configuration_llasm import encoder_frame_mask
+from ..modeling_llasm import audio_window_tokens, encode_audio_windows, window_token_counts
 
 
 def prediction_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ def calibrate_adaptor(model: nn.Module, batches, target_norm: float | None = Non
     norms = []
     for batch in batches:
         features = base.get_audio_features(batch.get("input_features"), batch["input_features_mask"],
-                                           batch.get("audio_encoder_hidden_states"))  # fmt: skip
+                                           batch.get("audio_encoder_hidden_states")).pooler_output  # fmt: skip
         norms.append(features.float().norm(dim=-1))
     factor = target_norm / float(torch.cat(norms).mean())
     last.weight.mul_(factor)
@@ -91,21 +92,25 @@ def calibrate_adaptor(model: nn.Module, batches, target_norm: float | None = Non
 
 class LlasmCtcAligner(nn.Module):
     r"""
-    CTC pre-alignment of the adaptor without running the LLM (stage 1, before the LM loss).
+    CTC training of the adaptor without running the LLM.
 
-    The adaptor's audio tokens are classified against the frozen LLM input-embedding matrix (a token's logit is
-    the dot product of the audio token with that token's embedding, times a learned scale) plus a learned blank,
-    and trained with CTC against the transcript's LLM tokens. This pulls the adaptor outputs towards the
-    embeddings of the words spoken, at the cost of an encoder + adaptor pass only.
+    - `ctc_compress` adaptors carry their own CTC head (`LlasmCtcCompressAdaptor`, scoring a sub-vocabulary of the
+      LLM's input embeddings): the aligner trains adaptor + head on the adaptor's stacked frames. Transcript tokens
+      are mapped onto the head's classes by `vocabulary` (`SubVocabulary`: tokens outside it are spelled with its
+      pieces), built from the model if not given.
+    - Other adaptors (stage-1 pre-alignment of `stack_mlp`): the audio tokens are classified against the whole
+      frozen LLM input-embedding matrix (dot products at the embeddings' mean norm, a learned scale) plus a learned
+      blank; the head is the aligner's own and is discarded after training (`calibrate_adaptor` then fixes the
+      output norm). This pulls the adaptor outputs towards the embeddings of the words spoken.
 
-    It shares `audio_tower` and `multi_modal_projector` with `model` (training it trains the model's adaptor);
-    the LLM is not part of it. Train it with a plain `Trainer` (DDP works; it is an `nn.Module` returning
+    It shares `audio_tower` and `multi_modal_projector` with `model` (training it trains the model's adaptor); the
+    LLM is not part of it. Train it with a plain `Trainer` (DDP works; it is an `nn.Module` returning
     `{"loss": ...}`) on batches of `LlasmDataCollator(..., ctc=True)`.
     """
 
     accepts_loss_kwargs = False  # its loss is a per-batch mean: the Trainer scales it for gradient accumulation
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, vocabulary=None, tokenizer=None):
         super().__init__()
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.config = base.config
@@ -113,6 +118,15 @@ class LlasmCtcAligner(nn.Module):
         self.multi_modal_projector = base.multi_modal_projector
         embeddings = base.get_input_embeddings().weight.detach()
         self.register_buffer("token_embeddings", embeddings, persistent=False)
+        self.adaptor_head = base.config.variable_audio_tokens
+        if self.adaptor_head:
+            from .ctc_vocabulary import SubVocabulary
+
+            ids = self.multi_modal_projector.ctc_token_ids.tolist()
+            if vocabulary is not None and list(vocabulary.token_ids) != ids:
+                raise ValueError("The CTC vocabulary given differs from the adaptor's `ctc_token_ids`.")
+            self.vocabulary = vocabulary or (SubVocabulary(ids).with_tokenizer(tokenizer) if tokenizer is not None else SubVocabulary(ids))
+            return
         # Audio tokens are scored at the LLM's typical embedding norm: CTC then shapes only their directions and
         # cannot inflate their norms (which would put them far outside what the LLM reads; see calibrate_adaptor).
         self.register_buffer("embedding_norm", embeddings.float().norm(dim=-1).mean(), persistent=False)
@@ -121,21 +135,51 @@ class LlasmCtcAligner(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(()))
 
     def audio_tokens(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None) -> torch.Tensor:
-        """`(total_audio_tokens, hidden)`, as `LlasmForConditionalGeneration.get_audio_features`."""
+        """`(total_audio_tokens, hidden)`, as `LlasmForConditionalGeneration.get_audio_features(...).pooler_output`."""
         return audio_window_tokens(self.audio_tower, self.multi_modal_projector, self.config, input_features,
-                                   input_features_mask, audio_encoder_hidden_states)  # fmt: skip
+                                   input_features_mask, audio_encoder_hidden_states,
+                                   self.token_embeddings if self.adaptor_head else None).pooler_output  # fmt: skip
 
     def ctc_logits(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None,
                    audio_token_counts=None) -> torch.Tensor:  # fmt: skip
-        """`(clips, T, 1 + vocab)` scores: index 0 is the blank, index i + 1 the LLM token i."""
-        tokens = self.audio_tokens(input_features, input_features_mask, audio_encoder_hidden_states)
+        """`(clips, T, 1 + classes)` scores: index 0 is the blank, then the head's classes (the adaptor head's
+        `ctc_token_ids`, or every LLM token)."""
+        if self.adaptor_head:  # the adaptor's stacked frames, before compression
+            encoded, mask = encode_audio_windows(self.audio_tower, input_features, input_features_mask, audio_encoder_hidden_states)
+            frames, _ = self.multi_modal_projector.frame_states(encoded.last_hidden_state, encoder_frame_mask(mask).to(encoded.last_hidden_state.device))
+            tokens = torch.cat([window[:count] for window, count in zip(frames, window_token_counts(self.config, mask))])
+        else:
+            tokens = self.audio_tokens(input_features, input_features_mask, audio_encoder_hidden_states)
         clips = torch.split(tokens, audio_token_counts.tolist())
         padded = nn.utils.rnn.pad_sequence(clips, batch_first=True).float()  # (clips, T, hidden)
+        if self.adaptor_head:
+            return self.multi_modal_projector.ctc_logits(padded, self.token_embeddings)
         padded = padded / padded.norm(dim=-1, keepdim=True).clamp_min(1e-6) * self.embedding_norm
         scale = self.log_scale.exp()
         vocab_logits = padded @ self.token_embeddings.float().T
         blank_logits = padded @ self.blank_embedding.float() + self.blank_bias
         return torch.cat([blank_logits[..., None], vocab_logits], dim=-1) * scale
+
+    def class_token_ids(self, classes: list[int]) -> list[int]:
+        """LLM token ids of head classes (1-based)."""
+        if self.adaptor_head:
+            return [self.vocabulary.token_ids[c - 1] for c in classes]
+        return [c - 1 for c in classes]
+
+    def targets(self, ctc_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(clips, L)` class targets (1-based, 0-padded) and their lengths, from the collator's LLM token ids."""
+        rows = [[t for t in row if t != IGNORE_INDEX] for row in ctc_labels.tolist()]
+        if self.adaptor_head:
+            rows = [self.vocabulary.targets(row) for row in rows]
+            if any(not row for row in rows):
+                raise ValueError("A CTC target has no tokens the CTC vocabulary can spell (an empty transcript?).")
+        else:
+            rows = [[t + 1 for t in row] for row in rows]
+        lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+        padded = torch.zeros(len(rows), max(1, int(lengths.max())), dtype=torch.long)
+        for i, row in enumerate(rows):
+            padded[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return padded.to(ctc_labels.device), lengths.to(ctc_labels.device)
 
     @torch.no_grad()
     def greedy_decode(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None,
@@ -144,12 +188,12 @@ class LlasmCtcAligner(nn.Module):
         best = self.ctc_logits(input_features, input_features_mask, audio_encoder_hidden_states, audio_token_counts).argmax(-1)
         decoded = []
         for row, length in zip(best.tolist(), audio_token_counts.tolist()):
-            tokens, previous = [], 0
+            classes, previous = [], 0
             for index in row[:length]:
                 if index != previous and index != 0:
-                    tokens.append(index - 1)
+                    classes.append(index)
                 previous = index
-            decoded.append(tokens)
+            decoded.append(self.class_token_ids(classes))
         return decoded
 
     def forward(self, input_features=None, input_features_mask=None, audio_encoder_hidden_states=None,
@@ -157,9 +201,8 @@ class LlasmCtcAligner(nn.Module):
         if audio_token_counts is None or ctc_labels is None:
             raise ValueError("LlasmCtcAligner needs `audio_token_counts` and `ctc_labels` (LlasmDataCollator(ctc=True)).")
         logits = self.ctc_logits(input_features, input_features_mask, audio_encoder_hidden_states, audio_token_counts)
-        log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T, clips, 1 + vocab)
-        target_lengths = (ctc_labels != IGNORE_INDEX).sum(-1)
-        targets = torch.where(ctc_labels == IGNORE_INDEX, torch.zeros_like(ctc_labels), ctc_labels + 1)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, clips, 1 + classes)
+        targets, target_lengths = self.targets(ctc_labels)
         loss = F.ctc_loss(log_probs, targets, audio_token_counts, target_lengths, blank=0, reduction="mean",
                           zero_infinity=True)  # fmt: skip
         return {"loss": loss}

@@ -94,13 +94,17 @@ def ctc_align(
     resume: bool | str | None = None,
     calibrate: bool = True,
     callbacks: list | None = None,
+    vocabulary=None,
 ):
-    """CTC pre-alignment of the adaptor (the LLM never runs): trains `model.multi_modal_projector` in place,
-    then (`calibrate`) scales its output to the LLM's embedding norm (`calibrate_adaptor`).
+    """CTC training of the adaptor (the LLM never runs): trains `model.multi_modal_projector` in place. For a
+    `ctc_compress` adaptor this trains its recognizer (`vocabulary`: its `SubVocabulary`, else rebuilt from the
+    model and the processor's tokenizer); for other adaptors it is a pre-alignment, after which (`calibrate`) the
+    output is scaled to the LLM's embedding norm (`calibrate_adaptor`).
 
     Returns `(trainer, TrainOutput)`; checkpoints (aligner state) go to `args.output_dir`.
     """
-    aligner = LlasmCtcAligner(model)
+    aligner = LlasmCtcAligner(model, vocabulary=vocabulary, tokenizer=processor.tokenizer)
+    calibrate = calibrate and not aligner.adaptor_head
     for name, parameter in aligner.named_parameters():
         parameter.requires_grad_(not name.startswith("audio_tower.") and ".decoder." not in f".{name}")
     args = dataclasses.replace(args, activation_checkpointing=False, remove_unused_columns=False)

@@ -193,7 +193,7 @@ def _merged_embeddings(model, inputs):
     """Reference prompt embeddings: audio merged without generate's machinery."""
     with torch.no_grad():
         embeds = model.get_input_embeddings()(inputs["input_ids"])
-        audio = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+        audio = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).pooler_output
         mask = inputs["input_ids"] == model.config.audio_token_id
         embeds[mask] = audio
     return embeds

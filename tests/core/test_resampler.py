@@ -59,7 +59,7 @@ def test_padded_window_equals_stock_whisper_model(attn_implementation):
     inputs = processor(text="hello <|audio|>", audio=tone(0.6, seed=1))
     assert inputs["input_features"].shape[-1] == 2 * model.config.audio_config.max_source_positions
     with torch.no_grad():
-        ours = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+        ours = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).pooler_output
     reference = stock_whisper_reference(model, inputs["input_features"])[0]
     assert ours.shape == (QUERIES, model.config.text_config.hidden_size)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
@@ -71,10 +71,10 @@ def test_unpadded_windows_use_the_frame_mask_so_batching_changes_nothing():
     batch = processor(text=["a <|audio|>", "b <|audio|>"], audio=[short, long])
     assert batch["input_features_mask"][0].sum() < batch["input_features_mask"][1].sum()
     with torch.no_grad():
-        together = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+        together = model.get_audio_features(batch["input_features"], batch["input_features_mask"]).pooler_output
         for index, clip in enumerate((short, long)):
             alone = processor(text="x <|audio|>", audio=clip)
-            features = model.get_audio_features(alone["input_features"], alone["input_features_mask"])
+            features = model.get_audio_features(alone["input_features"], alone["input_features_mask"]).pooler_output
             torch.testing.assert_close(together[index * QUERIES : (index + 1) * QUERIES], features, rtol=1e-5, atol=1e-6)
     # and the padding really is masked: without the mask the short clip's tokens change
     with torch.no_grad():

@@ -103,7 +103,7 @@ def test_ctc_pre_alignment_trains_the_adaptor_without_running_the_llm(tmp_path, 
     # the CTC head is norm-invariant; afterwards the adaptor is scaled to the LLM's mean embedding norm
     batch = LlasmDataCollator(processor, "align")(records)
     with torch.no_grad():
-        audio = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+        audio = model.get_audio_features(batch["input_features"], batch["input_features_mask"]).pooler_output
     embedding_norm = model.get_input_embeddings().weight.norm(dim=-1).mean()
     torch.testing.assert_close(audio.norm(dim=-1).mean(), embedding_norm, rtol=1e-4, atol=1e-5)
     references, predictions = ctc_transcribe(trainer.model, processor, records[:2])

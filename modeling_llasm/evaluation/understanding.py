@@ -1,0 +1,277 @@
+"""Spoken-question understanding: does the model answer a spoken question as it answers the same question typed?
+
+For every held-out spoken question (texts and voices never trained on) the same model answers
+
+- the **audio** (LLaSM),
+- the **typed** gold transcript (the reference: what understanding should reproduce),
+- **Whisper's transcript** of the audio (the cascade, Whisper tiny.en -> the same LLM: the anchor),
+
+and the metrics are ROUGE-L(audio answer, typed answer) beside ROUGE-L(cascade answer, typed answer), the
+adaptor's own recognition WER on the clips beside Whisper's, held-out ASR WER (optional ASR manifest), and
+**text-skill retention** = ROUGE-L(the model's answers to typed prompts, the base LLM's answers).
+
+```python
+from modeling_llasm.evaluation.understanding import build_understanding_set, evaluate_understanding
+manifest = build_understanding_set("~/.cache/llasm/eval/understanding-en")   # 60 questions x 2 held-out voices
+results = evaluate_understanding("run/final", manifest, base_model="~/.cache/llasm/llasm-tiny-base")
+```
+
+`llasm eval MODEL --understanding` runs it (any manifest of spoken-question records works with `--data`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.text_sources import eval_questions, text_skill_prompts
+from ..metrics._error_rate import error_rate
+from . import tasks
+from .cascade import AsrFunction, WhisperTranscriber, whisper_dir_for
+from .evaluator import generate_answers, load_llasm
+from .rouge import rouge_l
+
+
+#: Held-out voices of the default set: never used for training (`data.text_sources.DEFAULT_HELDOUT_VOICES`), two
+#: engines so that the score is not one synthesizer's.
+DEFAULT_VOICES = ("flite:slt", "espeak-ng:en-us+m5")
+ASR_PROMPT = "Transcribe the speech."
+RESULT_VERSION = 1
+
+
+def build_understanding_set(
+    output_dir: str | os.PathLike, voices: Sequence[str] = DEFAULT_VOICES, questions: Sequence[str] | None = None,
+    num_workers: int | None = None, progress: bool = False,
+) -> Path:  # fmt: skip
+    """Voice every question with every voice (rate 1.0) into `OUT/<voice>/` and write `OUT/manifest.jsonl`
+    (spoken-question records, audio paths relative to OUT). Resumable (the data builder's own resume); returns
+    the manifest path."""
+    from ..data.builder import BuildConfig, build_dataset
+    from ..data.chat import audio_part, message, read_manifest, write_manifest
+
+    output_dir = Path(output_dir).expanduser()
+    questions = list(eval_questions() if questions is None else questions)
+    if not questions:
+        raise ValueError("build_understanding_set: no questions given.")
+    records = []
+    for voice in voices:
+        name = voice.replace(":", "_").replace("+", "_")
+        built = [{"id": f"q-{name}-{i:03d}", "language": "en", "task": "spoken_question", "voice": voice,
+                  "messages": [message("user", audio_part(q))]} for i, q in enumerate(questions)]  # fmt: skip
+        config = BuildConfig(voices={"en": [voice]}, rates=(1.0,), filters=None)
+        report = build_dataset(built, output_dir / name, config=config, source={"understanding": voice},
+                               total=len(built), num_workers=num_workers, progress=progress)  # fmt: skip
+        if report.skipped:
+            raise RuntimeError(f"build_understanding_set: {voice} could not voice {dict(report.skipped)} ({output_dir / name})")
+        for record in read_manifest(output_dir / name / "manifest.jsonl", resolve_paths=True):
+            for part in record["messages"][0]["content"]:
+                if part.get("type") == "audio":
+                    part["path"] = os.path.relpath(part["path"], output_dir)
+            records.append(record)
+    manifest = output_dir / "manifest.jsonl"
+    write_manifest(records, manifest)
+    return manifest
+
+
+@torch.no_grad()
+def adaptor_transcripts(model, processor, clips: Sequence[Any], batch_size: int = 8, max_new_tokens: int = 48) -> tuple[list[str], str]:
+    """What the adaptor recognises in each clip, and how it was read out.
+
+    Adaptors that recognise words (`ctc_compress`, `whisper_reader`: `get_audio_features(...).recognized_token_ids`)
+    are read directly ("adaptor"); any other adaptor is read through the LLM with the ASR prompt ("llm")."""
+    from ..processing_llasm import load_audio
+
+    clips = [load_audio(clip) for clip in clips]
+    if model.config.variable_audio_tokens:
+        texts = []
+        for start in range(0, len(clips), batch_size):
+            chunk = clips[start : start + batch_size]
+            batch = processor(text=[processor.audio_token] * len(chunk), audio=chunk)
+            features = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+            texts.extend(_decode_windows(processor, features.recognized_token_ids, [len(processor.audio_windows(c)) for c in chunk]))
+        return texts, "adaptor"
+    prompts = [[{"role": "user", "content": [{"type": "audio", "audio": clip}, {"type": "text", "text": ASR_PROMPT}]}] for clip in clips]
+    return generate_answers(model, processor, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size), "llm"
+
+
+def _decode_windows(processor, window_ids: list[list[int]], windows_per_clip: list[int]) -> list[str]:
+    texts, window = [], 0
+    for count in windows_per_clip:
+        ids = [token for w in window_ids[window : window + count] for token in w]
+        texts.append(processor.decode(ids, skip_special_tokens=True).strip())
+        window += count
+    return texts
+
+
+def _wer(references: list[str], hypotheses: list[str]) -> float:
+    return float(error_rate(references, hypotheses, "word"))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def evaluate_understanding(
+    model: str | os.PathLike | Any,
+    manifest: str | os.PathLike,
+    *,
+    processor: Any = None,
+    base_model: str | os.PathLike | Any | None = None,
+    asr_manifest: str | os.PathLike | None = None,
+    asr: AsrFunction | None = None,
+    whisper_dir: str | os.PathLike | None = None,
+    text_prompts: Sequence[str] | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    limit: int | None = None,
+    output: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Spoken-question understanding of `model` on the spoken-question records of `manifest` (see the module
+    docstring). `base_model` (a checkpoint directory or a loaded model) gives the base LLM for text-skill retention
+    (skipped when None); `asr_manifest` adds held-out ASR WER (the model's vs Whisper's) on ASR records; `asr`
+    replaces Whisper (clips -> transcripts). Greedy decoding, `max_new_tokens` for every answer. Returns the
+    results dict (also written as JSON to `output`)."""
+    from ..processing_llasm import load_audio
+
+    log = log or (lambda line: None)
+    model_name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    if isinstance(model, (str, os.PathLike)):
+        model, loaded = load_llasm(model)
+        processor = processor or loaded
+    elif processor is None:
+        raise ValueError("Pass `processor` together with a loaded model.")
+    records = [r for r in tasks.read_records(manifest) if tasks.classify_record(r) == tasks.SPOKEN][:limit]
+    if not records:
+        raise ValueError(f"{manifest}: no spoken-question records (audio in the first user turn, no ASR instruction).")
+    if any(len(tasks.audio_paths(r)) != 1 for r in records):
+        raise ValueError(f"{manifest}: every spoken question must have exactly one audio part in its first user turn.")
+    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    timing: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        start = time.perf_counter()
+        value = fn()
+        timing[name] = round(timing.get(name, 0.0) + time.perf_counter() - start, 3)
+        return value
+
+    gold = [tasks.gold_transcripts(r)[0] for r in records]
+    clips = [load_audio(tasks.audio_paths(r)[0]) for r in records]
+    log(f"[understanding] {len(records)} spoken questions: answering the audio ...")
+    audio_answers = timed("audio_answers", lambda: generate_answers(model, processor, [tasks.audio_prompt(r) for r in records], **gen))
+    log("[understanding] answering the typed transcripts ...")
+    typed_answers = timed("typed_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [g]) for r, g in zip(records, gold)], **gen))
+    log("[understanding] the adaptor's own recognition ...")
+    recognized, readout = timed("adaptor_recognition", lambda: adaptor_transcripts(model, processor, clips, batch_size=batch_size))
+    if asr is None:
+        whisper_path = Path(whisper_dir) if whisper_dir is not None else whisper_dir_for(model_name if Path(model_name).is_dir() else None)
+        log(f"[understanding] cascade: Whisper {whisper_path} ...")
+        asr = WhisperTranscriber.from_pretrained(whisper_path, batch_size=batch_size)
+    whisper_texts = timed("whisper", lambda: list(asr(clips)))
+    cascade_answers = timed("cascade_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [t]) for r, t in zip(records, whisper_texts)], **gen))
+
+    samples = []
+    for i, record in enumerate(records):
+        samples.append({
+            "id": record["id"], "voice": record.get("voice"), "question": gold[i], "adaptor_transcript": recognized[i],
+            "whisper_transcript": whisper_texts[i], "audio_answer": audio_answers[i], "typed_answer": typed_answers[i],
+            "cascade_answer": cascade_answers[i], "audio_rougeL": rouge_l(typed_answers[i], audio_answers[i])["f1"],
+            "cascade_rougeL": rouge_l(typed_answers[i], cascade_answers[i])["f1"],
+        })  # fmt: skip
+
+    def summary(rows: list[dict]) -> dict[str, Any]:
+        audio = _mean([s["audio_rougeL"] for s in rows])
+        cascade = _mean([s["cascade_rougeL"] for s in rows])
+        adaptor_wer = _wer([s["question"] for s in rows], [s["adaptor_transcript"] for s in rows])
+        whisper_wer = _wer([s["question"] for s in rows], [s["whisper_transcript"] for s in rows])
+        return {
+            "num_questions": len(rows), "rougeL_audio_vs_typed": audio, "rougeL_cascade_vs_typed": cascade,
+            "rougeL_ratio_to_cascade": audio / cascade if cascade else None,
+            "adaptor_wer": adaptor_wer, "whisper_wer": whisper_wer,
+            "adaptor_wer_ratio_to_whisper": adaptor_wer / whisper_wer if whisper_wer else None,
+        }  # fmt: skip
+
+    results: dict[str, Any] = {
+        "version": RESULT_VERSION, "model": model_name, "manifest": str(manifest),
+        "settings": {"max_new_tokens": max_new_tokens, "decoding": "greedy", "recognition_readout": readout,
+                     "torch_threads": torch.get_num_threads()},  # fmt: skip
+        "spoken": summary(samples),
+        "by_voice": {voice: summary([s for s in samples if s["voice"] == voice])
+                     for voice in sorted({s["voice"] for s in samples if s["voice"]})},  # fmt: skip
+    }
+    if asr_manifest is not None:
+        log("[understanding] held-out ASR ...")
+        results["heldout_asr"] = timed("heldout_asr", lambda: _heldout_asr(model, processor, asr_manifest, asr, batch_size))
+    if base_model is not None:
+        log("[understanding] text-skill retention ...")
+        results["text_skills"] = timed("text_skills", lambda: _text_retention(model, processor, base_model, text_prompts, gen))
+    results["timing_seconds"] = timing
+    results["samples"] = samples
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return results
+
+
+def _heldout_asr(model, processor, manifest, asr: AsrFunction, batch_size: int) -> dict[str, Any]:
+    from ..processing_llasm import load_audio
+
+    records = [r for r in tasks.read_records(manifest) if tasks.classify_record(r) == tasks.ASR]
+    if not records:
+        raise ValueError(f"{manifest}: no ASR records.")
+    references = [tasks.asr_reference(r) for r in records]
+    hypotheses = generate_answers(model, processor, [tasks.audio_prompt(r) for r in records], max_new_tokens=48, batch_size=batch_size)
+    whisper = list(asr([load_audio(tasks.audio_paths(r)[0]) for r in records]))
+    wer, whisper_wer = _wer(references, hypotheses), _wer(references, whisper)
+    return {"num_clips": len(records), "wer": wer, "whisper_wer": whisper_wer,
+            "wer_ratio_to_whisper": wer / whisper_wer if whisper_wer else None,
+            "samples": [{"reference": r, "llasm": h, "whisper": w} for r, h, w in zip(references, hypotheses, whisper)]}  # fmt: skip
+
+
+def _text_retention(model, processor, base_model, prompts: Sequence[str] | None, gen: dict) -> dict[str, Any]:
+    prompts = list(text_skill_prompts() if prompts is None else prompts)
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    if isinstance(base_model, (str, os.PathLike)):
+        base, _ = load_llasm(base_model)
+    else:
+        base = base_model
+    answers = generate_answers(model, processor, conversations, **gen)
+    base_answers = generate_answers(base, processor, conversations, **gen)
+    scores = [rouge_l(b, a)["f1"] for a, b in zip(answers, base_answers)]
+    return {"num_prompts": len(prompts), "retention_rougeL": _mean(scores),
+            "samples": [{"prompt": p, "answer": a, "base_answer": b, "rougeL": s}
+                        for p, a, b, s in zip(prompts, answers, base_answers, scores)]}  # fmt: skip
+
+
+def format_understanding(results: dict[str, Any]) -> str:
+    """A short text table of `evaluate_understanding` results."""
+    spoken = results["spoken"]
+    lines = [
+        f"spoken questions: {spoken['num_questions']} ({', '.join(results.get('by_voice', {})) or 'one voice'})",
+        f"  ROUGE-L(audio answer, typed answer)   {spoken['rougeL_audio_vs_typed']:.3f}",
+        f"  ROUGE-L(cascade answer, typed answer) {spoken['rougeL_cascade_vs_typed']:.3f}"
+        + (f"   ratio {spoken['rougeL_ratio_to_cascade']:.2f}" if spoken["rougeL_ratio_to_cascade"] is not None else ""),
+        f"  recognition WER: adaptor {spoken['adaptor_wer']:.3f} ({results['settings']['recognition_readout']}), "
+        f"Whisper {spoken['whisper_wer']:.3f}"
+        + (f"   ratio {spoken['adaptor_wer_ratio_to_whisper']:.2f}" if spoken["adaptor_wer_ratio_to_whisper"] is not None else ""),
+    ]
+    if "heldout_asr" in results:
+        asr = results["heldout_asr"]
+        lines.append(f"held-out ASR WER: {asr['wer']:.3f} (Whisper {asr['whisper_wer']:.3f}) on {asr['num_clips']} clips")
+    if "text_skills" in results:
+        skills = results["text_skills"]
+        lines.append(f"text-skill retention (ROUGE-L vs the base LLM): {skills['retention_rougeL']:.3f} on {skills['num_prompts']} prompts")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "DEFAULT_VOICES", "adaptor_transcripts", "build_understanding_set", "eval_questions", "evaluate_understanding",
+    "format_understanding", "text_skill_prompts",
+]  # fmt: skip

@@ -1,0 +1,230 @@
+"""Adaptors with a variable audio-token count (`ctc_compress`, `whisper_reader`) and the contract of
+`configuration_llasm.audio_token_count`: forward masks unused placeholders, generate drops them, batching, beams,
+saving and the collator's labels work as for fixed-count adaptors."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoProcessor
+
+from modeling_llasm import LlasmForConditionalGeneration
+from tiny_llasm import build_tiny_llasm, tone
+
+
+def compress_llasm(seed: int = 0, **overrides):
+    overrides = {"adaptor_type": "ctc_compress", "ctc_vocab_size": 48, **overrides}
+    model, processor = build_tiny_llasm(seed=seed, **overrides)
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    model.set_ctc_vocabulary(range(vocab_size - 48, vocab_size))
+    head = model.multi_modal_projector
+    with torch.no_grad():  # a random head whose blank wins on about half the frames: runs merge, some are dropped
+        inputs = processor(text=processor.audio_token, audio=speechlike(3.0, 99))
+        encoded = model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
+        frames, _ = head.frame_states(encoded, inputs["input_features_mask"][:, ::2].bool())
+        logits = head.ctc_logits(frames, model.get_input_embeddings().weight)
+        head.blank_bias.copy_((logits[..., 1:].amax(-1) - logits[..., 0]).median())
+    return model, processor
+
+
+def reader_llasm(seed: int = 0):
+    """A tiny `whisper_reader`: Whisper ids 0..59 are text (spelled with 1-2 LLM tokens), 60 is end-of-text."""
+    from tiny_llasm import tiny_processor, tiny_tokenizer, tiny_config
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(tokenizer, adaptor_type="whisper_reader", stack_factor=2, reader_prompt_ids=[61])
+    config.audio_config.eos_token_id, config.audio_config.decoder_start_token_id = 60, 61
+    model = LlasmForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    processor = tiny_processor(tokenizer, config)
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    model.set_reader_vocabulary([[10 + i] if i % 3 else [10 + i, 20 + i] for i in range(60)] + [[]] * 4)
+    head = model.multi_modal_projector
+    with torch.no_grad():
+        silence = processor(text=processor.audio_token, audio=np.zeros(16000, dtype=np.float32))
+        head.silence_states.copy_(model.audio_tower(silence["input_features"]).last_hidden_state[0])
+        head.decoder.embed_tokens.weight[60] *= 0  # end-of-text: reachable but not first choice
+        head.decoder.embed_tokens.weight[60] += head.decoder.embed_tokens.weight[:60].mean(0) * 1.5
+    assert vocab_size > 90
+    return model, processor
+
+
+def variable_llasm(adaptor_type: str, seed: int = 0):
+    return compress_llasm(seed) if adaptor_type == "ctc_compress" else reader_llasm(seed)
+
+
+ADAPTORS = pytest.mark.parametrize("adaptor_type", ["ctc_compress", "whisper_reader"])
+
+
+def conversation(clip, text="what is this"):
+    return [{"role": "user", "content": [{"type": "audio", "array": clip, "sampling_rate": 16000}, {"type": "text", "text": text}]}]
+
+
+def speechlike(seconds: float, seed: int) -> np.ndarray:
+    """Tones whose pitch changes every 80 ms: frames differ, so the CTC path has several segments."""
+    rng = np.random.default_rng(seed)
+    pieces = [tone(0.08, freq=float(rng.uniform(150, 3000)), seed=seed + i) for i in range(int(seconds / 0.08))]
+    return np.concatenate(pieces)
+
+
+def packed_reference(model, inputs):
+    """Per row: the prompt without unused audio slots as embeddings, and the mask of the kept positions."""
+    features = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+    slots = [model.config.num_audio_tokens(int(n)) for n in inputs["input_features_mask"].sum(-1)]
+    audio = iter(features.pooler_output)
+    windows = iter(zip(slots, features.audio_token_counts.tolist()))
+    rows, keeps = [], []
+    remaining = used = 0
+    for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"]):
+        vectors, keep = [], []
+        for token, real in zip(ids.tolist(), mask.tolist()):
+            if token == model.config.audio_token_id:
+                if remaining == 0:
+                    remaining, used = next(windows)
+                keep.append(used > 0)
+                if used > 0:
+                    vectors.append(next(audio))
+                used, remaining = used - 1, remaining - 1
+            else:
+                keep.append(bool(real))
+                if real:
+                    vectors.append(model.get_input_embeddings().weight[token])
+        rows.append(torch.stack(vectors))
+        keeps.append(torch.tensor(keep))
+    return rows, keeps
+
+
+def test_counts_are_bounded_by_the_placeholders_and_at_least_one():
+    model, processor = compress_llasm()
+    inputs = processor.apply_chat_template([conversation(speechlike(2.5, 0)), conversation(speechlike(0.7, 1))], add_generation_prompt=True)
+    with torch.no_grad():
+        features = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+    slots = [model.config.num_audio_tokens(int(n)) for n in inputs["input_features_mask"].sum(-1)]
+    counts = features.audio_token_counts.tolist()
+    assert len(counts) == len(slots) == 4  # 1-s windows: 3 + 1
+    assert all(1 <= c <= s for c, s in zip(counts, slots)) and sum(counts) < sum(slots)
+    assert features.pooler_output.shape == (sum(counts), model.config.text_config.hidden_size)
+    assert [len(ids) for ids in features.recognized_token_ids] == counts
+    vocab = set(model.multi_modal_projector.ctc_token_ids.tolist())
+    assert all(t in vocab for ids in features.recognized_token_ids for t in ids)
+    with torch.no_grad():  # silence: every frame blank -> still one token per window
+        model.multi_modal_projector.blank_bias.fill_(1e4)
+        silent = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+    assert silent.audio_token_counts.tolist() == [1, 1, 1, 1]
+
+
+@ADAPTORS
+def test_forward_equals_the_prompt_without_unused_slots(adaptor_type):
+    model, processor = variable_llasm(adaptor_type)
+    inputs = processor.apply_chat_template([conversation(speechlike(1.6, 0)), conversation(speechlike(0.9, 3), "hi")], add_generation_prompt=True)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        references, keeps = packed_reference(model, inputs)
+    assert not all(bool(k.all()) for k in keeps)  # some slots are unused
+    for row, (reference, keep) in enumerate(zip(references, keeps)):
+        with torch.no_grad():
+            expected = model.language_model(inputs_embeds=reference[None]).logits[0]
+        assert torch.allclose(logits[row][keep], expected, atol=1e-5)
+
+
+@ADAPTORS
+def test_generate_returns_the_callers_prompt_then_the_answer(adaptor_type):
+    model, processor = variable_llasm(adaptor_type)
+    inputs = processor.apply_chat_template(conversation(speechlike(1.4, 2)), add_generation_prompt=True)
+    gen = dict(max_new_tokens=7, min_new_tokens=7, do_sample=False)
+    out = model.generate(**inputs, **gen)
+    prompt_length = inputs["input_ids"].shape[1]
+    assert torch.equal(out[:, :prompt_length], inputs["input_ids"])
+    with torch.no_grad():
+        reference = packed_reference(model, inputs)[0][0]
+    expected = model.language_model.generate(inputs_embeds=reference[None], attention_mask=torch.ones(1, reference.shape[0], dtype=torch.long), **gen)
+    assert out[0, prompt_length:].tolist() == expected[0, -7:].tolist()
+    result = model.generate(**inputs, **gen, return_dict_in_generate=True, output_scores=True)
+    assert torch.equal(result.sequences, out) and len(result.scores) == 7
+
+
+@ADAPTORS
+def test_batched_generation_equals_one_by_one_and_beams(adaptor_type):
+    model, processor = variable_llasm(adaptor_type, seed=1)
+    conversations = [conversation(speechlike(0.6, 0)), conversation(speechlike(2.3, 1), "hello"), conversation(speechlike(1.1, 2))]
+    batch = processor.apply_chat_template(conversations, add_generation_prompt=True)
+    gen = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    batched = model.generate(**batch, **gen)[:, batch["input_ids"].shape[1] :]
+    singles = []
+    for c in conversations:
+        inputs = processor.apply_chat_template(c, add_generation_prompt=True)
+        singles.append(model.generate(**inputs, **gen)[0, inputs["input_ids"].shape[1] :])
+    assert [row.tolist() for row in batched] == [s.tolist() for s in singles]
+    assert len({tuple(s.tolist()) for s in singles}) > 1
+    beams = model.generate(**batch, max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False)
+    assert beams.shape[0] == 6
+    assert torch.equal(beams[:, : batch["input_ids"].shape[1]], batch["input_ids"].repeat_interleave(2, dim=0))
+
+
+def test_training_loss_reaches_the_adaptor_and_the_head():
+    model, processor = compress_llasm()
+    model.train()
+    model.audio_tower.requires_grad_(False)
+    model.language_model.requires_grad_(False)
+    inputs = processor.apply_chat_template(conversation(speechlike(1.2, 0)), add_generation_prompt=True, padding_side="right")
+    labels = inputs["input_ids"].clone()
+    labels[:, :-3] = -100
+    model(**inputs, labels=labels).loss.backward()
+    head = model.multi_modal_projector
+    assert head.linear_1.weight.grad.abs().sum() > 0 and head.log_scale.grad is not None
+    assert head.ctc_token_ids.requires_grad is False
+
+
+@ADAPTORS
+def test_save_and_auto_reload_keep_the_vocabulary(adaptor_type, tmp_path):
+    model, processor = variable_llasm(adaptor_type)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
+    assert isinstance(reloaded, LlasmForConditionalGeneration)
+    for name, buffer in model.multi_modal_projector.named_buffers():  # vocabulary / table / silence
+        assert torch.equal(dict(reloaded.multi_modal_projector.named_buffers())[name], buffer), name
+    inputs = AutoProcessor.from_pretrained(tmp_path).apply_chat_template(conversation(speechlike(1.3, 0)), add_generation_prompt=True)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_bad_vocabulary_is_refused():
+    model, _ = compress_llasm()
+    with pytest.raises(ValueError, match="distinct token ids"):
+        model.set_ctc_vocabulary([1, 1, 2])
+    plain, _ = build_tiny_llasm()
+    with pytest.raises(ValueError, match="has no CTC vocabulary"):
+        plain.set_ctc_vocabulary([1, 2])
+
+
+def test_reader_gives_the_llm_its_own_embeddings_of_what_it_read():
+    model, processor = reader_llasm()
+    inputs = processor.apply_chat_template([conversation(speechlike(1.5, 0)), conversation(speechlike(0.5, 1))], add_generation_prompt=True)
+    with torch.no_grad():
+        features = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+    ids = [t for window in features.recognized_token_ids for t in window]
+    assert len(ids) == features.pooler_output.shape[0] == int(features.audio_token_counts.sum())
+    table = model.multi_modal_projector.llm_pieces
+    assert set(ids) <= set(table[table >= 0].tolist())
+    # state_proj starts at zero: the audio tokens are exactly the LLM's embeddings of the pieces read
+    assert torch.equal(features.pooler_output, model.get_input_embeddings().weight[ids])
+    slots = [model.config.num_audio_tokens(int(n)) for n in inputs["input_features_mask"].sum(-1)]
+    assert all(1 <= c <= s for c, s in zip(features.audio_token_counts.tolist(), slots))
+
+
+def test_reader_memo_cache_reads_each_window_once():
+    model, processor = reader_llasm()
+    inputs = processor.apply_chat_template(conversation(speechlike(2.2, 3)), add_generation_prompt=True)
+    reader = model.multi_modal_projector
+    calls = []
+    decode = reader._decode
+    reader._decode = lambda *args: calls.append(args[0].shape[0]) or decode(*args)
+    with torch.no_grad():
+        plain = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).pooler_output
+        reader.read_cache = {}
+        first = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).pooler_output
+        again = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).pooler_output
+    assert calls == [3, 3]  # without the cache, then once to fill it; the third call decodes nothing
+    assert torch.equal(first, plain) and torch.equal(again, plain)
