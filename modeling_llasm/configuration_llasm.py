@@ -86,7 +86,8 @@ class LlasmConfig(PreTrainedConfig):
         reader_prompt_ids (`list[int]`, *optional*), reader_suppress_ids, reader_begin_suppress_ids: the Whisper decoder
             prompt and the tokens it never reads (first step: `reader_begin_suppress_ids` too), as in Whisper's
             generation config (`"whisper_reader"`; `from_pretrained_components` copies them).
-        reader_max_pieces (`int`, defaults to 8): most LLM tokens one Whisper token is spelled with (`"whisper_reader"`).
+        reader_max_pieces (`int`, defaults to 8), reader_num_spellings (`int`, defaults to 0): sizes of the
+            `"whisper_reader"` tables (most LLM tokens per Whisper token or word; whole-word respellings).
         num_queries (`int`, defaults to 64): audio tokens per window for query-based adaptors
             (`"whisper_resampler"`; at most `audio_config.max_target_positions`).
         audio_token (`str`), audio_token_id (`int`): the placeholder the processor expands, one per audio token.
@@ -120,6 +121,7 @@ class LlasmConfig(PreTrainedConfig):
     reader_suppress_ids: list[int] | None = None
     reader_begin_suppress_ids: list[int] | None = None
     reader_max_pieces: int = 8
+    reader_num_spellings: int = 0
     num_queries: int = 64
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None

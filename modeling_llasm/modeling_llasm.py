@@ -305,11 +305,25 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         nn.init.zeros_(self.state_proj.weight)
         nn.init.zeros_(self.state_proj.bias)
         self.state_proj._is_hf_initialized = True  # zero on purpose: a fresh reader passes the words through unchanged
+        # Whisper token -> the LLM tokens spelling it; whole words the LLM spells differently (one token for
+        # " thunderstorm" where Whisper reads " thunder" "storm"; "What" without the space at the start of a turn)
+        # are respelled as the LLM's tokenizer spells them, so the LLM reads what it would read typed (see
+        # `whisper_reader_tables`).
         self.register_buffer("llm_pieces", torch.full((audio_config.vocab_size, config.reader_max_pieces), -1), persistent=True)
+        self.register_buffer("starts_word", torch.zeros(audio_config.vocab_size, dtype=torch.bool), persistent=True)
+        self.register_buffer("no_space", torch.full((config.text_config.vocab_size,), -1), persistent=True)
+        self.register_buffer("spelling_keys", torch.full((config.reader_num_spellings, SPELLING_KEY_LENGTH), -1), persistent=True)
+        self.register_buffer("spelling_values", torch.full((config.reader_num_spellings, config.reader_max_pieces), -1), persistent=True)
+        self.register_buffer("spelling_initial", torch.zeros(config.reader_num_spellings, dtype=torch.bool), persistent=True)
+        self._lookup: tuple | None = None  # see `spell`
         # The encoder's output for a window of silence: Whisper's decoder was trained on 30 s windows and stops
         # reading (end-of-text) when it reaches the padding after the speech; without it, it repeats the speech.
         self.register_buffer("silence_states", torch.zeros(audio_config.max_source_positions, audio_config.d_model), persistent=True)
         self.read_cache: dict | None = None  # see `read`
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._lookup = None  # the tables are about to change
+        super()._load_from_state_dict(*args, **kwargs)
 
     def with_silence(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each window's real frames followed by `silence_states` up to the full window, as Whisper reads a window
@@ -414,20 +428,54 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         """`(total_tokens, hidden)` audio tokens, `(windows,)` tokens per window, and their LLM token ids."""
         whisper_ids, states = self.read(encoder_hidden_states, encoder_frame_mask, max_tokens)
         tokens, counts, llm_ids = [], [], []
-        for ids, window_states in zip(whisper_ids, states):
+        for ids, window_states, limit in zip(whisper_ids, states, max_tokens):
             if not ids:  # nothing to read: one token from the first decoder state
                 tokens.append(self.state_proj(window_states.to(self.state_proj.weight.dtype)))
                 counts.append(1)
                 llm_ids.append([])
                 continue
-            pieces = self.llm_pieces[torch.tensor(ids, device=self.llm_pieces.device)]  # (tokens, max_pieces)
-            owner = torch.arange(len(ids), device=pieces.device)[:, None].expand_as(pieces)[pieces >= 0]
-            flat = pieces[pieces >= 0]
-            projected = self.state_proj(window_states.to(self.state_proj.weight.dtype))[owner.to(window_states.device)]
-            tokens.append(token_embeddings[flat.to(token_embeddings.device)].to(projected.dtype) + projected)
-            counts.append(int(flat.numel()))
-            llm_ids.append(flat.tolist())
+            spelled, owner = self.spell(ids)
+            if len(spelled) > limit:  # a respelling longer than Whisper's pieces (rare): keep the pieces
+                spelled, owner = self.spell(ids, respell=False)
+            projected = self.state_proj(window_states.to(self.state_proj.weight.dtype))[torch.tensor(owner, device=window_states.device)]
+            embedded = token_embeddings[torch.tensor(spelled, device=token_embeddings.device)]
+            tokens.append(embedded.to(projected.dtype) + projected)
+            counts.append(len(spelled))
+            llm_ids.append(spelled)
         return torch.cat(tokens), torch.tensor(counts, dtype=torch.long, device=encoder_hidden_states.device), llm_ids
+
+    def spell(self, whisper_ids: list[int], respell: bool = True) -> tuple[list[int], list[int]]:
+        """LLM token ids for a window's Whisper tokens, and for each the index of the Whisper token whose decoder
+        state it carries (the last of its word). Whole words found in the spelling table are spelled as the LLM
+        spells them (sentence-initial form for the window's first word); the rest piece by piece."""
+        if self._lookup is None:  # python views of the tables, built once (reset when the tables change)
+            spellings = {}
+            for key, value, initial in zip(self.spelling_keys.tolist(), self.spelling_values.tolist(), self.spelling_initial.tolist()):
+                spellings[(bool(initial), tuple(k for k in key if k >= 0))] = [v for v in value if v >= 0]
+            self._lookup = ([[p for p in row if p >= 0] for row in self.llm_pieces.tolist()], spellings)
+        pieces, spellings = self._lookup
+        starts = self.starts_word
+        out, owner, position = [], [], 0
+        while position < len(whisper_ids):
+            initial = position == 0
+            length, value = 1, None
+            if respell:
+                for n in range(min(SPELLING_KEY_LENGTH, len(whisper_ids) - position), 0, -1):
+                    key = tuple(whisper_ids[position : position + n])
+                    if n > 1 and bool(starts[list(key[1:])].any()):
+                        continue  # a table entry is one word
+                    value = spellings.get((initial, key))
+                    if value is not None:
+                        length = n
+                        break
+            if value is None:
+                value = list(pieces[whisper_ids[position]])
+                if initial and value and int(self.no_space[value[0]]) >= 0:
+                    value = [int(self.no_space[value[0]]), *value[1:]]
+            out.extend(value)
+            owner.extend([position + length - 1] * len(value))
+            position += length
+        return out, owner
 
 
 # adaptor_type -> module. An adaptor maps (windows, frames, d_model) encoder states + frame mask to
@@ -500,6 +548,47 @@ def audio_window_tokens(
 def window_token_counts(config: LlasmConfig, input_features_mask: torch.Tensor) -> list[int]:
     """Audio placeholders of each window, from its real mel frames (`config.num_audio_tokens`)."""
     return [config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
+
+
+SPELLING_KEY_LENGTH = 6  # most Whisper tokens of one word in the reader's spelling table
+
+
+def whisper_reader_tables(whisper_tokenizer, llm_tokenizer, max_pieces: int = 8) -> dict[str, list]:
+    """The `whisper_reader` tables (`LlasmForConditionalGeneration.set_reader_tables`) from the two tokenizers:
+    `pieces` (`whisper_token_pieces`), `starts_word` (Whisper ids whose token starts a word), `no_space` (LLM id of
+    " word" -> id of "word", -1 if none) and `spellings`: `(initial, whisper_ids, llm_ids)` for every whole-word LLM
+    token that reading piece by piece would spell differently (mid-sentence, and as the first word of a turn)."""
+    pieces = whisper_token_pieces(whisper_tokenizer, llm_tokenizer, max_pieces)
+    llm_vocab = llm_tokenizer.get_vocab()
+    no_space = [-1] * (max(llm_vocab.values()) + 1)
+    for token, i in llm_vocab.items():
+        if token.startswith("Ġ") and token[1:] in llm_vocab:
+            no_space[i] = llm_vocab[token[1:]]
+    starts_word = [False] * len(pieces)
+    for token, i in whisper_tokenizer.get_vocab().items():
+        starts_word[i] = token.startswith("Ġ")
+
+    def piecewise(ids: list[int], initial: bool) -> list[int]:
+        out = [p for i in ids for p in pieces[i]]
+        if initial and out and no_space[out[0]] >= 0:
+            out[0] = no_space[out[0]]
+        return out
+
+    spellings = []
+    special = set(llm_tokenizer.all_special_ids)
+    for token, i in llm_vocab.items():
+        if not token.startswith("Ġ") or len(token) < 2 or i in special:
+            continue
+        text = llm_tokenizer.convert_tokens_to_string([token])
+        whisper_ids = whisper_tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(whisper_ids) > SPELLING_KEY_LENGTH:
+            continue
+        if len(whisper_ids) > 1 and piecewise(whisper_ids, False) != [i]:
+            spellings.append((False, whisper_ids, [i]))
+        initial = llm_tokenizer(text[1:], add_special_tokens=False)["input_ids"]
+        if piecewise(whisper_ids, True) != initial and len(initial) <= max_pieces:
+            spellings.append((True, whisper_ids, initial))
+    return {"pieces": pieces, "starts_word": starts_word, "no_space": no_space, "spellings": spellings}
 
 
 def whisper_token_pieces(whisper_tokenizer, llm_tokenizer, max_pieces: int = 8) -> list[list[int]]:
@@ -636,24 +725,43 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         self.config.ctc_vocab_size = ids.numel()
 
     @torch.no_grad()
-    def set_reader_vocabulary(self, pieces: list[list[int]]) -> None:
-        """Set the `whisper_reader` table: for every Whisper token id, the LLM token ids spelling the same text
-        (`whisper_token_pieces` computes it from the two tokenizers; `config.reader_max_pieces` follows)."""
+    def set_reader_tables(self, pieces: list[list[int]], starts_word: list[bool] | None = None,
+                          no_space: list[int] | None = None, spellings: list[tuple[bool, list[int], list[int]]] = ()) -> None:  # fmt: skip
+        """Set the `whisper_reader` tables (`whisper_reader_tables` computes them from the two tokenizers): for every
+        Whisper token id the LLM ids spelling it, which Whisper ids start a word, the LLM's space-less twin of each
+        token, and whole-word respellings. `config.reader_max_pieces` / `reader_num_spellings` follow."""
         if self.config.adaptor_type != "whisper_reader":
-            raise ValueError(f"The {self.config.adaptor_type!r} adaptor has no reader vocabulary.")
+            raise ValueError(f"The {self.config.adaptor_type!r} adaptor has no reader tables.")
         reader = self.multi_modal_projector
         rows = reader.llm_pieces.shape[0]
-        if len(pieces) > rows:
-            raise ValueError(f"Reader vocabulary: {len(pieces)} Whisper tokens, but the decoder has {rows}.")
         vocab_size = self.get_input_embeddings().weight.shape[0]
-        if any(not 0 <= i < vocab_size for row in pieces for i in row):
-            raise ValueError(f"Reader vocabulary: LLM token ids must be in [0, {vocab_size}).")
-        width = max(1, max((len(row) for row in pieces), default=1))
-        table = torch.full((rows, width), -1, dtype=torch.long)
-        for whisper_id, row in enumerate(pieces):
-            table[whisper_id, : len(row)] = torch.tensor(row, dtype=torch.long)
-        reader.llm_pieces = table.to(reader.llm_pieces.device)
-        self.config.reader_max_pieces = width
+        if len(pieces) > rows:
+            raise ValueError(f"Reader tables: {len(pieces)} Whisper tokens, but the decoder has {rows}.")
+        values = [i for row in pieces for i in row] + [i for _, _, value in spellings for i in value]
+        if any(not 0 <= i < vocab_size for i in values):
+            raise ValueError(f"Reader tables: LLM token ids must be in [0, {vocab_size}).")
+        if any(not 1 <= len(key) <= SPELLING_KEY_LENGTH for _, key, _ in spellings):
+            raise ValueError(f"Reader tables: a spelling key must have 1 to {SPELLING_KEY_LENGTH} Whisper tokens.")
+        width = max(1, max((len(row) for row in pieces), default=1), max((len(v) for _, _, v in spellings), default=1))
+
+        def padded(rows_: list[list[int]], columns: int, count: int) -> torch.Tensor:
+            table = torch.full((count, columns), -1, dtype=torch.long)
+            for index, row in enumerate(rows_):
+                table[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+            return table
+
+        device = reader.llm_pieces.device
+        reader.llm_pieces = padded(pieces, width, rows).to(device)
+        reader.starts_word = torch.tensor(list(starts_word or [False] * rows) + [False] * (rows - len(starts_word or [])), dtype=torch.bool, device=device)[:rows]
+        twin = torch.full((vocab_size,), -1, dtype=torch.long)
+        if no_space:
+            twin[: min(len(no_space), vocab_size)] = torch.tensor(no_space[:vocab_size], dtype=torch.long)
+        reader.no_space = twin.to(device)
+        reader.spelling_keys = padded([key for _, key, _ in spellings], SPELLING_KEY_LENGTH, len(spellings)).to(device)
+        reader.spelling_values = padded([value for _, _, value in spellings], width, len(spellings)).to(device)
+        reader.spelling_initial = torch.tensor([initial for initial, _, _ in spellings], dtype=torch.bool, device=device)
+        reader._lookup = None
+        self.config.reader_max_pieces, self.config.reader_num_spellings = width, len(spellings)
 
     def get_placeholder_mask(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Boolean mask over `inputs_embeds` of the audio placeholder positions, checked against the features."""
@@ -932,7 +1040,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
 
         feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper)
         if adaptor_type == "whisper_reader":
-            model.set_reader_vocabulary(whisper_token_pieces(AutoTokenizer.from_pretrained(whisper), tokenizer))
+            model.set_reader_tables(**whisper_reader_tables(AutoTokenizer.from_pretrained(whisper), tokenizer))
             silence = feature_extractor(np.zeros(feature_extractor.n_samples, dtype=np.float32), sampling_rate=feature_extractor.sampling_rate,
                                         return_tensors="pt").input_features  # fmt: skip
             with torch.no_grad():
@@ -960,5 +1068,6 @@ __all__ = [
     "LLASM_ADAPTORS",
     "audio_window_tokens",
     "whisper_token_pieces",
+    "whisper_reader_tables",
     "spell_token",
 ]

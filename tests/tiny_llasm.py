@@ -57,3 +57,47 @@ def tone(seconds: float, sampling_rate: int = 16000, freq: float = 440.0, seed: 
     t = np.arange(int(seconds * sampling_rate)) / sampling_rate
     rng = np.random.default_rng(seed)
     return (0.5 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+def speechlike(seconds: float, seed: int) -> np.ndarray:
+    """Tones whose pitch changes every 80 ms: frames differ, so the CTC path has several segments."""
+    rng = np.random.default_rng(seed)
+    pieces = [tone(0.08, freq=float(rng.uniform(150, 3000)), seed=seed + i) for i in range(int(seconds / 0.08))]
+    return np.concatenate(pieces)
+
+
+def compress_llasm(seed: int = 0, **overrides):
+    overrides = {"adaptor_type": "ctc_compress", "ctc_vocab_size": 48, **overrides}
+    model, processor = build_tiny_llasm(seed=seed, **overrides)
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    model.set_ctc_vocabulary(range(vocab_size - 48, vocab_size))
+    head = model.multi_modal_projector
+    with torch.no_grad():  # a random head whose blank wins on about half the frames: runs merge, some are dropped
+        inputs = processor(text=processor.audio_token, audio=speechlike(3.0, 99))
+        encoded = model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
+        frames, _ = head.frame_states(encoded, inputs["input_features_mask"][:, ::2].bool())
+        logits = head.ctc_logits(frames, model.get_input_embeddings().weight)
+        head.blank_bias.copy_((logits[..., 1:].amax(-1) - logits[..., 0]).median())
+    return model, processor
+
+
+def reader_llasm(seed: int = 0):
+    """A tiny `whisper_reader`: Whisper ids 0..59 are text (spelled with 1-2 LLM tokens), 60 is end-of-text."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(tokenizer, adaptor_type="whisper_reader", stack_factor=2, reader_prompt_ids=[61])
+    config.audio_config.eos_token_id, config.audio_config.decoder_start_token_id = 60, 61
+    model = LlasmForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    processor = tiny_processor(tokenizer, config)
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    model.set_reader_tables([[10 + i] if i % 3 else [10 + i, 20 + i] for i in range(60)] + [[]] * 4)
+    head = model.multi_modal_projector
+    with torch.no_grad():
+        silence = processor(text=processor.audio_token, audio=np.zeros(16000, dtype=np.float32))
+        head.silence_states.copy_(model.audio_tower(silence["input_features"]).last_hidden_state[0])
+        head.decoder.embed_tokens.weight[60] *= 0  # end-of-text: reachable but not first choice
+        head.decoder.embed_tokens.weight[60] += head.decoder.embed_tokens.weight[:60].mean(0) * 1.5
+    assert vocab_size > 90
+    return model, processor

@@ -29,15 +29,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="use this dataset (stage1/{train,heldout}, stage2/{train,heldout} manifests) instead of "
                              "building the seed data")
+    parser.add_argument("--adaptor-type", default="whisper_reader", choices=("whisper_reader", "ctc_compress", "stack_mlp"),
+                        help="adaptor of the base the recipe builds (default whisper_reader: the Whisper decoder reads, "
+                             "the LLM gets its own embeddings of the words; docs/training.md compares them)")
+    parser.add_argument("--stack-factor", type=int, default=None,
+                        help="encoder frames per audio-token slot (default 4 = 12.5 per second; 8 for stack_mlp)")
     parser.add_argument("--utterances", type=int, default=None,
-                        help="stage-1 utterances to synthesize (default 80 per budget minute)")
+                        help="stage-1 seed utterances to synthesize (default per budget minute: 20 reader, 60 "
+                             "ctc_compress, 80 stack_mlp)")
+    parser.add_argument("--assistant-utterances", type=int, default=None,
+                        help="assistant-style stage-1 utterances: questions, requests (default 20 per budget minute; "
+                             "40 for ctc_compress; 0 for stack_mlp)")
+    parser.add_argument("--no-understanding", action="store_true",
+                        help="skip the final spoken-understanding evaluation (held-out questions, cascade, text skills)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stage2-llm-mode", choices=("lora", "full", "frozen"), default="lora",
-                        help="how the LLM learns in stage 2 (default lora)")
+    parser.add_argument("--stage2-llm-mode", choices=("lora", "full", "frozen"), default=None,
+                        help="how the LLM learns in stage 2 (default: frozen behind whisper_reader / ctc_compress, "
+                             "lora for stack_mlp)")
     parser.add_argument("--distill-weight", type=float, default=1.0, help="stage-2 text-teacher KL weight (0: off)")
     parser.add_argument("--no-ctc", action="store_true", help="skip the CTC pre-alignment (LM loss only in stage 1)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache the frozen encoder outputs")
-    parser.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bf16 autocast)")
+    parser.add_argument("--bf16", dest="bf16", action="store_true", default=None,
+                        help="bf16 autocast (default: only if this CPU computes bf16 faster than fp32, measured)")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     parser.add_argument("--tts-workers", type=int, default=None, help="TTS processes (default: CPU count)")
     parser.add_argument("--push-to-hub", action="store_true", help="push the final model with the Trainer's push_to_hub")
     parser.add_argument("--hub-model-id", default=None, help="repo id for --push-to-hub (and the model card name)")
@@ -56,10 +70,14 @@ def run(args: argparse.Namespace) -> int:
         smoke=args.smoke,
         resume=args.resume,
         seed=args.seed,
+        adaptor_type=args.adaptor_type,
+        stack_factor=args.stack_factor,
         utterances=args.utterances,
+        assistant_utterances=args.assistant_utterances,
+        understanding=not args.no_understanding,
         use_ctc=not args.no_ctc,
         use_cache=not args.no_cache,
-        bf16=not args.no_bf16,
+        bf16=args.bf16,
         stage2_llm_mode=args.stage2_llm_mode,
         distill_weight=args.distill_weight,
         tts_workers=args.tts_workers,
@@ -72,5 +90,9 @@ def run(args: argparse.Namespace) -> int:
     except FileExistsError as error:
         print(f"llasm train: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({k: summary.get(k) for k in ("final_dir", "stage1_heldout_wer", "final_heldout_wer", "loss_curve")}, indent=2))
+    keys = ("final_dir", "adaptor_type", "stage1_heldout_wer", "final_heldout_wer", "loss_curve")
+    print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
+    if summary.get("understanding"):
+        print(json.dumps({"understanding": summary["understanding"].get("spoken"),
+                          "text_skill_retention": summary["understanding"].get("text_skill_retention")}, indent=2))  # fmt: skip
     return 0

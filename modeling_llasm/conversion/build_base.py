@@ -21,7 +21,7 @@ from ..modeling_llasm import LlasmForConditionalGeneration
 BASE_NAME = "llasm-tiny-base"
 BUILD_MANIFEST = "llasm_build.json"
 # Bump when the recipe changes so an old build is rebuilt instead of reused.
-BUILD_VERSION = 2  # 2: rebuilt on an LLM conversion without a stale GGUF quantization_config
+BUILD_VERSION = 3  # 2: rebuilt on an LLM conversion without a stale GGUF quantization_config; 3: adaptor variants (reader tables)
 TINY_BASE_RECIPE = {"adaptor_type": "stack_mlp", "stack_factor": 8, "seed": 0, "build_version": BUILD_VERSION}
 
 
@@ -73,7 +73,7 @@ def build_base(
     torch.manual_seed(recipe["seed"])
     config = {k: v for k, v in recipe.items() if k not in ("seed", "build_version")}
     model, processor = LlasmForConditionalGeneration.from_pretrained_components(whisper_dir, llm_dir, **config)
-    if model.config.variable_audio_tokens:
+    if model.config.adaptor_type == "ctc_compress":
         from ..training.ctc_vocabulary import SubVocabulary
 
         model.set_ctc_vocabulary(SubVocabulary.build(processor.tokenizer, model.config.ctc_vocab_size).token_ids)

@@ -126,6 +126,7 @@ def evaluate_understanding(
     asr_manifest: str | os.PathLike | None = None,
     asr: AsrFunction | None = None,
     whisper_dir: str | os.PathLike | None = None,
+    cascade: bool = True,
     text_prompts: Sequence[str] | None = None,
     max_new_tokens: int = 64,
     batch_size: int = 8,
@@ -136,8 +137,8 @@ def evaluate_understanding(
     """Spoken-question understanding of `model` on the spoken-question records of `manifest` (see the module
     docstring). `base_model` (a checkpoint directory or a loaded model) gives the base LLM for text-skill retention
     (skipped when None); `asr_manifest` adds held-out ASR WER (the model's vs Whisper's) on ASR records; `asr`
-    replaces Whisper (clips -> transcripts). Greedy decoding, `max_new_tokens` for every answer. Returns the
-    results dict (also written as JSON to `output`)."""
+    replaces Whisper (clips -> transcripts); `cascade=False` skips Whisper and the cascade (their metrics are None).
+    Greedy decoding, `max_new_tokens` for every answer. Returns the results dict (also written as JSON to `output`)."""
     from ..processing_llasm import load_audio
 
     log = log or (lambda line: None)
@@ -169,12 +170,15 @@ def evaluate_understanding(
     typed_answers = timed("typed_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [g]) for r, g in zip(records, gold)], **gen))
     log("[understanding] the adaptor's own recognition ...")
     recognized, readout = timed("adaptor_recognition", lambda: adaptor_transcripts(model, processor, clips, batch_size=batch_size))
-    if asr is None:
+    if asr is None and (cascade or asr_manifest is not None):
         whisper_path = Path(whisper_dir) if whisper_dir is not None else whisper_dir_for(model_name if Path(model_name).is_dir() else None)
-        log(f"[understanding] cascade: Whisper {whisper_path} ...")
+        log(f"[understanding] Whisper {whisper_path} (cascade and ASR reference) ...")
         asr = WhisperTranscriber.from_pretrained(whisper_path, batch_size=batch_size)
-    whisper_texts = timed("whisper", lambda: list(asr(clips)))
-    cascade_answers = timed("cascade_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [t]) for r, t in zip(records, whisper_texts)], **gen))
+    if not cascade:
+        whisper_texts, cascade_answers = [None] * len(records), [None] * len(records)
+    else:
+        whisper_texts = timed("whisper", lambda: list(asr(clips)))
+        cascade_answers = timed("cascade_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [t]) for r, t in zip(records, whisper_texts)], **gen))
 
     samples = []
     for i, record in enumerate(records):
@@ -182,17 +186,17 @@ def evaluate_understanding(
             "id": record["id"], "voice": record.get("voice"), "question": gold[i], "adaptor_transcript": recognized[i],
             "whisper_transcript": whisper_texts[i], "audio_answer": audio_answers[i], "typed_answer": typed_answers[i],
             "cascade_answer": cascade_answers[i], "audio_rougeL": rouge_l(typed_answers[i], audio_answers[i])["f1"],
-            "cascade_rougeL": rouge_l(typed_answers[i], cascade_answers[i])["f1"],
+            "cascade_rougeL": rouge_l(typed_answers[i], cascade_answers[i])["f1"] if cascade else None,
         })  # fmt: skip
 
     def summary(rows: list[dict]) -> dict[str, Any]:
         audio = _mean([s["audio_rougeL"] for s in rows])
-        cascade = _mean([s["cascade_rougeL"] for s in rows])
+        anchor = _mean([s["cascade_rougeL"] for s in rows]) if cascade else None
         adaptor_wer = _wer([s["question"] for s in rows], [s["adaptor_transcript"] for s in rows])
-        whisper_wer = _wer([s["question"] for s in rows], [s["whisper_transcript"] for s in rows])
+        whisper_wer = _wer([s["question"] for s in rows], [s["whisper_transcript"] for s in rows]) if cascade else None
         return {
-            "num_questions": len(rows), "rougeL_audio_vs_typed": audio, "rougeL_cascade_vs_typed": cascade,
-            "rougeL_ratio_to_cascade": audio / cascade if cascade else None,
+            "num_questions": len(rows), "rougeL_audio_vs_typed": audio, "rougeL_cascade_vs_typed": anchor,
+            "rougeL_ratio_to_cascade": audio / anchor if anchor else None,
             "adaptor_wer": adaptor_wer, "whisper_wer": whisper_wer,
             "adaptor_wer_ratio_to_whisper": adaptor_wer / whisper_wer if whisper_wer else None,
         }  # fmt: skip
@@ -250,16 +254,20 @@ def _text_retention(model, processor, base_model, prompts: Sequence[str] | None,
                         for p, a, b, s in zip(prompts, answers, base_answers, scores)]}  # fmt: skip
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def format_understanding(results: dict[str, Any]) -> str:
     """A short text table of `evaluate_understanding` results."""
     spoken = results["spoken"]
     lines = [
         f"spoken questions: {spoken['num_questions']} ({', '.join(results.get('by_voice', {})) or 'one voice'})",
         f"  ROUGE-L(audio answer, typed answer)   {spoken['rougeL_audio_vs_typed']:.3f}",
-        f"  ROUGE-L(cascade answer, typed answer) {spoken['rougeL_cascade_vs_typed']:.3f}"
+        f"  ROUGE-L(cascade answer, typed answer) {_fmt(spoken['rougeL_cascade_vs_typed'])}"
         + (f"   ratio {spoken['rougeL_ratio_to_cascade']:.2f}" if spoken["rougeL_ratio_to_cascade"] is not None else ""),
         f"  recognition WER: adaptor {spoken['adaptor_wer']:.3f} ({results['settings']['recognition_readout']}), "
-        f"Whisper {spoken['whisper_wer']:.3f}"
+        f"Whisper {_fmt(spoken['whisper_wer'])}"
         + (f"   ratio {spoken['adaptor_wer_ratio_to_whisper']:.2f}" if spoken["adaptor_wer_ratio_to_whisper"] is not None else ""),
     ]
     if "heldout_asr" in results:

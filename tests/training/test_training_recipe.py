@@ -100,3 +100,39 @@ def test_time_budget_callback_stops_and_its_spent_time_survives_resume(tmp_path)
     assert trainer.state.global_step == 1 and budget.stopped_at_step == 1
     state = json.loads((tmp_path / "checkpoint-1" / "trainer_state.json").read_text())
     assert state["stateful_callbacks"]["TimeBudgetCallback"]["attributes"]["elapsed"] > 0
+
+
+def test_recipe_with_word_level_adaptors_keeps_the_llm_frozen_and_evaluates_understanding(tiny_training_files, tmp_path):
+    """The reader (no CTC phase) and ctc_compress (no LM phase) recipes: which phases ran, the LLM untouched, and the
+    spoken-understanding numbers in the summary."""
+    import torch
+
+    from modeling_llasm.training.ctc_vocabulary import SubVocabulary
+    from modeling_llasm.training.runner import load_llasm
+    from tiny_llasm import build_tiny_llasm, reader_llasm
+
+    _, data_dir = tiny_training_files
+    compress, compress_processor = build_tiny_llasm(adaptor_type="ctc_compress", ctc_vocab_size=280)
+    compress.set_ctc_vocabulary(SubVocabulary.build(compress_processor.tokenizer, 280, words=300).token_ids)
+    for kind, (model, processor), ran, skipped in [
+        ("whisper_reader", reader_llasm(), ("stage1_lm", "stage2"), "stage1_ctc"),
+        ("ctc_compress", (compress, compress_processor), ("stage1_ctc", "stage2"), "stage1_lm"),
+    ]:
+        base = tmp_path / f"base-{kind}"
+        model.save_pretrained(base)
+        processor.save_pretrained(base)
+        run_dir = tmp_path / f"run-{kind}"
+        argv = ["train", "--smoke", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir), "--no-progress"]
+        assert main(argv) == 0
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["adaptor_type"] == kind
+        assert all(summary["phases"][name]["steps"] == 2 for name in ran), summary["phases"]
+        assert summary["phases"][skipped]["steps"] == 0
+        final = load_llasm(run_dir / "final")
+        llm_before = dict(model.language_model.named_parameters())
+        assert all(torch.equal(p, llm_before[n]) for n, p in final.language_model.named_parameters())  # LLM frozen
+        understanding = summary["understanding"]
+        assert understanding["spoken"]["num_questions"] == 3 and understanding["text_skill_retention"] == 1.0
+        assert understanding["spoken"]["rougeL_cascade_vs_typed"] is None  # smoke: no Whisper cascade
+        assert json.loads((run_dir / "understanding" / "results.json").read_text())["samples"][0]["audio_answer"] is not None
+        assert check_hub_layout(run_dir / "final") == []
