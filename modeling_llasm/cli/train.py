@@ -35,10 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack-factor", type=int, default=None,
                         help="encoder frames per audio-token slot (default 4 = 12.5 per second; 8 for stack_mlp)")
     parser.add_argument("--utterances", type=int, default=None,
-                        help="stage-1 seed utterances to synthesize (default per budget minute: 20 reader, 60 "
+                        help="stage-1 seed utterances to synthesize (default per budget minute: 80 reader, 60 "
                              "ctc_compress, 80 stack_mlp)")
     parser.add_argument("--assistant-utterances", type=int, default=None,
-                        help="assistant-style stage-1 utterances: questions, requests (default 20 per budget minute; "
+                        help="assistant-style stage-1 utterances: questions, requests (default 10 per budget minute; "
                              "40 for ctc_compress; 0 for stack_mlp)")
     parser.add_argument("--no-understanding", action="store_true",
                         help="skip the final spoken-understanding evaluation (held-out questions, cascade, text skills)")

@@ -488,7 +488,7 @@ def build_from_files(
 
 def _stage1_records(split_name: str, utterances, seed: int) -> list[dict[str, Any]]:
     return [
-        asr_record(f"s1-{split_name}-{u.language}-{i:06d}", audio_part(u.text), u.text, u.language, seed=seed)
+        {**asr_record(f"s1-{split_name}-{u.language}-{i:06d}", audio_part(u.text), u.text, u.language, seed=seed), "source": u.source}
         for i, u in enumerate(utterances)
     ]
 

@@ -46,14 +46,23 @@ logger = logging.getLogger("modeling_llasm.recipe")
 # recognizer is Whisper's decoder); `ctc_compress` trains its recognizer with CTC; `stack_mlp` is the original
 # recipe (CTC pre-alignment, then LM loss; docs/training.md has the measured splits).
 PHASE_SHARES = {
-    "whisper_reader": {"stage1_ctc": 0.0, "stage1_lm": 0.5, "stage2": 0.5},
+    "whisper_reader": {"stage1_ctc": 0.0, "stage1_lm": 0.0, "stage2": 1.0},
     "ctc_compress": {"stage1_ctc": 0.6, "stage1_lm": 0.0, "stage2": 0.4},
     "stack_mlp": {"stage1_ctc": 0.30, "stage1_lm": 0.40, "stage2": 0.30},
 }
 PHASES = ("stage1_ctc", "stage1_lm", "stage2")
-RESERVE_SHARE = 0.25
+RESERVE_SHARE = 0.4
 # Stage-1 utterances per budget minute: (seed statements/word sequences, assistant-style questions and requests).
-UTTERANCES_PER_MINUTE = {"whisper_reader": (20, 20), "ctc_compress": (60, 40), "stack_mlp": (80, 0)}
+# The reader trains on no ASR record (its seed utterances give the held-out ASR set: 80/min keeps it the 96 clips of
+# earlier runs); its assistant-style utterances become spoken instructions for stage 2.
+UTTERANCES_PER_MINUTE = {"whisper_reader": (80, 10), "ctc_compress": (60, 40), "stack_mlp": (80, 0)}
+# Stage-2 defaults per adaptor (RecipeSettings fields left at None): the reader only distils (an ASR cross-entropy
+# through the frozen LLM pushed its residual over the words and wrecked understanding, docs/training.md).
+STAGE2_DEFAULTS = {
+    "whisper_reader": {"ce_weight": 0.0, "stage2_asr_mix": 0.0, "stage2_extra_utterances": 100_000},
+    "ctc_compress": {"ce_weight": 0.5, "stage2_asr_mix": 1.0, "stage2_extra_utterances": 320},
+    "stack_mlp": {"ce_weight": 0.5, "stage2_asr_mix": 1.0, "stage2_extra_utterances": 320},
+}
 
 
 @dataclass
@@ -76,7 +85,7 @@ class RecipeSettings:
     bf16: bool | None = None  # None: bf16 autocast only where the CPU computes bf16 faster than fp32 (measured)
     stage2_llm_mode: str | None = None  # None: "frozen" for word-level adaptors (reader, ctc_compress), else "lora"
     distill_weight: float = 1.0
-    ce_weight: float = 0.5
+    ce_weight: float | None = None  # None: STAGE2_DEFAULTS of the adaptor
     understanding: bool = True  # spoken-understanding evaluation of the final model
     batch_ctc: int = 16
     batch_lm: int = 8
@@ -85,8 +94,8 @@ class RecipeSettings:
     lr_lm: float = 2e-3
     lr_stage2: float = 2e-4
     lora_r: int = 16
-    stage2_extra_utterances: int = 320  # stage-1 utterances also used as spoken instructions in stage 2
-    stage2_asr_mix: float = 1.0  # ASR records mixed into stage 2, per answered spoken instruction (0.5: WER 1.30 vs 1.04)
+    stage2_extra_utterances: int | None = None  # stage-1 utterances also used as spoken instructions (assistant-style first)
+    stage2_asr_mix: float | None = None  # ASR records mixed into stage 2 per answered instruction (stack_mlp 0.5: WER 1.30 vs 1.04 at 1.0)
     eval_clips: int = 100
     tts_workers: int | None = None
     push_to_hub: bool = False
@@ -139,6 +148,9 @@ class Recipe:
         self.kind = self.kind if self.kind in PHASE_SHARES else "stack_mlp"
         if s.bf16 is None:
             s.bf16 = bf16_is_faster()
+        for name, value in STAGE2_DEFAULTS[self.kind].items():
+            if getattr(s, name) is None:
+                setattr(s, name, value)
         self.summary.update(adaptor_type=self.kind, bf16=s.bf16)
         data_dir = self.data()
         records = self.load_data(data_dir)
@@ -150,9 +162,9 @@ class Recipe:
         if s.use_cache:
             cache = EncoderCache(model, processor, cache_dir=self.run_dir / "encoder_cache", dtype=torch.float16)
             self.log(f"encoder cache {cache.directory}")
-            cache.precompute(clips_of(records["stage1_train"] + records["stage2_train"]), progress=s.progress)
+            cache.precompute(clips_of(self.trained_records(records)), progress=s.progress)
         if self.kind == "whisper_reader":
-            self.prefill_reader(model, processor, records["stage1_train"] + records["stage2_train"], cache)
+            self.prefill_reader(model, processor, self.trained_records(records), cache)
 
         plan = self.plan()
 
@@ -474,7 +486,7 @@ class Recipe:
         records from stage 1 (so that stage 2 does not unlearn transcription)."""
         s = self.s
         stage1 = records["stage1_train"]
-        extra = [] if s.smoke else stage1[len(stage1) - min(s.stage2_extra_utterances, len(stage1) // 4) :]
+        extra = [] if s.smoke else self.instruction_utterances(stage1)
         spoken = records["stage2_train"] + [
             {"id": f"s2x-{r['id']}", "language": r.get("language"), "task": "spoken_instruction",
              "messages": [{"role": "user", "content": [i for i in r["messages"][0]["content"] if i.get("type") == "audio"]}]}
@@ -484,6 +496,19 @@ class Recipe:
         asr = stage1[: int(s.stage2_asr_mix * len(answered))]
         self.summary["stage2_records"] = {"answered": len(answered), "asr": len(asr)}
         return answered + asr
+
+    def instruction_utterances(self, stage1: list[dict]) -> list[dict]:
+        """Stage-1 utterances that stage 2 also uses as spoken instructions: the assistant-style ones if the data has
+        them (what people ask), else the last quarter; at most `stage2_extra_utterances`."""
+        assistant = [r for r in stage1 if r.get("source") == "assistant"]
+        pool = assistant or stage1[len(stage1) - len(stage1) // 4 :]
+        return pool[len(pool) - min(self.s.stage2_extra_utterances, len(pool)) :]
+
+    def trained_records(self, records: dict[str, list[dict]]) -> list[dict]:
+        """The records whose audio some training phase reads (their encoder outputs are cached up front)."""
+        if PHASE_SHARES[self.kind]["stage1_ctc"] or PHASE_SHARES[self.kind]["stage1_lm"] or self.s.stage2_asr_mix:
+            return records["stage1_train"] + records["stage2_train"]
+        return records["stage2_train"] + ([] if self.s.smoke else self.instruction_utterances(records["stage1_train"]))
 
     def stage2_targets(self, model, processor, records, split: str) -> list[dict]:
         out = self.phase_dir("stage2_data")
