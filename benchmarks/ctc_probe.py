@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from modeling_llasm.metrics import word_error_rate
 from modeling_llasm.processing_llasm import LlasmProcessor
 from modeling_llasm.training.encoder_cache import EncoderCache, clips_of
-from modeling_llasm.training.runner import load_llasm, read_records
+from modeling_llasm.training.loading import load_llasm, read_records
 
 
 def load_split(records, cache, tokenizer):

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProces
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_llasm import LlasmConfig, audio_token_count
-from .modeling_llasm import LlasmForConditionalGeneration, LlasmPreTrainedModel
+from .modeling_llasm import LlasmForConditionalGeneration, LlasmModel, LlasmPreTrainedModel
 from .pipeline_llasm import LlasmChatPipeline
 from .processing_llasm import LlasmProcessor, load_audio
 
@@ -19,6 +19,8 @@ def _register() -> None:
     auto_model_classes = [AutoModel, AutoModelForCausalLM]
     if hasattr(transformers, "AutoModelForMultimodalLM"):
         auto_model_classes.append(transformers.AutoModelForMultimodalLM)
+    # AutoModel -> the generative class on purpose (README: AutoModel.from_pretrained(dir).generate(...));
+    # LlasmModel (no LM head) is loaded by name. See LlasmModel's docstring.
     for auto_class in auto_model_classes:
         auto_class.register(LlasmConfig, LlasmForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(LlasmConfig, LlasmProcessor, exist_ok=True)
@@ -37,6 +39,7 @@ __all__ = [
     "LlasmChatPipeline",
     "LlasmConfig",
     "LlasmForConditionalGeneration",
+    "LlasmModel",
     "LlasmPreTrainedModel",
     "LlasmProcessor",
     "audio_token_count",

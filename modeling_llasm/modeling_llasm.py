@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import (
+    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationMixin,
@@ -22,6 +23,7 @@ from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 from transformers.utils import logging
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llasm import LlasmConfig, encoder_frame_mask
 from .processing_llasm import LlasmProcessor
@@ -36,8 +38,11 @@ class LlasmCausalLMOutputWithPast(ModelOutput):
     loss (`torch.FloatTensor`, *optional*): language-modeling loss over positions whose label is not -100.
     logits (`torch.FloatTensor`): next-token scores of the LLM.
     cache (`Cache`, *optional*): the LLM key/value cache.
+    hidden_states, attentions (*optional*): the LLM's, with `output_hidden_states` / `output_attentions`.
     audio_hidden_states (`torch.FloatTensor`, *optional*): adaptor outputs `(num_audio_tokens, hidden)` merged
         into the prompt.
+    encoder_hidden_states, encoder_attentions (*optional*): the audio encoder's per layer (one row per window),
+        with `output_hidden_states` / `output_attentions` and audio in the inputs.
     """
 
     loss: torch.FloatTensor | None = None
@@ -46,6 +51,8 @@ class LlasmCausalLMOutputWithPast(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     audio_hidden_states: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -70,8 +77,11 @@ class LlasmAudioEncoder(WhisperEncoder):
 
     Positions are sliced to the window length; padded mel frames (batches of different lengths) are zeroed
     before each convolution and masked out of self-attention, so a clip encodes the same alone or in a batch.
+    `output_hidden_states` / `output_attentions` are recorded as by `WhisperEncoder` (transformers' output capturing;
+    attention weights need `attn_implementation="eager"`).
     """
 
+    @capture_outputs
     def forward(
         self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutput:
@@ -95,7 +105,7 @@ class LlasmAudioEncoder(WhisperEncoder):
         additive_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
         additive_mask = additive_mask.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
         for layer in self.layers:
-            hidden = layer(hidden, additive_mask)
+            hidden = layer(hidden, additive_mask, **kwargs)
         hidden = self.layer_norm(hidden)
         return BaseModelOutput(last_hidden_state=hidden * frame_mask[..., None].to(hidden.dtype))
 
@@ -626,6 +636,15 @@ def spell_token(token: str, vocabulary: dict[str, int], longest: int | None = No
     return row
 
 
+def suppressed_audio_tokens(generation_config, audio_token_id: int | None) -> list[int] | None:
+    """`generation_config.suppress_tokens` plus the audio placeholder: a model must never generate it (it would
+    read as a request for audio features that do not exist)."""
+    suppress = list(getattr(generation_config, "suppress_tokens", None) or [])
+    if audio_token_id is not None and audio_token_id not in suppress:
+        suppress.append(audio_token_id)
+    return suppress or None
+
+
 # Per-window audio inputs (one row per 30 s window, not per sample).
 AUDIO_INPUT_KEYS = ("input_features", "input_features_mask", "audio_encoder_hidden_states")
 
@@ -652,44 +671,11 @@ class LlasmPreTrainedModel(PreTrainedModel):
                 module.bias.data.zero_()
 
 
-class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
-    r"""
-    LLaSM: speech windows are encoded by Whisper, mapped by the adaptor into LLM embeddings, and replace the audio
-    placeholder tokens of the prompt. Text-only prompts run the LLM unchanged.
-
-    Example:
-
-    ```python
-    >>> from modeling_llasm import LlasmForConditionalGeneration
-    >>> model, processor = LlasmForConditionalGeneration.from_pretrained_components("whisper-dir", "llm-dir")
-    >>> messages = [{"role": "user", "content": [{"type": "audio", "path": "question.wav"}]}]
-    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
-    >>> out = model.generate(**inputs, max_new_tokens=64)
-    >>> processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    ```
-    """
-
-    def __init__(self, config: LlasmConfig):
-        super().__init__(config)
-        if config.adaptor_type not in LLASM_ADAPTORS:
-            raise ValueError(f"Unknown adaptor_type {config.adaptor_type!r}; expected one of {sorted(LLASM_ADAPTORS)}.")
-        self.audio_tower = LlasmAudioEncoder(config.audio_config)
-        self.multi_modal_projector = LLASM_ADAPTORS[config.adaptor_type](config)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self._no_split_modules = ["WhisperEncoderLayer", "WhisperDecoderLayer", *(self.language_model._no_split_modules or [])]
-        self.post_init()
-
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.language_model.get_output_embeddings()
-
-    def set_output_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_output_embeddings(value)
 
     def get_audio_features(
         self,
@@ -777,36 +763,29 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             )
         return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
-    def forward(
+    def prompt_embeddings(
         self,
-        input_ids: torch.LongTensor | None = None,
-        input_features: torch.FloatTensor | None = None,
-        input_features_mask: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        audio_encoder_hidden_states: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        cache: Cache | None,
+        input_features: torch.FloatTensor | None,
+        input_features_mask: torch.LongTensor | None,
+        audio_encoder_hidden_states: torch.FloatTensor | None,
         **kwargs,
-    ) -> LlasmCausalLMOutputWithPast:
-        r"""
-        input_features (`torch.FloatTensor` of shape `(windows, n_mels, frames)`): log-mel windows from the processor.
-        input_features_mask (`torch.LongTensor` of shape `(windows, frames)`): 1 for real frames, 0 for padding.
-        labels (`torch.LongTensor`, *optional*): next-token targets aligned with `input_ids`; -100 is ignored.
-        audio_encoder_hidden_states (`torch.FloatTensor`, *optional*): cached `audio_tower` outputs used instead of
-            `input_features` (see `get_audio_features`).
-        """
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, LlasmAudioFeaturesOutput | None]:
+        """The LLM's input embeddings with the audio merged in (`merge_audio_features`), the attention mask and
+        positions to use, and the audio features (None without audio). The one path of both forwards."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        audio_features = None
+        features = None
         if input_features is not None or audio_encoder_hidden_states is not None:
-            features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states)
-            audio_features = features.pooler_output
+            recorded = {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if kwargs.get(k)}
+            features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states, **recorded)
             inputs_embeds, attention_mask, position_ids = self.merge_audio_features(
                 input_ids, inputs_embeds, attention_mask, position_ids, features, input_features_mask
             )
@@ -821,23 +800,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
                 f"The prompt has {inputs_embeds.shape[1]} tokens, more than the LLM's max_position_embeddings "
                 f"({context}); its answers past that length are unreliable. Use shorter audio or split it."
             )
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
-        return LlasmCausalLMOutputWithPast(
-            loss=outputs.loss,
-            logits=outputs.logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            audio_hidden_states=audio_features,
-        )
+        return inputs_embeds, attention_mask, position_ids, features
 
     def merge_audio_features(
         self,
@@ -876,6 +839,170 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         return inputs_embeds, attention_mask, position_ids
+
+
+@dataclass
+class LlasmModelOutputWithPast(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch, sequence, hidden)`): the LLM's last hidden states.
+    cache, hidden_states, attentions: the LLM's (as in `LlasmCausalLMOutputWithPast`).
+    audio_hidden_states, encoder_hidden_states, encoder_attentions: as in `LlasmCausalLMOutputWithPast`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class LlasmModel(LlasmPreTrainedModel):
+    r"""
+    LLaSM without the LM head: Whisper encoder -> adaptor -> the LLM's base model, returning hidden states (for
+    embeddings, probes or a head of your own).
+
+    It reads the checkpoints `LlasmForConditionalGeneration` writes (the LLM's `model.*` weights; its `lm_head`
+    is left out). `AutoModel` maps to `LlasmForConditionalGeneration`, not to this class: LLaSM checkpoints are
+    generative and `AutoModel.from_pretrained(dir).generate(...)` is how people call them (README), so the Auto
+    class keeps working for generation; load this class by name.
+
+    Example:
+
+    ```python
+    >>> from modeling_llasm import LlasmModel
+    >>> model = LlasmModel.from_pretrained("path/to/llasm")
+    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
+    >>> model(**inputs).last_hidden_state.shape   # (batch, sequence, hidden)
+    ```
+    """
+
+    # `LlasmForConditionalGeneration` nests a causal LM: its base model's weights sit under `language_model.model.`
+    checkpoint_key_mapping = {r"^language_model\.model\.": "language_model."}
+
+    def __init__(self, config: LlasmConfig):
+        super().__init__(config)
+        if config.adaptor_type not in LLASM_ADAPTORS:
+            raise ValueError(f"Unknown adaptor_type {config.adaptor_type!r}; expected one of {sorted(LLASM_ADAPTORS)}.")
+        self.audio_tower = LlasmAudioEncoder(config.audio_config)
+        self.multi_modal_projector = LLASM_ADAPTORS[config.adaptor_type](config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self._no_split_modules = ["WhisperEncoderLayer", "WhisperDecoderLayer", *(self.language_model._no_split_modules or [])]
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, key_mapping: dict[str, str] | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, reading a `LlasmForConditionalGeneration` checkpoint by default."""
+        return super().from_pretrained(*args, key_mapping=cls.checkpoint_key_mapping if key_mapping is None else key_mapping, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        audio_encoder_hidden_states: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> LlasmModelOutputWithPast:
+        r"""Inputs as in `LlasmForConditionalGeneration.forward` (no labels)."""
+        inputs_embeds, attention_mask, position_ids, features = self.prompt_embeddings(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, input_features, input_features_mask,
+            audio_encoder_hidden_states, **kwargs,
+        )  # fmt: skip
+        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                      cache=cache, **kwargs)  # fmt: skip
+        return LlasmModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=getattr(outputs, "cache", None),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_hidden_states=features.pooler_output if features is not None else None,
+            encoder_hidden_states=features.hidden_states if features is not None else None,
+            encoder_attentions=features.attentions if features is not None else None,
+        )
+
+
+class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
+    r"""
+    LLaSM: speech windows are encoded by Whisper, mapped by the adaptor into LLM embeddings, and replace the audio
+    placeholder tokens of the prompt. Text-only prompts run the LLM unchanged.
+
+    Example:
+
+    ```python
+    >>> from modeling_llasm import LlasmForConditionalGeneration
+    >>> model, processor = LlasmForConditionalGeneration.from_pretrained_components("whisper-dir", "llm-dir")
+    >>> messages = [{"role": "user", "content": [{"type": "audio", "path": "question.wav"}]}]
+    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
+    >>> out = model.generate(**inputs, max_new_tokens=64)
+    >>> processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    ```
+    """
+
+    def __init__(self, config: LlasmConfig):
+        super().__init__(config)
+        if config.adaptor_type not in LLASM_ADAPTORS:
+            raise ValueError(f"Unknown adaptor_type {config.adaptor_type!r}; expected one of {sorted(LLASM_ADAPTORS)}.")
+        self.audio_tower = LlasmAudioEncoder(config.audio_config)
+        self.multi_modal_projector = LLASM_ADAPTORS[config.adaptor_type](config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self._no_split_modules = ["WhisperEncoderLayer", "WhisperDecoderLayer", *(self.language_model._no_split_modules or [])]
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        audio_encoder_hidden_states: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> LlasmCausalLMOutputWithPast:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(windows, n_mels, frames)`): log-mel windows from the processor.
+        input_features_mask (`torch.LongTensor` of shape `(windows, frames)`): 1 for real frames, 0 for padding.
+        labels (`torch.LongTensor`, *optional*): next-token targets aligned with `input_ids`; -100 is ignored.
+        audio_encoder_hidden_states (`torch.FloatTensor`, *optional*): cached `audio_tower` outputs used instead of
+            `input_features` (see `get_audio_features`).
+        """
+        inputs_embeds, attention_mask, position_ids, features = self.prompt_embeddings(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, input_features, input_features_mask,
+            audio_encoder_hidden_states, **kwargs,
+        )  # fmt: skip
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        return LlasmCausalLMOutputWithPast(
+            loss=outputs.loss,
+            logits=outputs.logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_hidden_states=features.pooler_output if features is not None else None,
+            encoder_hidden_states=features.hidden_states if features is not None else None,
+            encoder_attentions=features.attentions if features is not None else None,
+        )
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -965,6 +1092,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         return torch.tensor(index, dtype=torch.long)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        # every saved checkpoint's generation config forbids emitting the audio placeholder
+        self.generation_config.suppress_tokens = suppressed_audio_tokens(self.generation_config, self.config.audio_token_id)
         # `register_for_auto_class` records a single Auto class; list the others too so that each of them
         # loads a saved checkpoint with trust_remote_code when the package is not installed.
         if self._auto_class is not None:
@@ -1037,6 +1166,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         model.generation_config = llm.generation_config
         if model.generation_config.pad_token_id is None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.suppress_tokens = suppressed_audio_tokens(model.generation_config, config.audio_token_id)
 
         feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper)
         if adaptor_type == "whisper_reader":
@@ -1059,6 +1189,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "LlasmForConditionalGeneration",
+    "LlasmModel",
+    "LlasmModelOutputWithPast",
     "LlasmPreTrainedModel",
     "LlasmAudioEncoder",
     "LlasmCausalLMOutputWithPast",
@@ -1067,6 +1199,7 @@ __all__ = [
     "LlasmWhisperReaderAdaptor",
     "LLASM_ADAPTORS",
     "audio_window_tokens",
+    "suppressed_audio_tokens",
     "whisper_token_pieces",
     "whisper_reader_tables",
     "spell_token",

@@ -54,6 +54,13 @@ class LlasmChatPipeline(Pipeline):
         self.processor.check_model_config(self.model.config)
 
     def _sanitize_parameters(self, text: str | None = None, system_prompt: str | None = None, stream: bool | None = None, **generate_kwargs):
+        unknown = sorted(k for k in generate_kwargs if not _is_generate_argument(k))
+        if unknown:
+            raise ValueError(
+                f"llasm-chat got unknown keyword argument(s) {unknown}; it takes audio=, text=, system_prompt=, "
+                "stream=, batch_size= and generate() arguments (GenerationConfig fields such as max_new_tokens, "
+                "do_sample, temperature, num_beams, num_return_sequences; streamer, logits_processor, ...)."
+            )
         preprocess_params = {}
         if text is not None:
             preprocess_params["text"] = text
@@ -62,6 +69,10 @@ class LlasmChatPipeline(Pipeline):
         return preprocess_params, {"generate_kwargs": generate_kwargs}, {}
 
     def __call__(self, inputs: Any = None, stream: bool = False, **kwargs) -> dict | list | Iterator[str]:
+        if "audio" in kwargs:  # chat(audio=..., text=...), as image-text-to-text takes images=
+            if inputs is not None:
+                raise ValueError("Pass the audio either as the first argument or as audio=, not both.")
+            inputs = {"audio": kwargs.pop("audio"), "text": kwargs.pop("text", None)}
         batch_size = kwargs.get("batch_size") or getattr(self, "_batch_size", None) or 1
         if batch_size != 1:
             raise ValueError(f"llasm-chat runs one conversation per forward (batch_size=1), got batch_size={batch_size}.")
@@ -143,6 +154,17 @@ class LlasmChatPipeline(Pipeline):
             conversation = [*model_outputs["messages"], {"role": "assistant", "content": answer}]
             results.append({"generated_text": answer, "conversation": conversation})
         return results[0] if len(results) == 1 else results
+
+
+def _is_generate_argument(name: str) -> bool:
+    """Whether `generate()` understands `name`: a GenerationConfig field or one of its own parameters."""
+    import inspect
+
+    from transformers import GenerationConfig, GenerationMixin
+
+    return name in GenerationConfig().to_dict() or name in inspect.signature(GenerationMixin.generate).parameters or name in (
+        "batch_size", "max_length", "max_new_tokens"
+    )
 
 
 def _joining(streamer: TextIteratorStreamer, worker: threading.Thread, failure: list[BaseException]) -> Iterator[str]:

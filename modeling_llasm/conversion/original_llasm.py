@@ -348,7 +348,7 @@ def convert_original_checkpoint(
     from transformers.dynamic_module_utils import custom_object_save
 
     from ..chat_templates import load_chat_template
-    from ..modeling_llasm import LlasmForConditionalGeneration
+    from ..modeling_llasm import LlasmForConditionalGeneration, suppressed_audio_tokens
     from ..processing_llasm import LlasmProcessor
 
     src, dst, whisper_dir = Path(src), Path(dst), Path(whisper_dir)
@@ -460,7 +460,9 @@ def convert_original_checkpoint(
             generation.update(json.loads((src / "generation_config.json").read_text()))
         generation.pop("transformers_version", None)
         generation.pop("_from_model_config", None)
-        GenerationConfig(**{**generation, **ORIGINAL_GENERATION}).save_pretrained(work)
+        generation_config = GenerationConfig(**{**generation, **ORIGINAL_GENERATION})
+        generation_config.suppress_tokens = suppressed_audio_tokens(generation_config, config.audio_token_id)
+        generation_config.save_pretrained(work)
         processor = LlasmProcessor(
             feature_extractor=_whisper_feature_extractor(whisper_dir, whisper_config),
             tokenizer=tokenizer,

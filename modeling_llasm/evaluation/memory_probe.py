@@ -58,7 +58,7 @@ def load_for_training(model_dir: str, mode: str):
     from transformers import BitsAndBytesConfig
 
     from modeling_llasm import LlasmForConditionalGeneration
-    from modeling_llasm.training.runner import training_config
+    from modeling_llasm.training.loading import training_config
 
     config = training_config(model_dir)  # a GGUF-converted LLM may carry a stale GGUF quantization_config
     if mode == "qlora":

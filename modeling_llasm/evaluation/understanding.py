@@ -124,6 +124,7 @@ def evaluate_understanding(
     processor: Any = None,
     base_model: str | os.PathLike | Any | None = None,
     asr_manifest: str | os.PathLike | None = None,
+    recognition_manifest: str | os.PathLike | None = None,
     asr: AsrFunction | None = None,
     whisper_dir: str | os.PathLike | None = None,
     cascade: bool = True,
@@ -136,7 +137,8 @@ def evaluate_understanding(
 ) -> dict[str, Any]:
     """Spoken-question understanding of `model` on the spoken-question records of `manifest` (see the module
     docstring). `base_model` (a checkpoint directory or a loaded model) gives the base LLM for text-skill retention
-    (skipped when None); `asr_manifest` adds held-out ASR WER (the model's vs Whisper's) on ASR records; `asr`
+    (skipped when None); `asr_manifest` adds held-out ASR WER (the model transcribing through the LLM vs Whisper) on
+    ASR records, `recognition_manifest` the adaptor's own recognition WER on them (vs Whisper, no LLM); `asr`
     replaces Whisper (clips -> transcripts); `cascade=False` skips Whisper and the cascade (their metrics are None).
     Greedy decoding, `max_new_tokens` for every answer. Returns the results dict (also written as JSON to `output`)."""
     from ..processing_llasm import load_audio
@@ -170,7 +172,7 @@ def evaluate_understanding(
     typed_answers = timed("typed_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [g]) for r, g in zip(records, gold)], **gen))
     log("[understanding] the adaptor's own recognition ...")
     recognized, readout = timed("adaptor_recognition", lambda: adaptor_transcripts(model, processor, clips, batch_size=batch_size))
-    if asr is None and (cascade or asr_manifest is not None):
+    if asr is None and (cascade or asr_manifest is not None or recognition_manifest is not None):
         whisper_path = Path(whisper_dir) if whisper_dir is not None else whisper_dir_for(model_name if Path(model_name).is_dir() else None)
         log(f"[understanding] Whisper {whisper_path} (cascade and ASR reference) ...")
         asr = WhisperTranscriber.from_pretrained(whisper_path, batch_size=batch_size)
@@ -212,6 +214,9 @@ def evaluate_understanding(
     if asr_manifest is not None:
         log("[understanding] held-out ASR ...")
         results["heldout_asr"] = timed("heldout_asr", lambda: _heldout_asr(model, processor, asr_manifest, asr, batch_size))
+    if recognition_manifest is not None:
+        log("[understanding] the adaptor's recognition on held-out ASR clips ...")
+        results["heldout_recognition"] = timed("heldout_recognition", lambda: _recognition(model, processor, recognition_manifest, asr, batch_size))
     if base_model is not None:
         log("[understanding] text-skill retention ...")
         results["text_skills"] = timed("text_skills", lambda: _text_retention(model, processor, base_model, text_prompts, gen))
@@ -237,6 +242,22 @@ def _heldout_asr(model, processor, manifest, asr: AsrFunction, batch_size: int) 
     return {"num_clips": len(records), "wer": wer, "whisper_wer": whisper_wer,
             "wer_ratio_to_whisper": wer / whisper_wer if whisper_wer else None,
             "samples": [{"reference": r, "llasm": h, "whisper": w} for r, h, w in zip(references, hypotheses, whisper)]}  # fmt: skip
+
+
+def _recognition(model, processor, manifest, asr: AsrFunction, batch_size: int) -> dict[str, Any]:
+    from ..processing_llasm import load_audio
+
+    records = [r for r in tasks.read_records(manifest) if tasks.classify_record(r) == tasks.ASR]
+    if not records:
+        raise ValueError(f"{manifest}: no ASR records.")
+    references = [tasks.asr_reference(r) for r in records]
+    clips = [load_audio(tasks.audio_paths(r)[0]) for r in records]
+    recognized, readout = adaptor_transcripts(model, processor, clips, batch_size=batch_size)
+    whisper = list(asr(clips))
+    adaptor_wer, whisper_wer = _wer(references, recognized), _wer(references, whisper)
+    return {"num_clips": len(records), "readout": readout, "adaptor_wer": adaptor_wer, "whisper_wer": whisper_wer,
+            "adaptor_wer_ratio_to_whisper": adaptor_wer / whisper_wer if whisper_wer else None,
+            "samples": [{"reference": r, "adaptor": a, "whisper": w} for r, a, w in zip(references, recognized, whisper)]}  # fmt: skip
 
 
 def _text_retention(model, processor, base_model, prompts: Sequence[str] | None, gen: dict) -> dict[str, Any]:
@@ -273,6 +294,10 @@ def format_understanding(results: dict[str, Any]) -> str:
     if "heldout_asr" in results:
         asr = results["heldout_asr"]
         lines.append(f"held-out ASR WER: {asr['wer']:.3f} (Whisper {asr['whisper_wer']:.3f}) on {asr['num_clips']} clips")
+    if "heldout_recognition" in results:
+        rec = results["heldout_recognition"]
+        lines.append(f"held-out ASR clips, the adaptor's own recognition: WER {rec['adaptor_wer']:.3f} ({rec['readout']}; "
+                     f"Whisper {rec['whisper_wer']:.3f}) on {rec['num_clips']} clips")  # fmt: skip
     if "text_skills" in results:
         skills = results["text_skills"]
         lines.append(f"text-skill retention (ROUGE-L vs the base LLM): {skills['retention_rougeL']:.3f} on {skills['num_prompts']} prompts")

@@ -71,7 +71,7 @@ def load_model(model_args: ModelArguments, model_dir: Path, stage: str):
     """`(model, processor, llm_mode)`: plain fp32, LoRA-wrapped, or 4-bit QLoRA."""
     from ..processing_llasm import LlasmProcessor
     from .qlora import load_qlora_model
-    from .runner import load_llasm
+    from .loading import load_llasm
     from .stages import default_lora_config, prepare_stage, resolve_llm_mode
 
     processor = LlasmProcessor.from_pretrained(model_dir)

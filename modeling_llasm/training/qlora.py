@@ -43,7 +43,7 @@ def qlora_config(compute_dtype: torch.dtype = torch.bfloat16, skip_modules: list
 def load_quantized_base(model_dir: str | os.PathLike, compute_dtype: torch.dtype = torch.bfloat16, device_map="cpu"):
     """The LLaSM checkpoint with its LLM in 4-bit, loaded by the top-level `from_pretrained` (a 4-bit LLM built
     inside `__init__` would not be marked as quantized)."""
-    from .runner import load_llasm
+    from .loading import load_llasm
 
     return load_llasm(model_dir, quantization_config=qlora_config(compute_dtype), device_map=device_map)
 
@@ -136,7 +136,7 @@ def merge_adapter(
 
     from ..processing_llasm import LlasmProcessor
     from .hub import make_hub_ready
-    from .runner import load_llasm
+    from .loading import load_llasm
 
     base = load_llasm(base_dir, dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

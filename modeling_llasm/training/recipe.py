@@ -31,9 +31,10 @@ from ..data.collator import LlasmDataCollator
 from ..files import atomic_write_json
 from ..metrics import word_error_rate
 from .encoder_cache import EncoderCache, clips_of
+from .loading import load_llasm
 from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
 from .runner import (
-    ctc_align, ctc_transcribe, evaluate_wer, generate_batch, generate_responses, load_adaptor, load_llasm, read_records,
+    ctc_align, ctc_transcribe, evaluate_wer, generate_batch, generate_responses, load_adaptor, read_records,
     save_adaptor, train_stage, usable_responses,
 )  # fmt: skip
 from .stages import apply_stage, default_lora_config, prepare_stage
@@ -337,10 +338,19 @@ class Recipe:
         self.log(f"understanding: spoken vs typed vs cascade answers on {manifest}")
         if self.kind == "whisper_reader":
             model.multi_modal_projector.read_cache = None  # held-out clips: read them as at inference
+        heldout = None
+        if not self.s.smoke and model.config.variable_audio_tokens:  # what the adaptor recognises in the ASR clips
+            from ..data.chat import write_manifest
+
+            heldout = self.phase_dir("understanding") / "heldout_asr.jsonl"
+            heldout.parent.mkdir(parents=True, exist_ok=True)
+            write_manifest(records["stage1_heldout"], heldout)
         results = evaluate_understanding(model, manifest, processor=processor, base_model=base_dir, cascade=not self.s.smoke,
-                                         max_new_tokens=8 if self.s.smoke else 64,
-                                         output=self.phase_dir("understanding") / "results.json")  # fmt: skip
+                                         recognition_manifest=heldout, max_new_tokens=8 if self.s.smoke else 64,
+                                         batch_size=16, output=self.phase_dir("understanding") / "results.json")  # fmt: skip
         self.summary["understanding"] = {k: results[k] for k in ("spoken", "by_voice", "settings") if k in results}
+        if "heldout_recognition" in results:
+            self.summary["understanding"]["heldout_recognition"] = {k: v for k, v in results["heldout_recognition"].items() if k != "samples"}
         self.summary["understanding"]["text_skill_retention"] = results["text_skills"]["retention_rougeL"]
         for line in format_understanding(results).splitlines():
             self.log(f"understanding: {line}")

@@ -36,34 +36,6 @@ def read_records(path: str | os.PathLike, limit: int | None = None) -> list[dict
     return list(itertools.islice(read_manifest(path), limit))
 
 
-def training_config(path: str | os.PathLike):
-    """The checkpoint's `LlasmConfig` without a stale GGUF `quantization_config`.
-
-    A checkpoint whose LLM was converted from GGUF can carry the GGUF `quantization_config` in its text config
-    although its safetensors weights are plain floats; transformers then treats the whole model as quantized (the
-    Trainer refuses to fine-tune it, and a 4-bit `BitsAndBytesConfig` clashes with it). The weights are untouched.
-    """
-    from ..configuration_llasm import LlasmConfig
-
-    config = LlasmConfig.from_pretrained(path)
-    for sub in (config, getattr(config, "text_config", None), getattr(config, "audio_config", None)):
-        quantization = getattr(sub, "quantization_config", None) if sub is not None else None
-        if quantization is None:
-            continue
-        method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
-        if str(method).lower().endswith("gguf"):
-            logger.info("%s: ignoring a stale GGUF quantization_config (the weights are plain floats)", path)
-            delattr(sub, "quantization_config")
-    return config
-
-
-def load_llasm(path: str | os.PathLike, dtype: torch.dtype = torch.float32, **kwargs):
-    """`LlasmForConditionalGeneration.from_pretrained(path)` with `training_config(path)` (see there)."""
-    from ..modeling_llasm import LlasmForConditionalGeneration
-
-    return LlasmForConditionalGeneration.from_pretrained(path, config=training_config(path), dtype=dtype, **kwargs)
-
-
 def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest *complete* `checkpoint-N` in `output_dir` (its `trainer_state.json`, written last, parses),
     or None. A run killed while saving leaves a torn newest checkpoint; it is skipped."""

@@ -254,3 +254,53 @@ def test_prompt_longer_than_the_llm_context_is_reported():
     with CaptureLogger(modeling.logger) as captured, torch.no_grad():
         model(**inputs)
     assert f"The prompt has {inputs['input_ids'].shape[1]} tokens, more than the LLM's max_position_embeddings (16)" in captured.out
+
+
+def test_llasm_model_gives_the_hidden_states_behind_the_generative_models_logits(tiny_llasm, tmp_path):
+    """LlasmModel (no LM head) reads the generative checkpoint; AutoModel still maps to the generative class."""
+    from modeling_llasm import LlasmModel
+
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    base = LlasmModel.from_pretrained(tmp_path, dtype=torch.float32)
+    assert not hasattr(base.language_model, "lm_head")
+    inputs = processor.apply_chat_template([audio_messages(1.3, 0), audio_messages(0.6, 1, "hi")], add_generation_prompt=True)
+    with torch.no_grad():
+        hidden = base(**inputs).last_hidden_state
+        logits = model(**inputs).logits
+    assert torch.allclose(model.get_output_embeddings()(hidden), logits, atol=1e-5)
+    assert isinstance(AutoModel.from_pretrained(tmp_path, dtype=torch.float32), LlasmForConditionalGeneration)
+
+
+def test_encoder_hidden_states_and_attentions_when_asked(tmp_path):
+    model, processor = build_tiny_llasm()
+    model.save_pretrained(tmp_path)
+    eager = LlasmForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager", dtype=torch.float32)
+    inputs = processor.apply_chat_template([audio_messages(1.6, 0)], add_generation_prompt=True)
+    with torch.no_grad():
+        out = eager(**inputs, output_hidden_states=True, output_attentions=True)
+        plain = eager(**inputs)
+    layers = model.config.audio_config.encoder_layers
+    windows, frames = inputs["input_features"].shape[0], (inputs["input_features"].shape[-1] + 1) // 2
+    assert len(out.encoder_hidden_states) == layers + 1 and out.encoder_hidden_states[0].shape[:2] == (windows, frames)
+    assert len(out.encoder_attentions) == layers and out.encoder_attentions[0].shape[-2:] == (frames, frames)
+    assert len(out.hidden_states) == model.config.text_config.num_hidden_layers + 1  # the LLM's
+    assert plain.encoder_hidden_states is None and plain.hidden_states is None
+    assert torch.equal(out.logits, plain.logits)
+
+
+def test_the_audio_placeholder_is_never_generated(tiny_llasm, tmp_path):
+    model, processor = tiny_llasm
+    audio_id = model.config.audio_token_id
+    with torch.no_grad():  # make the placeholder the most likely next token everywhere
+        model.get_output_embeddings().weight[audio_id] = model.get_output_embeddings().weight.abs().max() * 50
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
+    assert audio_id in reloaded.generation_config.suppress_tokens
+    inputs = processor.apply_chat_template(audio_messages(1.0, 0), add_generation_prompt=True)
+    out = reloaded.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    assert audio_id not in out.tolist() and len(out) > 0
+    with torch.no_grad():  # without the suppression it would have been generated at once
+        assert int(reloaded(**inputs).logits[0, -1].argmax()) == audio_id

@@ -42,6 +42,19 @@ def test_input_forms_agree(chat, tmp_path):
     assert by_chat["conversation"][-1] == {"role": "assistant", "content": by_chat["generated_text"]}
 
 
+def test_audio_as_a_keyword_and_unknown_keywords(chat, tmp_path):
+    path = tmp_path / "q.wav"
+    soundfile.write(path, tone(1.1), 16000)
+    positional = chat(str(path), text="what is this", **greedy())
+    keyword = chat(audio=str(path), text="what is this", **greedy())
+    assert keyword["generated_text"] == positional["generated_text"]
+    assert chat(audio=str(path), **greedy())["conversation"][0]["content"] == [{"type": "audio", "audio": str(path)}]
+    with pytest.raises(ValueError, match=r"unknown keyword argument\(s\) \['audios', 'max_toks'\].*audio=, text="):
+        chat(str(path), audios=[str(path)], max_toks=3)
+    with pytest.raises(ValueError, match="either as the first argument or as audio="):
+        chat(str(path), audio=str(path))
+
+
 def test_generation_kwargs_pass_through(chat):
     short = chat({"text": "hello"}, max_new_tokens=2, do_sample=False)
     longer = chat({"text": "hello"}, **greedy(max_new_tokens=12, min_new_tokens=12))

@@ -98,7 +98,7 @@ def test_stale_gguf_quantization_config_is_dropped_for_training(tmp_path):
     floats: transformers then flags the model as quantized (the Trainer refuses it, 4-bit loading clashes)."""
     from transformers.trainer_utils import validate_quantization_for_training
 
-    from modeling_llasm.training.runner import load_llasm
+    from modeling_llasm.training.loading import load_llasm
 
     model, processor = build_tiny_llasm()
     model.save_pretrained(tmp_path)

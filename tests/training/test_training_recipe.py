@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import json
 
 from llasm_training_fixtures import tiny_training_files  # noqa: F401  (fixture)
@@ -68,18 +67,12 @@ def test_resume_continues_an_interrupted_phase_from_its_checkpoint(tiny_training
     assert check_hub_layout(run_dir / "final") == []
 
 
-def test_loss_curve_png_without_matplotlib(tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError("no matplotlib")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+def test_loss_curve_png(tmp_path):
     path = plot_loss_curves({"a": [(1, 5.0), (2, 4.0), (3, 3.5)], "b": [(4, 3.0), (5, 2.0)]}, tmp_path / "c.png")
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and b"IHDR" in data and data.endswith(b"IEND\xaeB`\x82")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (800, 450)
 
 
 def test_time_budget_callback_stops_and_its_spent_time_survives_resume(tmp_path):
@@ -108,7 +101,7 @@ def test_recipe_with_word_level_adaptors_keeps_the_llm_frozen_and_evaluates_unde
     import torch
 
     from modeling_llasm.training.ctc_vocabulary import SubVocabulary
-    from modeling_llasm.training.runner import load_llasm
+    from modeling_llasm.training.loading import load_llasm
     from tiny_llasm import build_tiny_llasm, reader_llasm
 
     _, data_dir = tiny_training_files
