@@ -1,0 +1,310 @@
+"""The generation worker: one thread, a bounded queue, and micro-batching of compatible requests.
+
+Requests are preprocessed (audio decoded, chat template applied, features computed) in the web server's threads;
+the worker only runs the model. Non-streaming requests with the same sampling settings (all greedy ones, or the
+same temperature/top_p without a seed) that arrive within `batch_wait_s` of each other share one `generate` call:
+their already-tokenized prompts are left-padded into one batch exactly as `LlasmProcessor` pads a batch, and each row
+stops on its own (`max_tokens`, stop strings). For greedy decoding the model gives batched == one-by-one answers.
+Streaming requests and seeded sampling run alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+logger = logging.getLogger("modeling_llasm.serving")
+
+
+class QueueFull(Exception):
+    """The request queue is full; the caller should answer 429."""
+
+
+class ShuttingDown(RuntimeError):
+    """The engine is stopping: the request was not (or will not be) run; the caller should answer 503."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def batch_key(self) -> tuple | None:
+        """Requests with equal keys may share a `generate` call; None = always alone (seeded sampling)."""
+        if self.greedy:
+            return ("greedy",)
+        if self.seed is not None:
+            return None
+        return ("sample", self.temperature, self.top_p)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if self.greedy:
+            return {"do_sample": False, "num_beams": 1}
+        return {"do_sample": True, "num_beams": 1, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Job:
+    """One request. `inputs`: the processor's output for this conversation alone (unpadded, batch of 1)."""
+
+    inputs: dict[str, torch.Tensor]
+    max_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: tuple[str, ...] = ()
+    # called from the worker thread: on_done(Completion | None, BaseException | None); on_text(str) when streaming
+    on_done: Callable[[Completion | None, BaseException | None], None] = lambda result, error: None
+    on_text: Callable[[str], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def stream(self) -> bool:
+        return self.on_text is not None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.inputs["attention_mask"].sum())
+
+    def batch_key(self) -> tuple | None:
+        return None if self.stream else self.sampling.batch_key()
+
+
+class _RowStops(StoppingCriteria):
+    """Per-row stopping: each row's own `max_tokens`, its stop strings (checked on the decoded text), cancellation.
+    Records after how many new tokens each row stopped (`done_at`)."""
+
+    def __init__(self, jobs: list[Job], tokenizer):
+        self.jobs, self.tokenizer = jobs, tokenizer
+        self.start: int | None = None  # prompt length as generate sees it (a ctc_compress prompt is re-packed)
+        self.done_at: list[int | None] = [None] * len(jobs)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if self.start is None:
+            self.start = input_ids.shape[1] - 1
+        generated = input_ids.shape[1] - self.start
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row, job in enumerate(self.jobs):
+            if self.done_at[row] is not None:
+                done[row] = True
+                continue
+            stop = generated >= job.max_tokens or job.cancelled.is_set()
+            if not stop and job.stop:
+                text = self.tokenizer.decode(input_ids[row, self.start :], skip_special_tokens=True)
+                stop = any(s in text for s in job.stop)
+            if stop:
+                self.done_at[row] = generated
+                done[row] = True
+        return done
+
+
+class _CallbackStreamer(TextStreamer):
+    """transformers' `TextStreamer` (as `TextIteratorStreamer`, word-safe decoding) handing text to a callback."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.on_text(text)
+
+
+def collate(items: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad single-conversation processor outputs into one batch, as `LlasmProcessor` pads a batch: token rows
+    left-padded with `pad_token_id`, audio windows concatenated in order and zero-padded to the longest window."""
+    if len(items) == 1:
+        return dict(items[0])
+    length = max(item["input_ids"].shape[1] for item in items)
+    ids = items[0]["input_ids"].new_full((len(items), length), pad_token_id)
+    mask = items[0]["attention_mask"].new_zeros((len(items), length))
+    for row, item in enumerate(items):
+        n = item["input_ids"].shape[1]
+        ids[row, length - n :] = item["input_ids"][0]
+        mask[row, length - n :] = item["attention_mask"][0]
+    batch = {"input_ids": ids, "attention_mask": mask}
+    audio = [item for item in items if item.get("input_features") is not None]
+    if audio:
+        frames = max(item["input_features"].shape[-1] for item in audio)
+        features, features_mask = [], []
+        for item in audio:
+            pad = frames - item["input_features"].shape[-1]
+            features.append(torch.nn.functional.pad(item["input_features"], (0, pad)))
+            features_mask.append(torch.nn.functional.pad(item["input_features_mask"], (0, pad)))
+        batch["input_features"] = torch.cat(features)
+        batch["input_features_mask"] = torch.cat(features_mask)
+    return batch
+
+
+class Engine:
+    """Owns the model: a bounded queue of `Job`s and one worker thread that micro-batches them."""
+
+    def __init__(self, model, processor, max_queue: int = 64, max_batch: int = 8, batch_wait_s: float = 0.005):
+        if max_queue < 1 or max_batch < 1:
+            raise ValueError(f"max_queue and max_batch must be >= 1, got {max_queue} and {max_batch}.")
+        self.model, self.processor = model, processor
+        self.tokenizer = processor.tokenizer
+        self.max_queue, self.max_batch, self.batch_wait_s = max_queue, max_batch, batch_wait_s
+        self._pending: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.running = 0
+        self.stats = {"requests": 0, "generate_calls": 0, "batch_sizes": collections.Counter(), "errors": 0}
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else (model.generation_config.pad_token_id or 0)
+
+    # ----- lifecycle -----
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="llasm-generate", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            abandoned = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        for job in abandoned:
+            job.on_done(None, ShuttingDown("The server is shutting down."))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def full(self) -> bool:
+        return len(self._pending) >= self.max_queue
+
+    def submit(self, job: Job) -> None:
+        """Queue `job` or raise `QueueFull` at once (never blocks)."""
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown("The server is shutting down.")
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"The request queue is full ({self.max_queue} waiting, --max-queue {self.max_queue}).")
+            self._pending.append(job)
+            self._cond.notify_all()
+
+    # ----- worker -----
+    def _take(self) -> list[Job]:
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait(0.5)
+            if self._stopping:
+                return []
+            first = self._pending.popleft()
+            batch, key = [first], first.batch_key()
+            if key is None or self.max_batch == 1:
+                return batch
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(batch) < self.max_batch:
+                for job in list(self._pending):
+                    if len(batch) >= self.max_batch:
+                        break
+                    if job.batch_key() == key:
+                        self._pending.remove(job)
+                        batch.append(job)
+                remaining = deadline - time.monotonic()
+                if len(batch) >= self.max_batch or remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            batch = [job for job in self._take() if not job.cancelled.is_set()]
+            if not batch:
+                continue
+            self.running = len(batch)
+            try:
+                self._run(batch)
+            finally:
+                self.running = 0
+
+    def _run(self, batch: list[Job]) -> None:
+        try:
+            results = self.generate(batch)
+        except Exception as error:  # noqa: BLE001 -- never let one request kill the worker
+            if len(batch) > 1:  # one bad request must not fail the others: retry each alone
+                logger.warning("batched generate failed (%s); retrying the %d requests one by one", error, len(batch))
+                for job in batch:
+                    self._run([job])
+                return
+            logger.exception("generate failed")
+            self.stats["errors"] += 1
+            batch[0].on_done(None, error)
+            return
+        for job, result in zip(batch, results):
+            job.on_done(result, None)
+
+    def generate(self, jobs: list[Job]) -> list[Completion]:
+        """Run `jobs` (same sampling settings; one if streaming) through one `generate` call."""
+        self.stats["generate_calls"] += 1
+        self.stats["requests"] += len(jobs)
+        self.stats["batch_sizes"][len(jobs)] += 1
+        inputs = collate([job.inputs for job in jobs], self.pad_token_id)
+        device, dtype = self.model.device, self.model.dtype
+        inputs = {k: (v.to(device, dtype) if k == "input_features" else v.to(device)) for k, v in inputs.items()}
+        stops = _RowStops(jobs, self.tokenizer)
+        kwargs: dict[str, Any] = dict(jobs[0].sampling.generate_kwargs())
+        kwargs["max_new_tokens"] = max(job.max_tokens for job in jobs)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([stops])
+        kwargs["pad_token_id"] = self.pad_token_id
+        if jobs[0].stream:
+            kwargs["streamer"] = _CallbackStreamer(self.tokenizer, jobs[0].on_text)
+        if jobs[0].sampling.seed is not None:
+            torch.manual_seed(jobs[0].sampling.seed)
+        with torch.inference_mode():
+            sequences = self.model.generate(**inputs, **kwargs)
+        new_tokens = sequences[:, inputs["input_ids"].shape[1] :].tolist()
+        return [self._completion(job, tokens, stops.done_at[row]) for row, (job, tokens) in enumerate(zip(jobs, new_tokens))]
+
+    def _completion(self, job: Job, tokens: list[int], done_at: int | None) -> Completion:
+        tokens = tokens[: min(job.max_tokens, done_at if done_at is not None else len(tokens))]
+        finish = "length" if len(tokens) >= job.max_tokens else "stop"
+        for index, token in enumerate(tokens):
+            if token in self.eos_ids:
+                tokens, finish = tokens[: index + 1], "stop"
+                break
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+        elif job.cancelled.is_set():
+            finish = "stop"
+        return Completion(text.strip(), finish, job.prompt_tokens, len(tokens))
+
+
+__all__ = ["Completion", "Engine", "Job", "QueueFull", "Sampling", "ShuttingDown", "collate"]
