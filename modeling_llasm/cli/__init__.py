@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-base": ("build_base", "build the embedded default model (Whisper tiny.en + SmolLM2-135M) offline"),
     "build-data": ("build_data", "voice conversation files (or the embedded seed text) into a 16 kHz spoken-chat dataset with offline TTS (resumable)"),
     "chat": ("chat", "ask a model a spoken and/or typed question, once or interactively"),
+    "serve": ("serve", "OpenAI-compatible HTTP server (/v1/chat/completions with text and audio, streaming, micro-batching)"),
+    "demo": ("demo", "local web page (Gradio) to talk to a model: microphone or upload, optional text, streamed answers"),
     "train": ("train", "run the LLaSM training recipe (--recipe tiny: build base, TTS data, stage 1, stage 2, WER, save)"),
     "eval": ("eval", "ASR WER/CER and spoken-instruction ROUGE-L of a model vs the Whisper->LLM cascade (JSON results)"),
     "bench": ("bench", "benchmark TTFT, decode speed, batching, stage-1 training speed and QLoRA memory vs baselines"),

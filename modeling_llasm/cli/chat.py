@@ -24,17 +24,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
+def embedded_base() -> str:
+    """The embedded default model directory (`llasm-tiny-base`), built first if missing."""
+    from modeling_llasm.conversion.build_base import build_base, default_base_dir, is_built
+
+    model = str(default_base_dir())
+    if not is_built(model):
+        build_base(model, log=lambda line: print(line, file=sys.stderr))
+    return model
+
+
 def load_chat_pipeline(model: str | None, device: str = "cpu"):
+    """`pipeline("llasm-chat")` for `model` (default: `embedded_base()`)."""
     from transformers import pipeline
 
     from modeling_llasm import LlasmChatPipeline
 
-    from modeling_llasm.conversion.build_base import build_base, default_base_dir, is_built
-
     if model is None:
-        model = str(default_base_dir())
-        if not is_built(model):
-            build_base(model, log=lambda line: print(line, file=sys.stderr))
+        model = embedded_base()
     # pipeline_class: hub-ready checkpoints carry a `custom_pipelines` entry, which transformers would otherwise
     # only load with trust_remote_code; the installed package is the same code.
     return pipeline("llasm-chat", model=model, device=device, dtype="float32", pipeline_class=LlasmChatPipeline)
@@ -51,12 +58,17 @@ def user_turn(audio_paths: list[str], text: str | None) -> dict:
     return {"role": "user", "content": content}
 
 
+def generation_kwargs(max_new_tokens: int, temperature: float) -> dict:
+    """`generate()` arguments for a length limit and a temperature (0 = greedy decoding)."""
+    generation = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
+    if temperature > 0:
+        generation["temperature"] = temperature
+    return generation
+
+
 def answer(chat, messages: list[dict], args: argparse.Namespace) -> str:
-    generation = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0}
-    if args.temperature > 0:
-        generation["temperature"] = args.temperature
     pieces = []
-    for piece in chat(messages, stream=True, **generation):
+    for piece in chat(messages, stream=True, **generation_kwargs(args.max_new_tokens, args.temperature)):
         print(piece, end="", flush=True)
         pieces.append(piece)
     print()

@@ -1,0 +1,182 @@
+"""The web demo's logic without a browser: conversation state, clearing, model notices, default model choice."""
+
+import json
+import os
+
+import pytest
+import soundfile
+
+from tiny_llasm import tone
+
+from modeling_llasm.cli import main as llasm_main
+from modeling_llasm.demo import (
+    EMPTY_ANSWER,
+    chatbot_messages,
+    default_demo_model,
+    describe_model,
+    stream_answer,
+    user_message,
+)
+from modeling_llasm.serving.models import newest_recipe_model
+
+
+class FakeChat:
+    """Stands in for the `llasm-chat` pipeline: streams fixed pieces and records what it was asked."""
+
+    def __init__(self, *answers: list[str]):
+        self.answers = list(answers)
+        self.calls = []
+
+    def __call__(self, messages, stream=False, **generation):
+        assert stream
+        self.calls.append(([dict(m) for m in messages], generation))
+        return iter(self.answers.pop(0))
+
+
+def run_turn(chat, conversation, audio=None, text=None, **generation):
+    updates = list(stream_answer(chat, conversation, audio, text, **generation))
+    return updates, updates[-1][0]
+
+
+def test_user_message_orders_audio_before_text_and_needs_something():
+    assert user_message("q.wav", "  answer briefly ") == {
+        "role": "user",
+        "content": [{"type": "audio", "path": "q.wav"}, {"type": "text", "text": "answer briefly"}],
+    }
+    assert user_message(None, "hi")["content"] == [{"type": "text", "text": "hi"}]
+    with pytest.raises(ValueError, match="Record or upload"):
+        user_message(None, "   ")
+
+
+def test_answer_streams_and_turns_accumulate_with_their_audio():
+    chat = FakeChat(["Par", "is", "."], ["It is ", "big."])
+    updates, conversation = run_turn(chat, [], audio="first.wav", max_new_tokens=7)
+    # first the user turn alone, then the growing answer, then the finished conversation
+    assert updates[0][1] == [{"role": "user", "content": {"path": "first.wav", "mime_type": "audio/wav"}}]
+    assert [view[-1]["content"] for _, view in updates[1:4]] == ["Par", "Paris", "Paris."]
+    assert conversation[-1] == {"role": "assistant", "content": "Paris."}
+    assert chat.calls[0][1] == {"max_new_tokens": 7}
+
+    _, conversation = run_turn(chat, conversation, audio="second.wav", text="and its size?")
+    sent, _ = chat.calls[1]
+    # the model saw the earlier clip and answer too, not just the new turn
+    assert sent[0]["content"] == [{"type": "audio", "path": "first.wav"}]
+    assert sent[1] == {"role": "assistant", "content": "Paris."}
+    assert sent[2]["content"] == [{"type": "audio", "path": "second.wav"}, {"type": "text", "text": "and its size?"}]
+    assert len(conversation) == 4 and conversation[-1]["content"] == "It is big."
+    assert [m["role"] for m in chatbot_messages(conversation)] == ["user", "assistant", "user", "user", "assistant"]
+
+
+def test_the_callers_conversation_is_not_changed():
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    before = json.dumps(conversation)
+    run_turn(FakeChat(["ok"]), conversation, text="again")
+    assert json.dumps(conversation) == before
+
+
+def test_empty_answer_is_shown_but_not_fed_back():
+    _, conversation = run_turn(FakeChat([" "]), [], text="hello")
+    assert conversation[-1] == {"role": "assistant", "content": ""}
+    assert chatbot_messages(conversation)[-1] == {"role": "assistant", "content": EMPTY_ANSWER}
+
+
+def test_system_prompt_is_not_shown():
+    view = chatbot_messages([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    assert view == [{"role": "user", "content": "hi"}]
+
+
+def test_real_pipeline_streams_two_turns(tiny_llasm, tmp_path):
+    from modeling_llasm.cli.chat import load_chat_pipeline
+
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    clip = tmp_path / "q.wav"
+    soundfile.write(clip, tone(1.0), 16000)
+    chat = load_chat_pipeline(str(tmp_path / "m"))
+    updates, conversation = run_turn(chat, [], audio=str(clip), max_new_tokens=4, do_sample=False)
+    assert len(updates) >= 3  # user turn, at least one piece, the end
+    _, conversation = run_turn(chat, conversation, text="say more", max_new_tokens=4, do_sample=False)
+    assert [m["role"] for m in conversation] == ["user", "assistant", "user", "assistant"]
+    assert conversation[0]["content"][0] == {"type": "audio", "path": str(clip)}
+
+
+def write_run(cache, name, finished=True, mtime=None, **summary):
+    run = cache / "runs" / name
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+    if finished:
+        (run / "summary.json").write_text(json.dumps(summary))
+        if mtime is not None:
+            os.utime(run / "summary.json", (mtime, mtime))
+    return run / "final"
+
+
+def test_newest_finished_run_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLASM_CACHE", str(tmp_path))
+    assert newest_recipe_model() is None
+    older = write_run(tmp_path, "older", mtime=1_000_000)
+    write_run(tmp_path, "unfinished", finished=False)  # final/ saved, summary not written yet
+    assert newest_recipe_model() == older
+    newer = write_run(tmp_path, "newer", mtime=2_000_000)
+    assert newest_recipe_model() == newer
+    assert default_demo_model() == newer
+
+
+def test_without_a_finished_run_the_default_is_the_embedded_base(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLASM_CACHE", str(tmp_path))
+    write_run(tmp_path, "unfinished", finished=False)
+    # the embedded base, as `llasm serve` chooses it (built when missing: here it counts as built)
+    monkeypatch.setattr("modeling_llasm.conversion.build_base.default_base_dir", lambda: tmp_path / "llasm-tiny-base")
+    monkeypatch.setattr("modeling_llasm.conversion.build_base.is_built", lambda path: True)
+    assert default_demo_model() == tmp_path / "llasm-tiny-base"
+
+
+def test_notices_tell_base_trained_and_unknown_apart(tmp_path):
+    from modeling_llasm.conversion.build_base import BUILD_MANIFEST
+
+    base = tmp_path / "my-base"
+    base.mkdir()
+    (base / BUILD_MANIFEST).write_text("{}")
+    for directory in (base, tmp_path / "llasm-tiny-base-whisper_reader-s4"):
+        info = describe_model(directory)
+        assert info.kind == "base"
+        assert "untrained base" in info.notice and "llasm train" in info.notice
+
+    final = write_run(tmp_path, "tiny", adaptor_type="whisper_reader", final_heldout_wer=0.6543)
+    info = describe_model(final)
+    assert (info.kind, info.name) == ("trained", "tiny/final")
+    assert "held-out WER 0.65" in info.notice and "whisper_reader" in info.notice and "untrained" not in info.notice
+
+    info = describe_model(tmp_path / "someone-elses-model")
+    assert info.kind == "unknown" and "No training summary" in info.notice
+
+
+def test_demo_command_is_registered(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        llasm_main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--host" in out and "127.0.0.1" in out
+    assert llasm_main(["--help"]) == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_directory_without_a_model(tmp_path):
+    pytest.importorskip("gradio")
+    with pytest.raises(SystemExit, match="not a model directory"):
+        llasm_main(["demo", str(tmp_path)])
+
+
+def test_app_builds_offline_with_analytics_off(monkeypatch):
+    gradio = pytest.importorskip("gradio")
+    from modeling_llasm.demo import build_demo, describe_model
+
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    demo = build_demo(FakeChat(), describe_model("/models/llasm-tiny-base"), max_new_tokens=32)
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert demo.analytics_enabled is False
+    audio = next(block for block in demo.blocks.values() if isinstance(block, gradio.Audio))
+    assert set(audio.sources) == {"microphone", "upload"}
+    notices = [block.value for block in demo.blocks.values() if isinstance(block, gradio.Markdown)]
+    assert any("untrained base" in notice for notice in notices)
