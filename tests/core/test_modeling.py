@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
 
 import modeling_llasm  # noqa: F401  (registers the Auto classes)
 from modeling_llasm import LlasmForConditionalGeneration
-from tiny_llasm import build_tiny_llasm, tone
+from tiny_llasm import build_tiny_llasm, compress_llasm, reader_llasm, tone
 
 
 def audio_messages(seconds: float, seed: int, text: str = "transcribe the speech"):
@@ -33,8 +33,10 @@ def test_save_load_auto_classes_give_identical_logits(tiny_llasm, tmp_path):
             assert torch.equal(reloaded(**reloaded_inputs).logits, reference)
 
 
-def test_trust_remote_code_loads_without_the_package(tiny_llasm, tmp_path):
-    model, processor = tiny_llasm
+@pytest.mark.parametrize("adaptor", ["stack_mlp", "ctc_compress", "whisper_reader"])
+def test_trust_remote_code_loads_without_the_package(tiny_llasm, tmp_path, adaptor):
+    model, processor = {"stack_mlp": lambda: tiny_llasm, "ctc_compress": compress_llasm, "whisper_reader": reader_llasm}[adaptor]()
+    assert model.config.adaptor_type == adaptor
     model.save_pretrained(tmp_path / "ckpt")
     processor.save_pretrained(tmp_path / "ckpt")
     inputs = processor(text="hello <|audio|> world", audio=tone(1.3))

@@ -5,7 +5,7 @@ saving and the collator's labels work as for fixed-count adaptors."""
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModel, AutoProcessor, TextIteratorStreamer
 
 from modeling_llasm import LlasmForConditionalGeneration
 from tiny_llasm import build_tiny_llasm, compress_llasm, reader_llasm, speechlike, tone
@@ -182,3 +182,44 @@ def test_reader_memo_cache_reads_each_window_once():
         again = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).pooler_output
     assert calls == [3, 3]  # without the cache, then once to fill it; the third call decodes nothing
     assert torch.equal(first, plain) and torch.equal(again, plain)
+
+
+@ADAPTORS
+def test_streamed_text_equals_the_generated_answer(adaptor_type):
+    model, processor = variable_llasm(adaptor_type, seed=4)
+    inputs = processor.apply_chat_template(conversation(speechlike(1.6, 5)), add_generation_prompt=True)
+    gen = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    answer = processor.decode(model.generate(**inputs, **gen)[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    model.generate(**inputs, streamer=streamer, **gen)  # the queue holds everything once generate returns
+    assert "".join(streamer) == answer and answer.strip()
+
+
+@ADAPTORS
+def test_collator_labels_give_the_loss_of_the_prompt_without_unused_slots(adaptor_type):
+    from modeling_llasm.data.collator import IGNORE_INDEX, LlasmDataCollator  # test only: the core never imports data
+
+    model, processor = variable_llasm(adaptor_type, seed=5)
+    records = [
+        {"id": f"r{i}", "messages": [
+            {"role": "user", "content": [{"type": "audio", "array": speechlike(seconds, i), "sampling_rate": 16000}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+        for i, (seconds, answer) in enumerate([(1.7, "hello there"), (0.7, "a longer answer to learn")])
+    ]  # fmt: skip
+    batch = LlasmDataCollator(processor, "instruct")(records)
+    audio = batch["input_ids"] == model.config.audio_token_id
+    assert (batch["labels"][audio] == IGNORE_INDEX).all()
+    with torch.no_grad():
+        features = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+        slots = audio.sum().item()
+        assert int(features.audio_token_counts.sum()) < slots  # some placeholders are unused: the case under test
+        loss = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=batch["labels"]).loss
+        rows, keeps = packed_reference(model, batch)
+        losses, counts = [], []
+        for row, keep, labels in zip(rows, keeps, batch["labels"]):
+            kept = labels[keep]
+            logits = model.language_model(inputs_embeds=row[None]).logits[0]
+            shifted = kept[1:]
+            losses.append(torch.nn.functional.cross_entropy(logits[:-1], shifted, ignore_index=IGNORE_INDEX, reduction="sum"))
+            counts.append((shifted != IGNORE_INDEX).sum())
+    torch.testing.assert_close(loss, sum(losses) / sum(counts))
