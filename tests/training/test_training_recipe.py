@@ -107,15 +107,18 @@ def test_recipe_with_word_level_adaptors_keeps_the_llm_frozen_and_evaluates_unde
     _, data_dir = tiny_training_files
     compress, compress_processor = build_tiny_llasm(adaptor_type="ctc_compress", ctc_vocab_size=280)
     compress.set_ctc_vocabulary(SubVocabulary.build(compress_processor.tokenizer, 280, words=300).token_ids)
-    for kind, (model, processor), ran, skipped in [
-        ("whisper_reader", reader_llasm(), ("stage2",), ("stage1_ctc", "stage1_lm")),
-        ("ctc_compress", (compress, compress_processor), ("stage1_ctc", "stage2"), ("stage1_lm",)),
+    reader, reader_processor = reader_llasm()
+    for kind, (model, processor), options, ran, skipped in [
+        ("whisper_reader", (reader, reader_processor), [], (), ("stage1_ctc", "stage1_lm", "stage2")),
+        ("whisper_reader", (reader, reader_processor), ["--reader-distill"], ("stage2",), ("stage1_ctc", "stage1_lm")),
+        ("ctc_compress", (compress, compress_processor), [], ("stage1_ctc", "stage2"), ("stage1_lm",)),
     ]:
         base = tmp_path / f"base-{kind}"
         model.save_pretrained(base)
         processor.save_pretrained(base)
-        run_dir = tmp_path / f"run-{kind}"
-        argv = ["train", "--smoke", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir), "--no-progress"]
+        run_dir = tmp_path / f"run-{kind}{''.join(options)}"
+        argv = ["train", "--smoke", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir), "--no-progress",
+                *options]  # fmt: skip
         assert main(argv) == 0
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["adaptor_type"] == kind
@@ -124,6 +127,10 @@ def test_recipe_with_word_level_adaptors_keeps_the_llm_frozen_and_evaluates_unde
         final = load_llasm(run_dir / "final")
         llm_before = dict(model.language_model.named_parameters())
         assert all(torch.equal(p, llm_before[n]) for n, p in final.language_model.named_parameters())  # LLM frozen
+        adaptor_before = dict(model.multi_modal_projector.named_parameters())
+        adaptor_same = all(torch.equal(p, adaptor_before[n]) for n, p in final.multi_modal_projector.named_parameters())
+        assert adaptor_same == (not ran)  # the default reader trains nothing; every other arm trains its adaptor
+        assert (run_dir / "stage2_data").exists() == bool(ran) and (run_dir / "encoder_cache").exists() == bool(ran)
         understanding = summary["understanding"]
         assert understanding["spoken"]["num_questions"] == 3 and understanding["text_skill_retention"] == 1.0
         assert understanding["spoken"]["rougeL_cascade_vs_typed"] is None  # smoke: no Whisper cascade
