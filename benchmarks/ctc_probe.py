@@ -21,8 +21,10 @@ from torch.nn import functional as F
 
 from modeling_llasm.metrics import word_error_rate
 from modeling_llasm.processing_llasm import LlasmProcessor
+from modeling_llasm.training.ctc_vocabulary import SubVocabulary
 from modeling_llasm.training.encoder_cache import EncoderCache, clips_of
-from modeling_llasm.training.loading import load_llasm, read_records
+from modeling_llasm.training.loading import load_llasm
+from modeling_llasm.training.runner import read_records
 
 
 def load_split(records, cache, tokenizer):
@@ -140,8 +142,6 @@ def main():
     questions = load_split(question_records, cache, tokenizer)
     embeddings = model.get_input_embeddings().weight.detach()
     if args.vocab:
-        from modeling_llasm.training.ctc_vocabulary import SubVocabulary
-
         vocabulary = SubVocabulary.build(tokenizer, args.vocab, extra_texts=[text for _, _, text in train])
     else:
         vocabulary = SubVocabulary(list(range(embeddings.shape[0])))

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 ADAPTOR_TYPES = ("stack_mlp", "linear", "whisper_resampler", "ctc_compress", "whisper_reader")
 # Adaptors whose token count depends on what was said: `audio_token_count` is then an upper bound (see there).
 VARIABLE_TOKEN_ADAPTORS = ("ctc_compress", "whisper_reader")
+# Adaptors that give one slot per `stack_factor` encoder frames (the rest: a fixed number of queries).
+STACKED_ADAPTORS = ("stack_mlp", "linear", *VARIABLE_TOKEN_ADAPTORS)
 
 
 def encoder_frame_count(num_mel_frames: int) -> int:
@@ -48,7 +50,7 @@ def audio_token_count(num_mel_frames: int, adaptor_type: str, stack_factor: int,
     """
     if num_mel_frames <= 0:
         raise ValueError(f"An audio window needs at least one mel frame, got {num_mel_frames}.")
-    if adaptor_type in ("stack_mlp", "linear", "ctc_compress", "whisper_reader"):
+    if adaptor_type in STACKED_ADAPTORS:
         return math.ceil(encoder_frame_count(num_mel_frames) / stack_factor)
     if adaptor_type == "whisper_resampler":  # the original LLaSM adaptor: a fixed number of decoder queries
         return num_queries

@@ -63,12 +63,15 @@ class LlasmAudioFeaturesOutput(BaseModelOutputWithPooling):
         concatenated in window order: what replaces the audio placeholders in the prompt.
     audio_token_counts (`torch.LongTensor` of shape `(windows,)`): audio tokens of each window (for `ctc_compress`
         at most the window's placeholder count, see `configuration_llasm.audio_token_count`).
+    audio_token_slots (`torch.LongTensor` of shape `(windows,)`): the placeholders of each window in the prompt
+        (`configuration_llasm.audio_token_count`), counted from the mel mask the encoder used.
     recognized_token_ids (`list[list[int]]`, *optional*): adaptors that recognise words (`ctc_compress`: the CTC
         best path; `whisper_reader`: the Whisper decoder's reading): per window, what was recognised as LLM token ids
         (`processor.decode` reads it).
     """
 
     audio_token_counts: torch.LongTensor | None = None
+    audio_token_slots: torch.LongTensor | None = None
     recognized_token_ids: list[list[int]] | None = None
 
 
@@ -154,6 +157,18 @@ class LlasmStackMlpAdaptor(nn.Module):
         return self.frame_states(encoder_hidden_states, encoder_frame_mask)[0]
 
 
+def embedding_ctc_logits(
+    frames: torch.Tensor, vocab: torch.Tensor, norm: torch.Tensor, blank_embedding: torch.Tensor, blank_bias: torch.Tensor,
+    log_scale: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """CTC scores of `(..., hidden)` frames against token embeddings `vocab` `(classes, hidden)`: the frames scaled to
+    `norm` (so CTC shapes only their directions), dot products, a learned blank first; `(..., 1 + classes)`."""
+    frames = frames.float()
+    directions = frames / frames.norm(dim=-1, keepdim=True).clamp_min(1e-6) * norm
+    blank = directions @ blank_embedding.float() + blank_bias
+    return torch.cat([blank[..., None], directions @ vocab.float().T], dim=-1) * log_scale.exp()
+
+
 class LlasmCtcCompressAdaptor(LlasmStackMlpAdaptor):
     """`stack_mlp` frames, scored by a CTC head against the LLM's input embeddings, compressed to one audio token per
     CTC segment (LegoSLM / CTC compression, see `LlasmConfig`).
@@ -179,16 +194,15 @@ class LlasmCtcCompressAdaptor(LlasmStackMlpAdaptor):
     def ctc_logits(self, frames: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
         """`(..., 1 + ctc_vocab_size)` scores of `(..., hidden)` frames: index 0 the blank, i + 1 `ctc_token_ids[i]`."""
         vocab = token_embeddings[self.ctc_token_ids].float()
-        frames = frames.float()
-        directions = frames / frames.norm(dim=-1, keepdim=True).clamp_min(1e-6) * vocab.norm(dim=-1).mean()
-        blank = directions @ self.blank_embedding.float() + self.blank_bias
-        return torch.cat([blank[..., None], directions @ vocab.T], dim=-1) * self.log_scale.exp()
+        return embedding_ctc_logits(frames, vocab, vocab.norm(dim=-1).mean(), self.blank_embedding, self.blank_bias, self.log_scale)
 
     def forward(
-        self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, token_embeddings: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, token_embeddings: torch.Tensor,
+        max_tokens: list[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:  # fmt: skip
         """`(total_tokens, hidden)` audio tokens of all windows, `(windows,)` tokens per window, and the LLM token id
-        of every token (the CTC best path)."""
+        of every token (the CTC best path). `max_tokens` (the reader's signature) needs no enforcing here: merged runs
+        of stacked frames never outnumber the window's slots."""
         frames, valid = self.frame_states(encoder_hidden_states, encoder_frame_mask)
         logits = self.ctc_logits(frames, token_embeddings)
         posteriors = (logits[..., 1:] / self.temperature).softmax(-1)
@@ -335,16 +349,15 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         self._lookup = None  # the tables are about to change
         super()._load_from_state_dict(*args, **kwargs)
 
-    def with_silence(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def with_silence(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> torch.Tensor:
         """Each window's real frames followed by `silence_states` up to the full window, as Whisper reads a window
-        padded to 30 s (the speech frames themselves are encoded unpadded)."""
+        padded to 30 s (the speech frames themselves are encoded unpadded): every frame is then attended to."""
         windows = encoder_hidden_states.shape[0]
         lengths = encoder_frame_mask.sum(-1).tolist()
-        total = self.silence_states.shape[0]
         states = self.silence_states.to(encoder_hidden_states.dtype)[None].repeat(windows, 1, 1)
         for window, length in enumerate(lengths):
             states[window, :length] = encoder_hidden_states[window, :length]
-        return states, torch.ones(windows, total, dtype=torch.bool, device=states.device)
+        return states
 
     @torch.no_grad()
     def read(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int]) -> tuple[list[list[int]], list[torch.Tensor]]:
@@ -372,15 +385,11 @@ class LlasmWhisperReaderAdaptor(nn.Module):
     @torch.no_grad()
     def _decode(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int]) -> tuple[list[list[int]], list[torch.Tensor]]:
         decoder, config = self.decoder, self.config
-        encoder_hidden_states, encoder_frame_mask = self.with_silence(encoder_hidden_states, encoder_frame_mask)
-        windows, frames = encoder_hidden_states.shape[:2]
+        encoder_hidden_states = self.with_silence(encoder_hidden_states, encoder_frame_mask)
+        windows = encoder_hidden_states.shape[0]
         device, dtype = encoder_hidden_states.device, decoder.layer_norm.weight.dtype
         encoder_hidden_states = encoder_hidden_states.to(dtype)
         minimum = torch.finfo(dtype).min
-        cross_mask = None
-        if not bool(encoder_frame_mask.all()):
-            cross_mask = torch.zeros(encoder_frame_mask.shape, dtype=dtype, device=device).masked_fill(~encoder_frame_mask.bool(), minimum)
-            cross_mask = cross_mask[:, None, None, :]
         prompt = torch.tensor(config.reader_prompt_ids, dtype=torch.long, device=device)[None].expand(windows, -1)
         eos = config.audio_config.eos_token_id
         suppress = torch.zeros(decoder.embed_tokens.weight.shape[0], dtype=torch.bool, device=device)
@@ -401,7 +410,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
                 future = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
                 self_mask = torch.zeros(future.shape, dtype=dtype, device=device).masked_fill(future, minimum)[None, None]
             for layer in decoder.layers:
-                hidden = layer(hidden, self_mask, encoder_hidden_states, encoder_attention_mask=cross_mask, cache=cache, use_cache=True)
+                hidden = layer(hidden, self_mask, encoder_hidden_states, cache=cache, use_cache=True)
             state = decoder.layer_norm(hidden[:, -1])
             if step == 0:
                 first_states = state
@@ -536,22 +545,19 @@ def audio_window_tokens(
                                                         audio_encoder_hidden_states, **encoder_kwargs)  # fmt: skip
     frame_mask = encoder_frame_mask(input_features_mask).to(encoded.last_hidden_state.device)
     recognized = None
+    window_counts = window_token_counts(config, input_features_mask)  # placeholder slots per window
     if config.variable_audio_tokens:
         if token_embeddings is None:
             raise ValueError(f"The {config.adaptor_type!r} adaptor needs the LLM's `token_embeddings`.")
-        if config.adaptor_type == "whisper_reader":
-            tokens, counts, recognized = projector(encoded.last_hidden_state, frame_mask, token_embeddings,
-                                                   window_token_counts(config, input_features_mask))  # fmt: skip
-        else:
-            tokens, counts, recognized = projector(encoded.last_hidden_state, frame_mask, token_embeddings)
+        tokens, counts, recognized = projector(encoded.last_hidden_state, frame_mask, token_embeddings, window_counts)
     else:
         per_window = projector(encoded.last_hidden_state, frame_mask)
-        window_counts = window_token_counts(config, input_features_mask)
         tokens = torch.cat([window[:count] for window, count in zip(per_window, window_counts)], dim=0)
         counts = torch.tensor(window_counts, dtype=torch.long, device=tokens.device)
     return LlasmAudioFeaturesOutput(
         last_hidden_state=encoded.last_hidden_state, pooler_output=tokens, hidden_states=encoded.hidden_states,
         attentions=encoded.attentions, audio_token_counts=counts, recognized_token_ids=recognized,
+        audio_token_slots=torch.tensor(window_counts, dtype=torch.long, device=tokens.device),
     )  # fmt: skip
 
 
@@ -699,7 +705,7 @@ class LlasmPreTrainedModel(PreTrainedModel):
         """Make the `ctc_compress` head score these LLM token ids (`config.ctc_vocab_size` follows); the blank starts
         at their mean embedding. The training recipe picks the most frequent English tokens
         (`modeling_llasm.training.ctc_vocabulary`)."""
-        if not self.config.variable_audio_tokens:
+        if self.config.adaptor_type != "ctc_compress":
             raise ValueError(f"The {self.config.adaptor_type!r} adaptor has no CTC vocabulary.")
         head = self.multi_modal_projector
         ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=head.ctc_token_ids.device)
@@ -787,7 +793,7 @@ class LlasmPreTrainedModel(PreTrainedModel):
             recorded = {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if kwargs.get(k)}
             features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states, **recorded)
             inputs_embeds, attention_mask, position_ids = self.merge_audio_features(
-                input_ids, inputs_embeds, attention_mask, position_ids, features, input_features_mask
+                input_ids, inputs_embeds, attention_mask, position_ids, features
             )
         elif input_ids is not None and self.config.audio_token_id is not None and (cache is None or cache.get_seq_length() == 0):
             if (input_ids == self.config.audio_token_id).any():
@@ -809,7 +815,6 @@ class LlasmPreTrainedModel(PreTrainedModel):
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None,
         features: LlasmAudioFeaturesOutput,
-        input_features_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Put the audio tokens into the placeholder positions of `inputs_embeds`.
 
@@ -821,10 +826,7 @@ class LlasmPreTrainedModel(PreTrainedModel):
         if not self.config.variable_audio_tokens:
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio)
             return inputs_embeds.masked_scatter(mask, audio), attention_mask, position_ids
-        if input_features_mask is None:  # every mel frame real: as many as the encoder frames need
-            windows, frames = features.last_hidden_state.shape[:2]
-            input_features_mask = torch.ones(windows, 2 * frames, dtype=torch.long)
-        slots = torch.tensor(window_token_counts(self.config, input_features_mask), device=audio.device)
+        slots = features.audio_token_slots.to(audio.device)
         used = features.audio_token_counts.to(audio.device)
         if bool((used > slots).any()) or bool((used < 1).any()):
             raise ValueError(f"Audio windows produced {used.tolist()} tokens for {slots.tolist()} placeholders.")
@@ -1020,7 +1022,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         features = self.get_audio_features(audio.get("input_features"), audio.get("input_features_mask"),
                                            audio.get("audio_encoder_hidden_states"))  # fmt: skip
         embeds, holed_mask, _ = self.merge_audio_features(input_ids, self.get_input_embeddings()(input_ids), attention_mask,
-                                                          None, features, audio.get("input_features_mask"))  # fmt: skip
+                                                          None, features)  # fmt: skip
         keep = holed_mask.bool()
         length = int(keep.sum(-1).max())
         pad_id = self.generation_config.pad_token_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -157,14 +158,18 @@ class LlasmChatPipeline(Pipeline):
 
 
 def _is_generate_argument(name: str) -> bool:
-    """Whether `generate()` understands `name`: a GenerationConfig field or one of its own parameters."""
+    """Whether `generate()` understands `name` (or it is the pipeline's `batch_size`)."""
+    return name in _generate_argument_names()
+
+
+@functools.cache
+def _generate_argument_names() -> frozenset[str]:
+    """GenerationConfig fields and `generate()`'s own parameters, computed once (the pipeline checks every call)."""
     import inspect
 
     from transformers import GenerationConfig, GenerationMixin
 
-    return name in GenerationConfig().to_dict() or name in inspect.signature(GenerationMixin.generate).parameters or name in (
-        "batch_size", "max_length", "max_new_tokens"
-    )
+    return frozenset({*GenerationConfig().to_dict(), *inspect.signature(GenerationMixin.generate).parameters, "batch_size"})
 
 
 def _joining(streamer: TextIteratorStreamer, worker: threading.Thread, failure: list[BaseException]) -> Iterator[str]:

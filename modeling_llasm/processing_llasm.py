@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
-from .configuration_llasm import audio_token_count
+from .configuration_llasm import STACKED_ADAPTORS, audio_token_count
 
 
 AudioSource = Union[str, os.PathLike, bytes, np.ndarray, torch.Tensor, dict]
@@ -128,7 +128,7 @@ class LlasmProcessor(ProcessorMixin):
         (both store the adaptor settings; a mismatch would otherwise surface later as a token-count error)."""
         pairs = [("adaptor_type", self.adaptor_type, config.adaptor_type), ("audio_token", self.audio_token, config.audio_token),
                  ("audio_token_id", self.audio_token_id, config.audio_token_id)]  # fmt: skip
-        if config.adaptor_type in ("stack_mlp", "linear", "ctc_compress", "whisper_reader"):
+        if config.adaptor_type in STACKED_ADAPTORS:
             pairs.append(("stack_factor", self.stack_factor, config.stack_factor))
         else:
             pairs.append(("num_queries", self.num_queries, config.num_queries))

@@ -24,24 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
-def embedded_base() -> str:
-    """The embedded default model directory (`llasm-tiny-base`), built first if missing."""
-    from modeling_llasm.conversion.build_base import build_base, default_base_dir, is_built
-
-    model = str(default_base_dir())
-    if not is_built(model):
-        build_base(model, log=lambda line: print(line, file=sys.stderr))
-    return model
-
-
 def load_chat_pipeline(model: str | None, device: str = "cpu"):
-    """`pipeline("llasm-chat")` for `model` (default: `embedded_base()`)."""
+    """`pipeline("llasm-chat")` for `model` (default: the embedded base, built if missing)."""
     from transformers import pipeline
 
     from modeling_llasm import LlasmChatPipeline
 
     if model is None:
-        model = embedded_base()
+        from modeling_llasm.conversion.build_base import embedded_base
+
+        model = str(embedded_base(log=lambda line: print(line, file=sys.stderr)))
     # pipeline_class: hub-ready checkpoints carry a `custom_pipelines` entry, which transformers would otherwise
     # only load with trust_remote_code; the installed package is the same code.
     return pipeline("llasm-chat", model=model, device=device, dtype="float32", pipeline_class=LlasmChatPipeline)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,11 +29,13 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise SystemExit(f"llasm demo needs gradio: pip install 'modeling_llasm[demo]' ({error}).")
     from modeling_llasm.cli.chat import load_chat_pipeline
-    from modeling_llasm.demo import build_demo, default_demo_model, describe_model, launch_demo
+    from modeling_llasm.demo import build_demo, describe_model, launch_demo
+    from modeling_llasm.serving.models import choose_model_dir
 
-    if args.model is not None and not (Path(args.model).expanduser() / "config.json").is_file():
-        raise SystemExit(f"llasm demo: {args.model} is not a model directory (no config.json).")
-    directory = Path(args.model).expanduser() if args.model is not None else default_demo_model()
+    try:  # the model `llasm serve` would choose: MODEL, else the newest finished run, else the embedded base
+        directory = choose_model_dir(args.model, log=lambda line: print(line, file=sys.stderr))
+    except FileNotFoundError as error:
+        raise SystemExit(f"llasm demo: {error}")
     info = describe_model(directory)
     print(f"[demo] loading {info.path} ({'untrained base' if info.kind == 'base' else info.kind}) ...", file=sys.stderr)
     chat = load_chat_pipeline(str(directory), args.device)

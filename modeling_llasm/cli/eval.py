@@ -51,11 +51,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"llasm eval: manifest not found: {manifest}")
     model = args.model
     if model is None:
-        from modeling_llasm.conversion.build_base import build_base, default_base_dir, is_built
+        from modeling_llasm.conversion.build_base import embedded_base
 
-        model = default_base_dir()
-        if not is_built(model):
-            build_base(model, log=lambda line: print(line, file=sys.stderr))
+        model = embedded_base(log=lambda line: print(line, file=sys.stderr))
     output = Path(args.output) if args.output else manifest.parent / "eval_results.json"
     results = evaluate_model(
         model, manifest, cascade=not args.no_cascade, whisper_dir=args.whisper, max_new_tokens=args.max_new_tokens or 128,

@@ -44,6 +44,15 @@ def is_built(directory: str | os.PathLike, **adaptor: Any) -> bool:
     return recorded.get("recipe") == base_recipe(**adaptor) and all((Path(directory) / f).is_file() for f in recorded["files"])
 
 
+def embedded_base(log: Callable[[str], None] = print) -> Path:
+    """`default_base_dir()`, built first if missing: what `llasm chat`, `eval`, `serve` and `demo` load when no
+    model is named."""
+    base = Path(default_base_dir())
+    if not is_built(base):
+        build_base(base, log=log)
+    return base
+
+
 def build_base(
     output_dir: str | os.PathLike | None = None, force: bool = False, log: Callable[[str], None] = print, **adaptor: Any
 ) -> Path:
@@ -96,4 +105,4 @@ def build_base(
     return output
 
 
-__all__ = ["build_base", "base_recipe", "default_base_dir", "is_built", "BASE_NAME"]
+__all__ = ["build_base", "base_recipe", "default_base_dir", "embedded_base", "is_built", "BASE_NAME"]

@@ -21,16 +21,17 @@ results = evaluate_understanding("run/final", manifest, base_model="~/.cache/lla
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data.text_sources import eval_questions, text_skill_prompts
+from ..files import atomic_write_json
 from ..metrics._error_rate import error_rate
 from . import tasks
 from .cascade import AsrFunction, WhisperTranscriber, whisper_dir_for
@@ -211,53 +212,63 @@ def evaluate_understanding(
         "by_voice": {voice: summary([s for s in samples if s["voice"] == voice])
                      for voice in sorted({s["voice"] for s in samples if s["voice"]})},  # fmt: skip
     }
+    asr_sets: dict[str, _AsrSet] = {}  # the same manifest for both: its clips are read and transcribed once
+
+    def asr_set(manifest) -> _AsrSet:
+        if str(manifest) not in asr_sets:
+            asr_sets[str(manifest)] = _AsrSet.read(manifest, asr)
+        return asr_sets[str(manifest)]
+
     if asr_manifest is not None:
         log("[understanding] held-out ASR ...")
-        results["heldout_asr"] = timed("heldout_asr", lambda: _heldout_asr(model, processor, asr_manifest, asr, batch_size))
+        results["heldout_asr"] = timed("heldout_asr", lambda: _heldout_asr(model, processor, asr_set(asr_manifest), batch_size))
     if recognition_manifest is not None:
         log("[understanding] the adaptor's recognition on held-out ASR clips ...")
-        results["heldout_recognition"] = timed("heldout_recognition", lambda: _recognition(model, processor, recognition_manifest, asr, batch_size))
+        results["heldout_recognition"] = timed("heldout_recognition", lambda: _recognition(model, processor, asr_set(recognition_manifest), batch_size))
     if base_model is not None:
         log("[understanding] text-skill retention ...")
         results["text_skills"] = timed("text_skills", lambda: _text_retention(model, processor, base_model, text_prompts, gen))
     results["timing_seconds"] = timing
     results["samples"] = samples
     if output is not None:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_json(output, results, indent=1, ensure_ascii=False)
     return results
 
 
-def _heldout_asr(model, processor, manifest, asr: AsrFunction, batch_size: int) -> dict[str, Any]:
-    from ..processing_llasm import load_audio
+@dataclass
+class _AsrSet:
+    """The ASR records of a manifest, their references, clips and Whisper's transcripts: read and run once."""
 
-    records = [r for r in tasks.read_records(manifest) if tasks.classify_record(r) == tasks.ASR]
-    if not records:
-        raise ValueError(f"{manifest}: no ASR records.")
-    references = [tasks.asr_reference(r) for r in records]
-    hypotheses = generate_answers(model, processor, [tasks.audio_prompt(r) for r in records], max_new_tokens=48, batch_size=batch_size)
-    whisper = list(asr([load_audio(tasks.audio_paths(r)[0]) for r in records]))
-    wer, whisper_wer = _wer(references, hypotheses), _wer(references, whisper)
-    return {"num_clips": len(records), "wer": wer, "whisper_wer": whisper_wer,
+    records: list[dict]
+    references: list[str]
+    clips: list[Any]
+    whisper: list[str]
+
+    @classmethod
+    def read(cls, manifest, asr: AsrFunction) -> _AsrSet:
+        from ..processing_llasm import load_audio
+
+        records = [r for r in tasks.read_records(manifest) if tasks.classify_record(r) == tasks.ASR]
+        if not records:
+            raise ValueError(f"{manifest}: no ASR records.")
+        clips = [load_audio(tasks.audio_paths(r)[0]) for r in records]
+        return cls(records, [tasks.asr_reference(r) for r in records], clips, list(asr(clips)))
+
+
+def _heldout_asr(model, processor, data: _AsrSet, batch_size: int) -> dict[str, Any]:
+    hypotheses = generate_answers(model, processor, [tasks.audio_prompt(r) for r in data.records], max_new_tokens=48, batch_size=batch_size)
+    wer, whisper_wer = _wer(data.references, hypotheses), _wer(data.references, data.whisper)
+    return {"num_clips": len(data.records), "wer": wer, "whisper_wer": whisper_wer,
             "wer_ratio_to_whisper": wer / whisper_wer if whisper_wer else None,
-            "samples": [{"reference": r, "llasm": h, "whisper": w} for r, h, w in zip(references, hypotheses, whisper)]}  # fmt: skip
+            "samples": [{"reference": r, "llasm": h, "whisper": w} for r, h, w in zip(data.references, hypotheses, data.whisper)]}  # fmt: skip
 
 
-def _recognition(model, processor, manifest, asr: AsrFunction, batch_size: int) -> dict[str, Any]:
-    from ..processing_llasm import load_audio
-
-    records = [r for r in tasks.read_records(manifest) if tasks.classify_record(r) == tasks.ASR]
-    if not records:
-        raise ValueError(f"{manifest}: no ASR records.")
-    references = [tasks.asr_reference(r) for r in records]
-    clips = [load_audio(tasks.audio_paths(r)[0]) for r in records]
-    recognized, readout = adaptor_transcripts(model, processor, clips, batch_size=batch_size)
-    whisper = list(asr(clips))
-    adaptor_wer, whisper_wer = _wer(references, recognized), _wer(references, whisper)
-    return {"num_clips": len(records), "readout": readout, "adaptor_wer": adaptor_wer, "whisper_wer": whisper_wer,
+def _recognition(model, processor, data: _AsrSet, batch_size: int) -> dict[str, Any]:
+    recognized, readout = adaptor_transcripts(model, processor, data.clips, batch_size=batch_size)
+    adaptor_wer, whisper_wer = _wer(data.references, recognized), _wer(data.references, data.whisper)
+    return {"num_clips": len(data.records), "readout": readout, "adaptor_wer": adaptor_wer, "whisper_wer": whisper_wer,
             "adaptor_wer_ratio_to_whisper": adaptor_wer / whisper_wer if whisper_wer else None,
-            "samples": [{"reference": r, "adaptor": a, "whisper": w} for r, a, w in zip(references, recognized, whisper)]}  # fmt: skip
+            "samples": [{"reference": r, "adaptor": a, "whisper": w} for r, a, w in zip(data.references, recognized, data.whisper)]}  # fmt: skip
 
 
 def _text_retention(model, processor, base_model, prompts: Sequence[str] | None, gen: dict) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..processing_llasm import load_audio
-from .engine import Completion, Engine, Job, QueueFull, Sampling, ShuttingDown
+from .engine import Completion, Engine, Job, QueueFull, Sampling, ShuttingDown, stop_index
 from .protocol import ChatCompletionRequest, RequestError, error_body, validation_error_body
 
 logger = logging.getLogger("modeling_llasm.serving")
@@ -439,7 +439,7 @@ def _usage(result: Completion) -> dict:
 def _visible(raw: str, stop: tuple[str, ...]) -> str:
     """The part of the streamed text that is certainly in the final answer: cut at a stop string, minus a tail that
     could still become one, stripped as the final answer is (so the stream never sends what it must take back)."""
-    cut = min((i for i in (raw.find(s) for s in stop) if i >= 0), default=-1)
+    cut = stop_index(raw, stop)
     if cut >= 0:
         return raw[:cut].strip()
     holdback = max((len(s) - 1 for s in stop), default=0)

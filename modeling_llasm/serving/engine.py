@@ -24,6 +24,11 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 logger = logging.getLogger("modeling_llasm.serving")
 
 
+def stop_index(text: str, stops: tuple[str, ...]) -> int:
+    """Where the first of the stop strings `stops` starts in `text`, or -1 (OpenAI's `stop`: the answer ends there)."""
+    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+
+
 class QueueFull(Exception):
     """The request queue is full; the caller should answer 429."""
 
@@ -299,7 +304,7 @@ class Engine:
                 tokens, finish = tokens[: index + 1], "stop"
                 break
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
+        cut = stop_index(text, job.stop)
         if cut >= 0:
             text, finish = text[:cut], "stop"
         elif job.cancelled.is_set():

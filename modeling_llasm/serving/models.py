@@ -37,12 +37,9 @@ def default_model_dir(build: bool = True, log: Callable[[str], None] = print) ->
     finished = newest_recipe_model()
     if finished is not None:
         return finished
-    from ..conversion.build_base import build_base, default_base_dir, is_built
+    from ..conversion.build_base import default_base_dir, embedded_base
 
-    base = default_base_dir()
-    if build and not is_built(base):
-        build_base(base, log=log)
-    return base
+    return embedded_base(log=log) if build else default_base_dir()
 
 
 def choose_model_dir(model: str | os.PathLike | None = None, build: bool = True, log: Callable[[str], None] = print) -> Path:
@@ -57,7 +54,6 @@ def choose_model_dir(model: str | os.PathLike | None = None, build: bool = True,
 
 def load_model(directory: str | os.PathLike, device: str = "cpu", dtype: str | None = None):
     """`(model, processor)`: `LlasmForConditionalGeneration.from_pretrained(directory).eval()` and its processor."""
-    import modeling_llasm  # noqa: F401 -- registers LLaSM with the Auto classes
     import torch
     from transformers import AutoProcessor
 

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from ..data.collator import IGNORE_INDEX
 from ..configuration_llasm import encoder_frame_mask
-from ..modeling_llasm import audio_window_tokens, encode_audio_windows, window_token_counts
+from ..modeling_llasm import audio_window_tokens, embedding_ctc_logits, encode_audio_windows, window_token_counts
 
 
 def prediction_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,7 @@ class LlasmCtcAligner(nn.Module):
         self.multi_modal_projector = base.multi_modal_projector
         embeddings = base.get_input_embeddings().weight.detach()
         self.register_buffer("token_embeddings", embeddings, persistent=False)
-        self.adaptor_head = base.config.variable_audio_tokens
+        self.adaptor_head = base.config.adaptor_type == "ctc_compress"  # its own CTC head and vocabulary
         if self.adaptor_head:
             from .ctc_vocabulary import SubVocabulary
 
@@ -154,11 +154,8 @@ class LlasmCtcAligner(nn.Module):
         padded = nn.utils.rnn.pad_sequence(clips, batch_first=True).float()  # (clips, T, hidden)
         if self.adaptor_head:
             return self.multi_modal_projector.ctc_logits(padded, self.token_embeddings)
-        padded = padded / padded.norm(dim=-1, keepdim=True).clamp_min(1e-6) * self.embedding_norm
-        scale = self.log_scale.exp()
-        vocab_logits = padded @ self.token_embeddings.float().T
-        blank_logits = padded @ self.blank_embedding.float() + self.blank_bias
-        return torch.cat([blank_logits[..., None], vocab_logits], dim=-1) * scale
+        return embedding_ctc_logits(padded, self.token_embeddings, self.embedding_norm, self.blank_embedding, self.blank_bias,
+                                    self.log_scale)  # fmt: skip
 
     def class_token_ids(self, classes: list[int]) -> list[int]:
         """LLM token ids of head classes (1-based)."""

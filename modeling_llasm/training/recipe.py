@@ -344,13 +344,11 @@ class Recipe:
     def understand(self, model, processor, base_dir: Path, records: dict[str, list[dict]]) -> None:
         """The spoken-understanding evaluation (`evaluation.understanding`) of the final model -> RUN/understanding.json
         and the summary."""
+        from ..data.chat import write_manifest
         from ..evaluation.understanding import build_understanding_set, evaluate_understanding, format_understanding
 
         if self.s.smoke:  # the tiny test model: its own held-out questions, no Whisper cascade
             manifest = self.phase_dir("understanding") / "questions.jsonl"
-            manifest.parent.mkdir(parents=True, exist_ok=True)
-            from ..data.chat import write_manifest
-
             write_manifest(records["stage2_heldout"], manifest)
         else:
             try:
@@ -363,10 +361,7 @@ class Recipe:
             model.multi_modal_projector.read_cache = None  # held-out clips: read them as at inference
         heldout = None
         if not self.s.smoke and model.config.variable_audio_tokens:  # what the adaptor recognises in the ASR clips
-            from ..data.chat import write_manifest
-
             heldout = self.phase_dir("understanding") / "heldout_asr.jsonl"
-            heldout.parent.mkdir(parents=True, exist_ok=True)
             write_manifest(records["stage1_heldout"], heldout)
         results = evaluate_understanding(model, manifest, processor=processor, base_model=base_dir, cascade=not self.s.smoke,
                                          recognition_manifest=heldout, max_new_tokens=8 if self.s.smoke else 64,
