@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProces
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_llasm import LlasmConfig, audio_token_count
-from .modeling_llasm import LlasmForConditionalGeneration, LlasmModel, LlasmPreTrainedModel
+from .modeling_llasm import LlasmConversationCache, LlasmForConditionalGeneration, LlasmModel, LlasmPreTrainedModel
 from .pipeline_llasm import LlasmChatPipeline
 from .processing_llasm import LlasmProcessor, load_audio
 
@@ -38,6 +38,7 @@ _register()
 __all__ = [
     "LlasmChatPipeline",
     "LlasmConfig",
+    "LlasmConversationCache",
     "LlasmForConditionalGeneration",
     "LlasmModel",
     "LlasmPreTrainedModel",

@@ -655,6 +655,213 @@ def suppressed_audio_tokens(generation_config, audio_token_id: int | None) -> li
 AUDIO_INPUT_KEYS = ("input_features", "input_features_mask", "audio_encoder_hidden_states")
 
 
+INFERENCE_DTYPES = ("float32", "bfloat16", "float16", "int8")
+
+
+def set_inference_dtype(model: LlasmForConditionalGeneration, dtype: str) -> LlasmForConditionalGeneration:
+    """Cast a loaded model for inference: "float32", "bfloat16", "float16", or "int8" (the LLM's linear layers with
+    int8 weights and dynamically quantized activations, torch's own `quantize_dynamic` kernels; the audio side stays
+    float32). int8 is for measurement, not for use: it decodes 1.7x faster on CPU, but SmolLM2-135M's greedy answers
+    leave float32's within about 2 tokens and batching changes them (per-batch activation scales); such a model
+    cannot be trained or saved. Numbers: docs/inference.md."""
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"Unknown inference dtype {dtype!r}; choose from {INFERENCE_DTYPES}.")
+    if dtype != "int8":
+        return model.to(getattr(torch, dtype))
+    if model.device.type != "cpu":
+        raise ValueError(f"int8 inference runs on CPU; the model is on {model.device}.")
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao points to torchao, whose int8 CPU kernels were slower here (docs)
+        warnings.simplefilter("ignore")
+        torch.ao.quantization.quantize_dynamic(model.language_model.float(), {nn.Linear}, dtype=torch.qint8, inplace=True)
+    model.inference_dtype = "int8"
+    return model
+
+
+AudioRow = tuple[bytes, int]  # an audio token of the prompt: (its window's key, row within the window)
+
+
+def audio_window_key(features: torch.Tensor, frames: int) -> bytes:
+    """Identity of an audio window for cache reuse: a digest of its real log-mel frames `(n_mels, frames)`."""
+    return hashlib.blake2b(features[:, :frames].detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
+
+
+class LlasmConversationCache:
+    r"""
+    The LLM's key/value cache of one conversation, reused by the next `generate` call whose prompt starts the same
+    way: turn N of a chat prefills only its new tokens and encodes only its new audio windows, and a cache seeded
+    with the shared prompt head (`prefill`, then `copy` per request) skips the system prompt.
+
+    Pass the *whole* conversation to `generate` each time, exactly as without the cache. The cache keeps what each
+    cached position holds (a token id, or an audio window's digest and row), finds the longest common start with
+    the new prompt, drops the rest (an edited or regenerated turn) and prefills from there, so answers equal those of
+    a full prefill (greedy; up to float rounding of a prefill done in two parts). One conversation per cache (a
+    batch of 1); beam search and several returned sequences are refused.
+
+    Example:
+
+    ```python
+    >>> from modeling_llasm import LlasmConversationCache
+    >>> conversation_cache = LlasmConversationCache()
+    >>> messages = [{"role": "user", "content": [{"type": "audio", "path": "turn1.wav"}]}]
+    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
+    >>> out = model.generate(**inputs, conversation_cache=conversation_cache, max_new_tokens=64)
+    >>> answer = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    >>> messages += [{"role": "assistant", "content": answer},
+    ...              {"role": "user", "content": [{"type": "audio", "path": "turn2.wav"}]}]
+    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
+    >>> out = model.generate(**inputs, conversation_cache=conversation_cache, max_new_tokens=64)  # prefills turn 2 only
+    ```
+    """
+
+    def __init__(self) -> None:
+        self.cache = DynamicCache()
+        self.keys: list[int | AudioRow] = []  # what each cached position holds
+        self.window_tokens: dict[bytes, torch.Tensor] = {}  # window key -> its audio tokens, for windows in `keys`
+        self.reused_tokens = 0  # positions the last call took from the cache (for benchmarks and tests)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def copy(self) -> LlasmConversationCache:
+        """An independent copy (e.g. of a prefilled shared prompt head, one per request)."""
+        import copy
+
+        return copy.deepcopy(self)
+
+    @classmethod
+    def for_prompt_head(cls, model: LlasmForConditionalGeneration, processor: LlasmProcessor) -> LlasmConversationCache:
+        """A cache prefilled with the prompt head that every conversation with the default system prompt shares
+        (the system prompt and the template up to the user's words): the common start of two rendered one-turn
+        chats. Keep it and `copy` (or `start_from`) it per request."""
+        heads = [processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": word}]}],
+                                               add_generation_prompt=True)["input_ids"][0]
+                 for word in ("yes", "no")]  # fmt: skip
+        length = next((i for i, (a, b) in enumerate(zip(*heads)) if a != b), min(map(len, heads)))
+        cache = cls()
+        if length:
+            cache.prefill(model, heads[0][None, :length].to(model.device))
+        return cache
+
+    def start_from(self, other: LlasmConversationCache) -> None:
+        """Begin this (empty) conversation from a copy of what `other` holds (e.g. the shared prompt head)."""
+        if self.keys:
+            raise ValueError("start_from needs an empty conversation cache.")
+        copied = other.copy()
+        self.cache, self.keys, self.window_tokens = copied.cache, copied.keys, copied.window_tokens
+
+    @torch.no_grad()
+    def prefill(self, model: LlasmForConditionalGeneration, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                **audio) -> LlasmConversationCache:  # fmt: skip
+        """Make the cache hold this prompt (e.g. the prompt head every request shares) without generating."""
+        keys, ids, embeds = self.prompt(model, input_ids, attention_mask, audio)
+        start = self.reuse(keys, keep_last=False)
+        if start < len(keys):
+            model.language_model(inputs_embeds=embeds[None, start:], cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.keys = keys
+        return self
+
+    @torch.no_grad()
+    def generate(self, model: LlasmForConditionalGeneration, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
+                 audio: dict, **kwargs) -> torch.LongTensor:  # fmt: skip
+        """`model.generate(..., conversation_cache=self)`: returns the caller's `input_ids` followed by the new tokens."""
+        if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("A conversation cache holds one conversation: it cannot be used with num_beams or num_return_sequences > 1.")
+        if kwargs.get("inputs_embeds") is not None or kwargs.get("cache") is not None or kwargs.get("use_cache") is False:
+            raise ValueError("With `conversation_cache`, pass `input_ids` (the whole conversation), no `inputs_embeds`, `cache` or `use_cache=False`.")
+        if kwargs.get("return_dict_in_generate"):
+            raise ValueError("`conversation_cache` returns the sequences only (return_dict_in_generate is not supported).")
+        keys, ids, embeds = self.prompt(model, input_ids, attention_mask, audio)
+        self.reuse(keys, keep_last=True)
+        output = GenerationMixin.generate(model, input_ids=ids[None], inputs_embeds=embeds[None], attention_mask=torch.ones_like(ids)[None],
+                                          cache=self.cache, **kwargs)  # fmt: skip
+        new_tokens = output[0, len(keys) :]
+        # the last new token was returned but never fed back: the cache holds the prompt and the others
+        self.keys = (keys + new_tokens.tolist())[: self.cache.get_seq_length()]
+        return torch.cat([input_ids.to(output.device), new_tokens[None]], dim=-1)
+
+    def reuse(self, keys: list[int | AudioRow], keep_last: bool) -> int:
+        """Crop the cache to its longest common start with `keys` (leaving one position to prefill when
+        `keep_last`); return where the prefill starts."""
+        common = 0
+        for cached, new in zip(self.keys, keys):
+            if cached != new:
+                break
+            common += 1
+        if keep_last:
+            common = min(common, len(keys) - 1)
+        cached = self.cache.get_seq_length()
+        if common == 0:
+            self.cache = DynamicCache()
+        elif common < cached:
+            self.cache.crop(common - cached)  # a negative count removes that many positions from the end
+        self.keys = self.keys[:common]
+        self.reused_tokens = common
+        return common
+
+    def prompt(self, model: LlasmForConditionalGeneration, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
+               audio: dict) -> tuple[list[int | AudioRow], torch.LongTensor, torch.Tensor]:  # fmt: skip
+        """The prompt as the LLM sees it: what each position holds, its token ids (audio positions keep the
+        placeholder id) and its input embeddings. Windows seen before are not encoded again; the unused placeholders
+        of a variable-count adaptor are left out (as `generate` does)."""
+        if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"A conversation cache takes one conversation: `input_ids` of shape (1, length), got "
+                             f"{None if input_ids is None else tuple(input_ids.shape)}.")  # fmt: skip
+        ids = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
+        windows = self.audio_windows(model, audio)
+        placeholder = model.config.audio_token_id
+        keys: list[int | AudioRow] = []
+        rows: list[torch.Tensor] = []  # audio token embeddings, in order
+        window_iter = iter(windows)
+        remaining = 0
+        for token in ids.tolist():
+            if token != placeholder:
+                keys.append(token)
+                continue
+            if remaining == 0:
+                window = next(window_iter, None)
+                if window is None:
+                    raise ValueError("The prompt has more audio placeholder tokens than the audio windows given provide.")
+                key, slots, tokens = window
+                remaining, row = slots, 0
+            if row < tokens.shape[0]:
+                keys.append((key, row))
+                rows.append(tokens[row])
+            remaining -= 1
+            row += 1
+        if remaining or next(window_iter, None) is not None:
+            raise ValueError("The prompt's audio placeholder tokens do not match the audio windows given.")
+        audio_positions = torch.tensor([not isinstance(k, int) for k in keys], device=ids.device)
+        packed_ids = torch.tensor([k if isinstance(k, int) else placeholder for k in keys], dtype=ids.dtype, device=ids.device)
+        embeds = model.get_input_embeddings()(packed_ids)
+        if rows:
+            embeds = embeds.masked_scatter(audio_positions[:, None], torch.stack(rows).to(embeds.dtype))
+        return keys, packed_ids, embeds
+
+    def audio_windows(self, model: LlasmForConditionalGeneration, audio: dict) -> list[tuple[bytes, int, torch.Tensor]]:
+        """`(key, placeholder slots, audio tokens)` of each window, encoding only windows this cache has not seen."""
+        features, mask = audio.get("input_features"), audio.get("input_features_mask")
+        if audio.get("audio_encoder_hidden_states") is not None:
+            raise ValueError("A conversation cache recognises windows by their `input_features`; pass those, not encoder outputs.")
+        if features is None:
+            return []
+        if mask is None:
+            mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
+        frames = mask.sum(-1).tolist()
+        keys = [audio_window_key(window, int(n)) for window, n in zip(features, frames)]
+        missing = [i for i, key in enumerate(keys) if key not in self.window_tokens]
+        if missing:
+            index = torch.tensor(missing, device=features.device)
+            encoded = model.get_audio_features(features.index_select(0, index), mask.index_select(0, index))
+            for i, tokens in zip(missing, encoded.pooler_output.split(encoded.audio_token_counts.tolist())):
+                self.window_tokens[keys[i]] = tokens
+        seen = set(keys) | {k[0] for k in self.keys if not isinstance(k, int)}
+        self.window_tokens = {k: v for k, v in self.window_tokens.items() if k in seen}
+        slots = window_token_counts(model.config, mask)
+        return [(key, count, self.window_tokens[key]) for key, count in zip(keys, slots)]
+
+
 class LlasmPreTrainedModel(PreTrainedModel):
     config: LlasmConfig
     config_class = LlasmConfig
@@ -1011,8 +1218,14 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         """`GenerationMixin.generate`. With a variable-count adaptor (`ctc_compress`) the audio is encoded first, the
         unused placeholders are removed from the prompt (each row re-left-padded) and the LLM generates from the
         shorter prompt's embeddings; the returned sequences are the caller's `input_ids` followed by the new tokens,
-        as for every other adaptor (see `configuration_llasm.audio_token_count`)."""
+        as for every other adaptor (see `configuration_llasm.audio_token_count`).
+
+        `conversation_cache` (`LlasmConversationCache`): reuse what an earlier call with the same prompt start
+        computed (the previous turns of a chat, a shared system prompt); pass the whole conversation as usual."""
         audio = {key: kwargs.pop(key) for key in AUDIO_INPUT_KEYS if kwargs.get(key) is not None}
+        conversation_cache = kwargs.pop("conversation_cache", None)
+        if conversation_cache is not None:
+            return conversation_cache.generate(self, input_ids, attention_mask, audio, **kwargs)
         if not (self.config.variable_audio_tokens and set(audio) - {"input_features_mask"}):
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **audio, **kwargs)
         if input_ids is None or kwargs.get("inputs_embeds") is not None:
@@ -1094,6 +1307,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         return torch.tensor(index, dtype=torch.long)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        if getattr(self, "inference_dtype", None) == "int8":
+            raise ValueError("This model was quantized for int8 CPU inference (set_inference_dtype); save the float model instead.")
         # every saved checkpoint's generation config forbids emitting the audio placeholder
         self.generation_config.suppress_tokens = suppressed_audio_tokens(self.generation_config, self.config.audio_token_id)
         # `register_for_auto_class` records a single Auto class; list the others too so that each of them
@@ -1190,6 +1405,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
 
 
 __all__ = [
+    "INFERENCE_DTYPES",
+    "LlasmConversationCache",
     "LlasmForConditionalGeneration",
     "LlasmModel",
     "LlasmModelOutputWithPast",
@@ -1201,6 +1418,7 @@ __all__ = [
     "LlasmWhisperReaderAdaptor",
     "LLASM_ADAPTORS",
     "audio_window_tokens",
+    "set_inference_dtype",
     "suppressed_audio_tokens",
     "whisper_token_pieces",
     "whisper_reader_tables",

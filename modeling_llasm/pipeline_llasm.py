@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from transformers import Pipeline, TextIteratorStreamer
 
+from .modeling_llasm import LlasmConversationCache
+from .processing_llasm import collate_model_inputs
 
 AUDIO_TYPES = (str, os.PathLike, bytes, np.ndarray, torch.Tensor)
 
@@ -29,8 +31,13 @@ class LlasmChatPipeline(Pipeline):
     With `stream=True` the call returns an iterator of text pieces as they are generated.
 
     Returns `{"generated_text": answer, "conversation": messages + [assistant turn]}`; with
-    `num_return_sequences=n > 1`, a list of `n` such dicts. One conversation is processed at a time (`batch_size=1`;
-    for batched generation call the processor and `model.generate` directly).
+    `num_return_sequences=n > 1`, a list of `n` such dicts. A list (or dataset) of inputs with `batch_size=N`
+    generates N conversations per `generate` call (left-padded; the same answers as one by one).
+
+    Reuse of earlier work (one conversation at a time): the prompt head every request shares (system prompt and
+    template) is prefilled once per pipeline and copied into each call; pass `conversation_cache=
+    LlasmConversationCache()` and the whole conversation each turn to prefill only the new turn and encode only new
+    audio (`prefix_cache=False`: no shared prompt head).
 
     Example:
 
@@ -41,6 +48,12 @@ class LlasmChatPipeline(Pipeline):
     >>> chat("question.wav", max_new_tokens=64)["generated_text"]
     >>> for piece in chat({"text": "What is the capital of France?"}, stream=True):
     ...     print(piece, end="")
+    >>> answers = chat(["q1.wav", "q2.wav", "q3.wav"], batch_size=8)
+    >>> from modeling_llasm import LlasmConversationCache
+    >>> cache = LlasmConversationCache()
+    >>> turn = chat("turn1.wav", conversation_cache=cache)
+    >>> messages = turn["conversation"] + [{"role": "user", "content": [{"type": "audio", "path": "turn2.wav"}]}]
+    >>> chat(messages, conversation_cache=cache)  # prefills turn 2 only
     ```
     """
 
@@ -54,20 +67,30 @@ class LlasmChatPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self.processor.check_model_config(self.model.config)
 
-    def _sanitize_parameters(self, text: str | None = None, system_prompt: str | None = None, stream: bool | None = None, **generate_kwargs):
+    def _sanitize_parameters(self, text: str | None = None, system_prompt: str | None = None, stream: bool | None = None,
+                             conversation_cache: LlasmConversationCache | None = None, prefix_cache: bool | None = None,
+                             **generate_kwargs):  # fmt: skip
         unknown = sorted(k for k in generate_kwargs if not _is_generate_argument(k))
         if unknown:
             raise ValueError(
                 f"llasm-chat got unknown keyword argument(s) {unknown}; it takes audio=, text=, system_prompt=, "
-                "stream=, batch_size= and generate() arguments (GenerationConfig fields such as max_new_tokens, "
-                "do_sample, temperature, num_beams, num_return_sequences; streamer, logits_processor, ...)."
+                "stream=, batch_size=, conversation_cache=, prefix_cache= and generate() arguments (GenerationConfig "
+                "fields such as max_new_tokens, do_sample, temperature, num_beams, num_return_sequences; streamer, "
+                "logits_processor, ...)."
             )
+        if conversation_cache is not None and not isinstance(conversation_cache, LlasmConversationCache):
+            raise ValueError(f"conversation_cache must be a LlasmConversationCache, got {type(conversation_cache).__name__}.")
         preprocess_params = {}
         if text is not None:
             preprocess_params["text"] = text
         if system_prompt is not None:
             preprocess_params["system_prompt"] = system_prompt
-        return preprocess_params, {"generate_kwargs": generate_kwargs}, {}
+        forward_params = {"generate_kwargs": generate_kwargs}
+        if conversation_cache is not None:
+            forward_params["conversation_cache"] = conversation_cache
+        if prefix_cache is not None:
+            forward_params["prefix_cache"] = prefix_cache
+        return preprocess_params, forward_params, {}
 
     def __call__(self, inputs: Any = None, stream: bool = False, **kwargs) -> dict | list | Iterator[str]:
         if "audio" in kwargs:  # chat(audio=..., text=...), as image-text-to-text takes images=
@@ -75,8 +98,8 @@ class LlasmChatPipeline(Pipeline):
                 raise ValueError("Pass the audio either as the first argument or as audio=, not both.")
             inputs = {"audio": kwargs.pop("audio"), "text": kwargs.pop("text", None)}
         batch_size = kwargs.get("batch_size") or getattr(self, "_batch_size", None) or 1
-        if batch_size != 1:
-            raise ValueError(f"llasm-chat runs one conversation per forward (batch_size=1), got batch_size={batch_size}.")
+        if batch_size != 1 and (stream or kwargs.get("conversation_cache") is not None):
+            raise ValueError(f"stream=True and conversation_cache= take one conversation at a time (batch_size=1), got batch_size={batch_size}.")
         if not stream:
             return super().__call__(inputs, **kwargs)
         if kwargs.get("streamer") is not None:
@@ -138,19 +161,60 @@ class LlasmChatPipeline(Pipeline):
             messages = [{"role": "system", "content": system_prompt}, *messages]
         return messages
 
-    def _forward(self, model_inputs: dict, generate_kwargs: dict | None = None) -> dict:
+    def get_iterator(self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params):
+        """As `Pipeline.get_iterator`, batching with `collate_model_inputs` (audio windows are not per-sample rows)."""
+        if batch_size == 1:
+            return super().get_iterator(inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params)
+        from torch.utils.data import DataLoader
+        from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+
+        dataset = PipelineDataset(inputs, self.preprocess, preprocess_params) if hasattr(inputs, "__len__") else \
+            PipelineIterator(inputs, self.preprocess, preprocess_params)  # fmt: skip
+        pad_token_id = self.processor.tokenizer.pad_token_id
+        if pad_token_id is None:
+            pad_token_id = self.processor.tokenizer.eos_token_id
+
+        def collate(items: list[dict]) -> dict:
+            return {"model_inputs": collate_model_inputs([item["model_inputs"] for item in items], pad_token_id),
+                    "messages": [item["messages"] for item in items]}  # fmt: skip
+
+        loader = DataLoader(dataset, num_workers=num_workers if hasattr(inputs, "__len__") else min(num_workers, 1),
+                            batch_size=batch_size, collate_fn=collate)  # fmt: skip
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def _forward(self, model_inputs: dict, generate_kwargs: dict | None = None,
+                 conversation_cache: LlasmConversationCache | None = None, prefix_cache: bool = True) -> dict:  # fmt: skip
         inputs = model_inputs["model_inputs"]
         generate_kwargs = dict(generate_kwargs or {})
         # the Pipeline base class merges the pipeline's own generation defaults (as the built-in pipelines do)
         prepare = getattr(self, "_prepare_generate_kwargs", None)
         if prepare is not None:
             generate_kwargs = prepare(generate_kwargs)
+        single = inputs["input_ids"].shape[0] == 1
+        one_sequence = generate_kwargs.get("num_beams", 1) == 1 and generate_kwargs.get("num_return_sequences", 1) == 1
+        if conversation_cache is None and prefix_cache and single and one_sequence and not generate_kwargs.get("return_dict_in_generate"):
+            conversation_cache = self.shared_prefix_cache().copy()
+        elif conversation_cache is not None and not conversation_cache.keys and prefix_cache:
+            conversation_cache.start_from(self.shared_prefix_cache())
+        if conversation_cache is not None:
+            generate_kwargs["conversation_cache"] = conversation_cache
         sequences = self.model.generate(**inputs, **generate_kwargs)
-        return {"new_tokens": sequences[:, inputs["input_ids"].shape[1] :], "messages": model_inputs["messages"]}
+        new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
+        # (conversations, returned sequences, tokens): the base class splits a batch along the first axis
+        new_tokens = new_tokens.reshape(inputs["input_ids"].shape[0], -1, new_tokens.shape[-1])
+        return {"new_tokens": new_tokens, "messages": model_inputs["messages"]}
+
+    def shared_prefix_cache(self) -> LlasmConversationCache:
+        """The KV cache of the prompt head every conversation with the default system prompt shares, prefilled on
+        first use (`LlasmConversationCache.for_prompt_head`); calls take a copy."""
+        if getattr(self, "_shared_prefix", None) is None:
+            self._shared_prefix = LlasmConversationCache.for_prompt_head(self.model, self.processor)
+        return self._shared_prefix
 
     def postprocess(self, model_outputs: dict) -> dict | list[dict]:
         results = []
-        for tokens in model_outputs["new_tokens"]:  # one row per returned sequence
+        for tokens in model_outputs["new_tokens"][0]:  # one row per returned sequence
             answer = self.processor.decode(tokens, skip_special_tokens=True).strip()
             conversation = [*model_outputs["messages"], {"role": "assistant", "content": answer}]
             results.append({"generated_text": answer, "conversation": conversation})

@@ -316,6 +316,33 @@ class LlasmProcessor(ProcessorMixin):
         return self.tokenizer.decode(*args, **kwargs)
 
 
+def collate_model_inputs(items: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Batch single-conversation processor outputs as `LlasmProcessor` pads a batch: token rows left-padded with
+    `pad_token_id`, audio windows concatenated in order and zero-padded to the longest window. Used by the batched
+    pipeline and the server, which tokenize requests one by one."""
+    if len(items) == 1:
+        return dict(items[0])
+    length = max(item["input_ids"].shape[1] for item in items)
+    ids = items[0]["input_ids"].new_full((len(items), length), pad_token_id)
+    mask = items[0]["attention_mask"].new_zeros((len(items), length))
+    for row, item in enumerate(items):
+        n = item["input_ids"].shape[1]
+        ids[row, length - n :] = item["input_ids"][0]
+        mask[row, length - n :] = item["attention_mask"][0]
+    batch = {"input_ids": ids, "attention_mask": mask}
+    audio = [item for item in items if item.get("input_features") is not None]
+    if audio:
+        frames = max(item["input_features"].shape[-1] for item in audio)
+        features, features_mask = [], []
+        for item in audio:
+            pad = frames - item["input_features"].shape[-1]
+            features.append(torch.nn.functional.pad(item["input_features"], (0, pad)))
+            features_mask.append(torch.nn.functional.pad(item["input_features_mask"], (0, pad)))
+        batch["input_features"] = torch.cat(features)
+        batch["input_features_mask"] = torch.cat(features_mask)
+    return batch
+
+
 def _is_single_clip(audio: Any) -> bool:
     # One array is one clip (a 2-D array is its channels); several clips come as a list.
     return isinstance(audio, (str, os.PathLike, bytes, dict, np.ndarray, torch.Tensor))
@@ -336,4 +363,4 @@ def _audio_of_item(item: dict, position: int) -> AudioSource:
     raise ValueError(f"Message {position}: an audio item needs 'path', 'audio' or 'array', got keys {sorted(item)}.")
 
 
-__all__ = ["LlasmProcessor", "load_audio"]
+__all__ = ["LlasmProcessor", "collate_model_inputs", "load_audio"]

@@ -118,7 +118,7 @@ def test_several_return_sequences_and_unsupported_options(chat):
     assert all(a["conversation"][-1] == {"role": "assistant", "content": a["generated_text"]} for a in answers)
     assert answers[0]["generated_text"] == chat(tone(0.8), num_beams=2, max_new_tokens=6, do_sample=False)["generated_text"]
     with pytest.raises(ValueError, match="batch_size=1"):
-        chat([tone(0.8), tone(0.5)], batch_size=2)
+        chat([tone(0.8), tone(0.5)], batch_size=2, stream=True)
     streamer = TextIteratorStreamer(chat.processor.tokenizer, skip_prompt=True)
     with pytest.raises(ValueError, match="not both"):
         chat(tone(0.8), stream=True, streamer=streamer)
@@ -129,3 +129,34 @@ def test_processor_that_does_not_match_the_model_is_refused(tiny_llasm):
     processor.stack_factor = model.config.stack_factor + 1
     with pytest.raises(ValueError, match=r"stack_factor: processor 3, model 2"):
         LlasmChatPipeline(model=model, processor=processor)
+
+
+def test_batched_pipeline_equals_one_by_one(chat):
+    """batch_size=N over a list generates N conversations per call; answers equal the one-by-one answers."""
+    inputs = [{"audio": {"array": tone(0.4 + 0.3 * i, freq=300 + 90 * i), "sampling_rate": 16000}, "text": f"say {i}"} for i in range(5)]
+    inputs.append({"text": "only text"})
+    one_by_one = [chat(item, prefix_cache=False, **greedy()) for item in inputs]
+    calls = []
+    original_generate = chat.model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original_generate(*args, **kwargs)
+
+    chat.model.generate = counting_generate
+    try:
+        batched = chat(inputs, batch_size=4, **greedy())
+    finally:
+        chat.model.generate = original_generate
+    assert calls == [4, 2]
+    assert [b["generated_text"] for b in batched] == [o["generated_text"] for o in one_by_one]
+    assert [b["conversation"] for b in batched] == [o["conversation"] for o in one_by_one]
+
+
+def test_batched_pipeline_with_several_sequences_per_input(chat):
+    inputs = [tone(0.8), tone(0.5, freq=600)]
+    batched = chat(inputs, batch_size=2, num_beams=2, num_return_sequences=2, max_new_tokens=6, do_sample=False)
+    assert len(batched) == 2 and all(isinstance(per_input, list) and len(per_input) == 2 for per_input in batched)
+    for item, per_input in zip(inputs, batched):
+        alone = chat(item, num_beams=2, num_return_sequences=2, max_new_tokens=6, do_sample=False)
+        assert [a["generated_text"] for a in per_input] == [a["generated_text"] for a in alone]
