@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+DEFAULT_DTYPE = "float32"
+
 HELP_INTERACTIVE = """Interactive chat. Type a message, or:
   /audio PATH [text]   send an audio file (optionally followed by text in the same turn)
   /reset               forget the conversation
@@ -22,13 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16"],
+                        help=f"inference precision (default {DEFAULT_DTYPE}; bfloat16 is faster only on CPUs with native bf16, docs/inference.md)")
 
 
-def load_chat_pipeline(model: str | None, device: str = "cpu"):
-    """`pipeline("llasm-chat")` for `model` (default: the embedded base, built if missing)."""
+def load_chat_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"):
+    """`pipeline("llasm-chat")` for `model` (default: the embedded base, built if missing) in `dtype`
+    (`set_inference_dtype`)."""
     from transformers import pipeline
 
     from modeling_llasm import LlasmChatPipeline
+    from modeling_llasm.modeling_llasm import set_inference_dtype
 
     if model is None:
         from modeling_llasm.conversion.build_base import embedded_base
@@ -36,7 +42,10 @@ def load_chat_pipeline(model: str | None, device: str = "cpu"):
         model = str(embedded_base(log=lambda line: print(line, file=sys.stderr)))
     # pipeline_class: hub-ready checkpoints carry a `custom_pipelines` entry, which transformers would otherwise
     # only load with trust_remote_code; the installed package is the same code.
-    return pipeline("llasm-chat", model=model, device=device, dtype="float32", pipeline_class=LlasmChatPipeline)
+    chat = pipeline("llasm-chat", model=model, device=device, dtype="float32", pipeline_class=LlasmChatPipeline)
+    if dtype != "float32":
+        chat.model = set_inference_dtype(chat.model, dtype)
+    return chat
 
 
 def user_turn(audio_paths: list[str], text: str | None) -> dict:
@@ -58,9 +67,10 @@ def generation_kwargs(max_new_tokens: int, temperature: float) -> dict:
     return generation
 
 
-def answer(chat, messages: list[dict], args: argparse.Namespace) -> str:
+def answer(chat, messages: list[dict], args: argparse.Namespace, conversation_cache=None) -> str:
     pieces = []
-    for piece in chat(messages, stream=True, **generation_kwargs(args.max_new_tokens, args.temperature)):
+    generation = generation_kwargs(args.max_new_tokens, args.temperature)
+    for piece in chat(messages, stream=True, conversation_cache=conversation_cache, **generation):
         print(piece, end="", flush=True)
         pieces.append(piece)
     print()
@@ -70,12 +80,15 @@ def answer(chat, messages: list[dict], args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     if not args.interactive and not args.audio and not args.text:
         raise SystemExit("llasm chat: give --audio and/or --text, or --interactive.")
-    chat = load_chat_pipeline(args.model, args.device)
+    from modeling_llasm import LlasmConversationCache
+
+    chat = load_chat_pipeline(args.model, args.device, args.dtype)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
+    conversation_cache = LlasmConversationCache()  # each turn prefills only itself and encodes only its own audio
     if args.audio or args.text:
         messages.append(user_turn(args.audio, args.text))
-        messages.append({"role": "assistant", "content": answer(chat, messages, args)})
+        messages.append({"role": "assistant", "content": answer(chat, messages, args, conversation_cache)})
     if not args.interactive:
         return 0
     print(HELP_INTERACTIVE, file=sys.stderr)
@@ -93,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         if line == "/reset":
             messages = list(system)
+            conversation_cache = LlasmConversationCache()
             continue
         if line.startswith("/audio"):
             words = shlex.split(line)
@@ -107,4 +121,4 @@ def run(args: argparse.Namespace) -> int:
             turn = {"role": "user", "content": line}
         messages.append(turn)
         print("llasm> ", end="", flush=True)
-        messages.append({"role": "assistant", "content": answer(chat, messages, args)})
+        messages.append({"role": "assistant", "content": answer(chat, messages, args, conversation_cache)})

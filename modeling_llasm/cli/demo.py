@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from modeling_llasm.cli.chat import DEFAULT_DTYPE
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None,
@@ -17,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="initial temperature, 0 = greedy (adjustable on the page)")
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16"],
+                        help=f"inference precision (default {DEFAULT_DTYPE}; bfloat16 is faster only on CPUs with native bf16, docs/inference.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as error:
         raise SystemExit(f"llasm demo: {error}")
     info = describe_model(directory)
-    print(f"[demo] loading {info.path} ({'untrained base' if info.kind == 'base' else info.kind}) ...", file=sys.stderr)
-    chat = load_chat_pipeline(str(directory), args.device)
+    print(f"[demo] loading {info.path} ({'embedded base' if info.kind == 'base' else info.kind}) ...", file=sys.stderr)
+    chat = load_chat_pipeline(str(directory), args.device, args.dtype)
     demo = build_demo(chat, info, max_new_tokens=args.max_new_tokens, temperature=args.temperature, system_prompt=args.system)
     if not is_loopback(args.host):
         print(f"[demo] warning: listening on {args.host}: anyone who can reach it can use the model.", file=sys.stderr)

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
+                        help="int8: the LLM's linear layers quantized for CPU (set_inference_dtype)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
 
         model = embedded_base(log=lambda line: print(line, file=sys.stderr))
     output = Path(args.output) if args.output else manifest.parent / "eval_results.json"
+    processor = None
+    if args.dtype == "int8":
+        model, processor = load_int8(model)
     results = evaluate_model(
-        model, manifest, cascade=not args.no_cascade, whisper_dir=args.whisper, max_new_tokens=args.max_new_tokens or 128,
-        batch_size=args.batch_size, limit=args.limit, output=output, dtype=getattr(torch, args.dtype),
+        model, manifest, processor=processor, cascade=not args.no_cascade, whisper_dir=args.whisper, max_new_tokens=args.max_new_tokens or 128,
+        batch_size=args.batch_size, limit=args.limit, output=output, dtype=getattr(torch, args.dtype.replace("int8", "float32")),
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
     print(format_results(results))
@@ -65,7 +69,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_int8(model_dir):
+    from modeling_llasm.evaluation.evaluator import load_llasm
+    from modeling_llasm.modeling_llasm import set_inference_dtype
+
+    model, processor = load_llasm(model_dir)
+    return set_inference_dtype(model, "int8"), processor
+
+
 def run_understanding(args: argparse.Namespace) -> int:
+    import torch
+
+    from modeling_llasm.evaluation.evaluator import load_llasm
     from modeling_llasm.cache import llasm_cache_dir
     from modeling_llasm.evaluation.understanding import build_understanding_set, evaluate_understanding, format_understanding
 
@@ -78,8 +93,11 @@ def run_understanding(args: argparse.Namespace) -> int:
     else:
         manifest = build_understanding_set(llasm_cache_dir() / "eval" / "understanding-en")
     output = Path(args.output) if args.output else Path(args.model) / "understanding.json"
+    model, processor = args.model, None
+    if args.dtype != "float32":
+        model, processor = load_int8(args.model) if args.dtype == "int8" else load_llasm(args.model, dtype=getattr(torch, args.dtype))
     results = evaluate_understanding(
-        args.model, manifest, base_model=args.base, asr_manifest=args.asr, whisper_dir=args.whisper,
+        model, manifest, processor=processor, base_model=args.base, asr_manifest=args.asr, whisper_dir=args.whisper,
         max_new_tokens=args.max_new_tokens or 64, batch_size=args.batch_size, limit=args.limit, output=output,
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip

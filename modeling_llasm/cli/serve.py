@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long the worker waits to gather a batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as saved")
+    parser.add_argument("--max-conversations", type=int, default=8,
+                        help="KV caches of recent conversations kept so that their next turn prefills only itself (0: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -38,6 +40,7 @@ def settings_of(args: argparse.Namespace, model_id: str):
         max_request_audio_seconds=args.max_request_audio_seconds, max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=args.default_max_tokens, default_temperature=args.default_temperature,
         max_queue=args.max_queue, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+        max_conversations=args.max_conversations,
     )  # fmt: skip
 
 

@@ -24,12 +24,13 @@ Conversation = list[dict[str, Any]]
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the page says about the loaded model. `kind`: "base" (the untrained embedded base), "trained" (a
+    """What the page says about the loaded model. `kind`: "base" (an embedded base: untrained), "trained" (a
     finished recipe run: `summary.json` next to it) or "unknown" (no training summary)."""
 
     path: Path
     kind: str
     summary: dict[str, Any] | None = None
+    adaptor_type: str | None = None  # from the model's config.json, when readable
 
     @property
     def name(self) -> str:
@@ -40,6 +41,11 @@ class ModelInfo:
     def notice(self) -> str:
         """Markdown: the model's name and path, and whether (and how well) it was trained."""
         header = f"**Model:** `{self.name}` — `{self.path}`"
+        if self.kind == "base" and self.adaptor_type == "whisper_reader":
+            return (
+                f"{header}\n\n**The embedded base** (`whisper_reader` adaptor): it needs no training. The frozen Whisper "
+                "decoder reads what was said and hands the LLM the words; the LLM answers as if they were typed."
+            )
         if self.kind == "base":
             return (
                 f"{header}\n\n**This is the untrained base**: its audio adaptor is freshly initialised, so answers to "
@@ -62,12 +68,15 @@ def describe_model(directory: str | os.PathLike) -> ModelInfo:
     from ..conversion.build_base import BASE_NAME, BUILD_MANIFEST
 
     path = Path(directory).expanduser().resolve()
+    adaptor_type = None
+    if (path / "config.json").is_file():
+        adaptor_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("adaptor_type")
     summary_file = path.parent / "summary.json"
     if path.name == "final" and summary_file.is_file():
-        return ModelInfo(path, "trained", json.loads(summary_file.read_text(encoding="utf-8")))
+        return ModelInfo(path, "trained", json.loads(summary_file.read_text(encoding="utf-8")), adaptor_type)
     if (path / BUILD_MANIFEST).is_file() or path.name.startswith(BASE_NAME):
-        return ModelInfo(path, "base")
-    return ModelInfo(path, "unknown")
+        return ModelInfo(path, "base", adaptor_type=adaptor_type)
+    return ModelInfo(path, "unknown", adaptor_type=adaptor_type)
 
 
 def default_demo_model() -> Path:
@@ -140,10 +149,14 @@ def build_demo(
 
     from ..cli.chat import generation_kwargs
 
-    def respond(audio: str | None, text: str | None, conversation: Conversation, tokens: float, temp: float):
+    from .. import LlasmConversationCache
+
+    def respond(audio: str | None, text: str | None, conversation: Conversation, tokens: float, temp: float, session: dict):
         generation = generation_kwargs(int(tokens), float(temp))
         if system_prompt:
             generation["system_prompt"] = system_prompt
+        # this browser session's KV cache: each turn prefills only itself and encodes only its own audio
+        generation["conversation_cache"] = session.setdefault("cache", LlasmConversationCache())
         try:
             answers = stream_answer(chat, conversation, audio, text, **generation)
             updated, view = next(answers)
@@ -158,13 +171,15 @@ def build_demo(
             yield conversation, chatbot_messages(conversation), audio, text or "", gr.skip(), gr.skip()
             raise gr.Error(f"The model could not answer: {error}") from error
 
-    def clear() -> tuple[Conversation, list, None, str]:
+    def clear(session: dict) -> tuple[Conversation, list, None, str]:
+        session.pop("cache", None)
         return [], [], None, ""
 
     with gr.Blocks(title="LLaSM demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# LLaSM: talk to a speech-language model")
         gr.Markdown(info.notice, elem_id=ELEM_IDS["model"])
         conversation = gr.State([])
+        session = gr.State({})  # per browser session (Gradio copies the initial value): the conversation cache
         # no "share" button in the toolbar: it uploads to the Hugging Face Hub
         chatbot = gr.Chatbot(label="Conversation", elem_id=ELEM_IDS["chatbot"], height=420, buttons=["copy", "copy_all"])
         with gr.Row():
@@ -184,14 +199,14 @@ def build_demo(
             temp = gr.Slider(0.0, 2.0, value=temperature, step=0.05, label="Temperature (0 = greedy)")
 
         submit = dict(
-            fn=respond, inputs=[audio, text, conversation, tokens, temp], outputs=[conversation, chatbot, audio, text, send, clear_button]
+            fn=respond, inputs=[audio, text, conversation, tokens, temp, session], outputs=[conversation, chatbot, audio, text, send, clear_button]
         )
         for trigger in (send.click, text.submit):
             # `then` runs after errors too, so the buttons are always usable again
             trigger(**submit).then(lambda: (gr.Button(interactive=True),) * 2, None, [send, clear_button])
-        clear_button.click(clear, None, [conversation, chatbot, audio, text], queue=False)
+        clear_button.click(clear, session, [conversation, chatbot, audio, text], queue=False)
         # the chatbot's own trash icon empties the view: forget the turns too, or the model would still see them
-        chatbot.clear(clear, None, [conversation, chatbot, audio, text], queue=False)
+        chatbot.clear(clear, session, [conversation, chatbot, audio, text], queue=False)
     return demo
 
 

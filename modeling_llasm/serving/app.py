@@ -56,6 +56,7 @@ class ServerSettings:
     max_queue: int = 64
     max_batch: int = 8
     batch_wait_ms: float = 5.0
+    max_conversations: int = 8  # KV caches of recent conversations kept for their next turn (0: no reuse)
 
     def __post_init__(self) -> None:
         for name in ("max_body_mb", "max_audio_seconds", "max_request_audio_seconds"):
@@ -66,6 +67,8 @@ class ServerSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}.")
+        if self.max_conversations < 0:
+            raise ValueError(f"max_conversations must be >= 0, got {self.max_conversations}.")
         self.default_max_tokens = min(self.default_max_tokens, self.max_tokens_limit)
 
     @property
@@ -270,7 +273,8 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
     """The server for an already loaded `model` (eval mode) and its `processor`. The generation worker starts with
     the app (lifespan) and stops with it."""
     settings = settings or ServerSettings()
-    engine = Engine(model, processor, settings.max_queue, settings.max_batch, settings.batch_wait_ms / 1000.0)
+    engine = Engine(model, processor, settings.max_queue, settings.max_batch, settings.batch_wait_ms / 1000.0,
+                    settings.max_conversations)  # fmt: skip
     try:  # the worker decodes with its own copy: a fast tokenizer must not be used from two threads at once
         engine.tokenizer = copy.deepcopy(processor.tokenizer)
     except Exception:  # noqa: BLE001
@@ -315,7 +319,8 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
         status = {"status": "ok" if engine.alive else "error", "model": settings.model_id, "queued": engine.queued,
                   "running": engine.running, "in_flight": admission.in_flight, "max_in_flight": admission.limit,
                   "max_queue": settings.max_queue, "max_batch": settings.max_batch,
-                  "generate_calls": engine.stats["generate_calls"], "requests": engine.stats["requests"]}  # fmt: skip
+                  "generate_calls": engine.stats["generate_calls"], "requests": engine.stats["requests"],
+                  "conversation_reuse": dict(engine.conversations.stats)}  # fmt: skip
         return JSONResponse(status, status_code=200 if engine.alive else 503)
 
     def model_card() -> dict:

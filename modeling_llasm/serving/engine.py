@@ -21,6 +21,9 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+from ..modeling_llasm import LlasmConversationCache
+from ..processing_llasm import collate_model_inputs
+
 logger = logging.getLogger("modeling_llasm.serving")
 
 
@@ -134,36 +137,43 @@ class _CallbackStreamer(TextStreamer):
             self.on_text(text)
 
 
-def collate(items: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad single-conversation processor outputs into one batch, as `LlasmProcessor` pads a batch: token rows
-    left-padded with `pad_token_id`, audio windows concatenated in order and zero-padded to the longest window."""
-    if len(items) == 1:
-        return dict(items[0])
-    length = max(item["input_ids"].shape[1] for item in items)
-    ids = items[0]["input_ids"].new_full((len(items), length), pad_token_id)
-    mask = items[0]["attention_mask"].new_zeros((len(items), length))
-    for row, item in enumerate(items):
-        n = item["input_ids"].shape[1]
-        ids[row, length - n :] = item["input_ids"][0]
-        mask[row, length - n :] = item["attention_mask"][0]
-    batch = {"input_ids": ids, "attention_mask": mask}
-    audio = [item for item in items if item.get("input_features") is not None]
-    if audio:
-        frames = max(item["input_features"].shape[-1] for item in audio)
-        features, features_mask = [], []
-        for item in audio:
-            pad = frames - item["input_features"].shape[-1]
-            features.append(torch.nn.functional.pad(item["input_features"], (0, pad)))
-            features_mask.append(torch.nn.functional.pad(item["input_features_mask"], (0, pad)))
-        batch["input_features"] = torch.cat(features)
-        batch["input_features_mask"] = torch.cat(features_mask)
-    return batch
+class ConversationPool:
+    """KV caches of the conversations served lately (OpenAI clients resend the whole conversation each turn): a
+    request alone in its `generate` continues the cache whose conversation it extends furthest, else starts from the
+    shared prompt head. `size` 0 turns reuse off. Answers are those of a full prefill (`LlasmConversationCache`)."""
+
+    def __init__(self, model, processor, size: int = 8):
+        self.model, self.processor, self.size = model, processor, size
+        self.entries: list[tuple[list[int], LlasmConversationCache]] = []  # (the ids it was last called with + answer, cache)
+        self.head: LlasmConversationCache | None = None
+        self.stats = {"reused_tokens": 0, "prompt_tokens": 0}
+
+    def take(self, input_ids: list[int]) -> LlasmConversationCache:
+        if self.head is None:
+            self.head = LlasmConversationCache.for_prompt_head(self.model, self.processor)
+        best, best_common = None, len(self.head)
+        for index, (ids, _) in enumerate(self.entries):
+            common = next((i for i, (a, b) in enumerate(zip(ids, input_ids)) if a != b), min(len(ids), len(input_ids)))
+            if common > best_common:  # only a real continuation: never crop another conversation to the head
+                best, best_common = index, common
+        if best is not None:
+            return self.entries.pop(best)[1]
+        cache = LlasmConversationCache()
+        cache.start_from(self.head)
+        return cache
+
+    def give_back(self, ids: list[int], cache: LlasmConversationCache, prompt_tokens: int) -> None:
+        self.stats["reused_tokens"] += cache.reused_tokens
+        self.stats["prompt_tokens"] += prompt_tokens
+        self.entries.append((ids, cache))
+        del self.entries[: max(0, len(self.entries) - self.size)]  # least recently used first
 
 
 class Engine:
     """Owns the model: a bounded queue of `Job`s and one worker thread that micro-batches them."""
 
-    def __init__(self, model, processor, max_queue: int = 64, max_batch: int = 8, batch_wait_s: float = 0.005):
+    def __init__(self, model, processor, max_queue: int = 64, max_batch: int = 8, batch_wait_s: float = 0.005,
+                 max_conversations: int = 8):  # fmt: skip
         if max_queue < 1 or max_batch < 1:
             raise ValueError(f"max_queue and max_batch must be >= 1, got {max_queue} and {max_batch}.")
         self.model, self.processor = model, processor
@@ -181,6 +191,7 @@ class Engine:
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (model.generation_config.pad_token_id or 0)
+        self.conversations = ConversationPool(model, processor, max_conversations)
 
     # ----- lifecycle -----
     def start(self) -> None:
@@ -279,7 +290,7 @@ class Engine:
         self.stats["generate_calls"] += 1
         self.stats["requests"] += len(jobs)
         self.stats["batch_sizes"][len(jobs)] += 1
-        inputs = collate([job.inputs for job in jobs], self.pad_token_id)
+        inputs = collate_model_inputs([job.inputs for job in jobs], self.pad_token_id)
         device, dtype = self.model.device, self.model.dtype
         inputs = {k: (v.to(device, dtype) if k == "input_features" else v.to(device)) for k, v in inputs.items()}
         stops = _RowStops(jobs, self.tokenizer)
@@ -291,8 +302,13 @@ class Engine:
             kwargs["streamer"] = _CallbackStreamer(self.tokenizer, jobs[0].on_text)
         if jobs[0].sampling.seed is not None:
             torch.manual_seed(jobs[0].sampling.seed)
+        conversation_cache = None
+        if len(jobs) == 1 and self.conversations.size > 0:
+            conversation_cache = kwargs["conversation_cache"] = self.conversations.take(inputs["input_ids"][0].tolist())
         with torch.inference_mode():
             sequences = self.model.generate(**inputs, **kwargs)
+        if conversation_cache is not None:
+            self.conversations.give_back(sequences[0].tolist(), conversation_cache, inputs["input_ids"].shape[1])
         new_tokens = sequences[:, inputs["input_ids"].shape[1] :].tolist()
         return [self._completion(job, tokens, stops.done_at[row]) for row, (job, tokens) in enumerate(zip(jobs, new_tokens))]
 
@@ -312,4 +328,4 @@ class Engine:
         return Completion(text.strip(), finish, job.prompt_tokens, len(tokens))
 
 
-__all__ = ["Completion", "Engine", "Job", "QueueFull", "Sampling", "ShuttingDown", "collate"]
+__all__ = ["Completion", "ConversationPool", "Engine", "Job", "QueueFull", "Sampling", "ShuttingDown"]

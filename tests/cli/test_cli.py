@@ -42,3 +42,30 @@ def test_chat_once_and_interactive(tiny_llasm, tmp_path):
     assert "audio file not found: /no/such.wav" in session.stderr
     missing = llasm("chat", str(tmp_path / "m"), "--audio", "/no/such.wav")
     assert missing.returncode != 0 and "audio file not found" in missing.stderr
+
+
+def test_interactive_turns_answer_as_a_full_prefill_would(tiny_llasm, tmp_path):
+    """`llasm chat -i` keeps a conversation cache between turns; its answers equal a fresh pipeline's on the
+    whole conversation with no cache at all. `--dtype bfloat16` runs the same session."""
+    from modeling_llasm import LlasmChatPipeline
+
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    clip = tmp_path / "q.wav"
+    soundfile.write(clip, tone(1.0), 16000)
+    stdin = f"hello\n/audio {clip} what is this\nand now?\n/quit\n"
+    session = llasm("chat", str(tmp_path / "m"), "--interactive", "--max-new-tokens", "5", stdin=stdin)
+    assert session.returncode == 0, session.stderr[-2000:]
+    answers = [part.split("\nyou> ")[0].strip() for part in session.stdout.split("llasm> ")[1:]]
+    chat = LlasmChatPipeline(model=model, processor=processor)
+    messages, expected = [], []
+    for turn in ({"role": "user", "content": "hello"},
+                 {"role": "user", "content": [{"type": "audio", "path": str(clip)}, {"type": "text", "text": "what is this"}]},
+                 {"role": "user", "content": "and now?"}):  # fmt: skip
+        messages.append(turn)
+        expected.append(chat(messages, prefix_cache=False, max_new_tokens=5, do_sample=False)["generated_text"])
+        messages.append({"role": "assistant", "content": expected[-1]})
+    assert answers == expected
+    bf16 = llasm("chat", str(tmp_path / "m"), "--interactive", "--max-new-tokens", "5", "--dtype", "bfloat16", stdin=stdin)
+    assert bf16.returncode == 0 and bf16.stdout.count("llasm> ") == 3, bf16.stderr[-2000:]

@@ -138,10 +138,17 @@ def test_notices_tell_base_trained_and_unknown_apart(tmp_path):
     base = tmp_path / "my-base"
     base.mkdir()
     (base / BUILD_MANIFEST).write_text("{}")
-    for directory in (base, tmp_path / "llasm-tiny-base-whisper_reader-s4"):
+    (base / "config.json").write_text('{"adaptor_type": "stack_mlp"}')
+    for directory in (base, tmp_path / "llasm-tiny-base-stack_mlp-s8"):
         info = describe_model(directory)
         assert info.kind == "base"
         assert "untrained base" in info.notice and "llasm train" in info.notice
+    reader = tmp_path / "llasm-tiny-base"
+    reader.mkdir()
+    (reader / BUILD_MANIFEST).write_text("{}")
+    (reader / "config.json").write_text('{"adaptor_type": "whisper_reader"}')
+    info = describe_model(reader)
+    assert info.kind == "base" and "needs no training" in info.notice and "untrained" not in info.notice
 
     final = write_run(tmp_path, "tiny", adaptor_type="whisper_reader", final_heldout_wer=0.6543)
     info = describe_model(final)

@@ -132,6 +132,23 @@ def test_answers_match_generate(served, name):
     assert (choice.finish_reason == "length") == (result.usage.completion_tokens == 10)
 
 
+def test_a_conversation_continues_from_its_cache(served):
+    """Each turn resends the whole conversation; the server prefills only the new turn and answers as a full
+    prefill does."""
+    messages = [user((CLIP_C, "wav"), "what is this")]
+    before = served.health()["conversation_reuse"]
+    for turn in range(3):
+        answer = ask(served.client(), messages, max_tokens=6).choices[0].message.content
+        assert answer == direct_answer(served, messages, 6)
+        messages = messages + [{"role": "assistant", "content": answer}, user((CLIP_A if turn % 2 else CLIP_B, "wav"))]
+    after = served.health()["conversation_reuse"]
+    prompts = after["prompt_tokens"] - before["prompt_tokens"]
+    reused = after["reused_tokens"] - before["reused_tokens"]
+    first_prompt = int(served.processor.apply_chat_template(processor_messages(messages[:1]), add_generation_prompt=True)["input_ids"].shape[1])
+    assert reused > first_prompt  # turns 2 and 3 took at least the whole first turn from the cache
+    assert reused < prompts
+
+
 def test_audio_changes_the_answer(served):
     client = served.client()
     answers = {name: ask(client, CONVERSATIONS[name], max_tokens=10).choices[0].message.content
