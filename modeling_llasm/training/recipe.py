@@ -298,16 +298,12 @@ class Recipe:
     def base(self) -> Path:
         if self.s.base_dir is not None:
             return Path(self.s.base_dir).expanduser()
-        from ..cache import llasm_cache_dir
-        from ..conversion.build_base import BASE_NAME, TINY_BASE_RECIPE, build_base
+        from ..conversion.build_base import build_base, variant_dir
 
         stack = self.s.stack_factor or (8 if self.s.adaptor_type == "stack_mlp" else 4)
         adaptor = {"adaptor_type": self.s.adaptor_type, "stack_factor": stack}
         self.log(f"base: llasm build-base (Whisper tiny.en + {self.s.adaptor_type} adaptor + SmolLM2-135M-Instruct)")
-        if all(TINY_BASE_RECIPE[k] == v for k, v in adaptor.items()):
-            return Path(build_base(log=lambda m: logger.info(m)))  # the embedded default base
-        target = llasm_cache_dir() / f"{BASE_NAME}-{self.s.adaptor_type}-s{stack}"
-        return Path(build_base(target, log=lambda m: logger.info(m), **adaptor))
+        return Path(build_base(variant_dir(**adaptor), log=lambda m: logger.info(m), **adaptor))
 
     def data(self) -> Path:
         if self.s.data_dir is not None:
