@@ -65,6 +65,7 @@ from .bench_timing import (
     ttft_cascade,
     ttft_speech,
 )
+from .bench_fast import bench_dtypes, bench_pipeline, bench_reuse
 from .clips import speech_clip, speech_source
 from .sysinfo import load_average, machine_info, thread_contention_check
 
@@ -153,6 +154,15 @@ def _run_benchmark(settings: BenchSettings, command: str) -> dict:
         if "batch" in settings.sections:
             settings.log("[bench] batch of 8 vs one by one ...")
             results["batch"] = bench_batch(systems, settings, [speech_clip(s, seed=i) for i, s in enumerate(BATCH_SECONDS)])
+        if "reuse" in settings.sections:
+            settings.log("[bench] reuse: prompt-head cache, turn 3 of a chat ...")
+            results["reuse"] = bench_reuse(systems, settings, [ttft_clips[5.0], speech_clip(5.0, seed=7), speech_clip(5.0, seed=8)])
+        if "dtype" in settings.sections:
+            settings.log("[bench] inference precision ...")
+            results["dtype"] = bench_dtypes(systems, settings, ttft_clips[5.0])
+        if "pipeline" in settings.sections:
+            settings.log("[bench] batched pipeline ...")
+            results["pipeline"] = bench_pipeline(systems, settings, [speech_clip(s, seed=i) for i, s in enumerate(BATCH_SECONDS)])
         if "stage1" in settings.sections:
             settings.log("[bench] stage-1 training speed ...")
             stage1_clips = [speech_clip(s, seed=i) for i, s in enumerate((3.0, 4.0, 5.0, 6.0, 4.5, 3.5, 5.5, 2.5)[: settings.stage1_batch])]

@@ -97,14 +97,15 @@ def _text_turn(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def ttft_speech(model, processor, clip: np.ndarray) -> dict[str, float]:
-    """Audio in -> first token of an LLaSM-style model; with a features/encoder/adaptor/prefill breakdown."""
+def ttft_speech(model, processor, clip: np.ndarray, **generate_kwargs) -> dict[str, float]:
+    """Audio in -> first token of an LLaSM-style model; with a features/encoder/adaptor/prefill breakdown.
+    `generate_kwargs` (e.g. a `conversation_cache`) go to `generate`."""
     start = time.perf_counter()
     inputs = processor.apply_chat_template([_audio_turn(clip)], add_generation_prompt=True)
     features = time.perf_counter() - start
     timer = StageTimer({"encoder": model.audio_tower, "adaptor": model.multi_modal_projector, "llm_prefill": model.language_model})
     with timer, torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        model.generate(**inputs, max_new_tokens=1, do_sample=False, **generate_kwargs)
     total = time.perf_counter() - start
     out = {"total": total, "features": features, **timer.totals}
     out["other"] = total - sum(v for k, v in out.items() if k != "total")

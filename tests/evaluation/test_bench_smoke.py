@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from modeling_llasm.evaluation.bench import GOALS, BenchSettings, check_goals, goal_line, run_benchmark
+from modeling_llasm.evaluation.bench import GOALS, BenchSettings, check_goals, explain_missed, goal_line, run_benchmark
 
 
 def test_bench_smoke_writes_table_json_and_plots(tmp_path):
     settings = BenchSettings(
         output_dir=tmp_path / "out", smoke=True, repeats=1, warmup=0, threads=1, decode_tokens=4, batch_new_tokens=3,
-        stage1_steps=1, stage1_batch=2, sections=("ttft", "decode", "batch", "stage1"), log=lambda line: None,
+        stage1_steps=1, stage1_batch=2, sections=("ttft", "decode", "batch", "reuse", "dtype", "pipeline", "stage1"), log=lambda line: None,
         trainer_benchmark=False,  # benchmarks/stage1_speed.py is the training engineer's, with its own checks
     )  # fmt: skip
     results = run_benchmark(settings)
@@ -25,9 +25,19 @@ def test_bench_smoke_writes_table_json_and_plots(tmp_path):
     assert saved["decode"]["tokens_per_second"]["llasm"] > 0 and saved["decode"]["new_tokens"] == 4
     assert saved["batch"]["outputs_total"] == 8 and len(saved["batch"]["clip_seconds"]) == 8
     assert saved["stage1"]["samples_per_second"]["cached"] > 0
+    # issue 12: reuse, precision and the batched pipeline, each beside its baseline
+    reuse = saved["reuse"]
+    assert reuse["turn3_answers_equal"] is True and reuse["head_tokens"] > 0
+    for kind in ("turn3", "turn3_short_answers"):  # the earlier turns come from the cache
+        tokens = reuse["turn3_tokens"]
+        assert tokens[f"{kind}_conversation_cache"]["prefilled"] < tokens[f"{kind}_full_prefill"]["prompt"] / 2
+    assert set(saved["dtype"]["by_dtype"]) == {"float32", "bfloat16", "int8"}
+    assert all(row["decode"] > 0 and row["ttft"] > 0 for row in saved["dtype"]["by_dtype"].values())
+    assert saved["pipeline"]["outputs_equal"] == saved["pipeline"]["outputs_total"] == 8
     assert {g["key"] for g in saved["goals"]} == set(GOALS)
     table = (tmp_path / "out" / "results.md").read_text()
-    for heading in ("## Goals", "## Time to first token", "## Decode speed", "## Batch of 8", "## Stage-1 training", "SMOKE RUN"):
+    for heading in ("## Goals", "## Time to first token", "## Decode speed", "## Batch of 8", "## Reusing earlier work",
+                    "## Inference precision", "## Batched pipeline", "## Stage-1 training", "SMOKE RUN"):
         assert heading in table
     if any(not g["met"] for g in saved["goals"]):  # tiny random models miss some goals: profiles explain why
         assert "## Profiles of missed goals" in table and "Self CPU" in table
@@ -49,6 +59,20 @@ def test_goal_arithmetic():
     assert not goals["batch_speedup"]["met"] and goal_line(goals["batch_speedup"]).startswith("MISSED")
     assert "20 % outside" in goal_line(goals["batch_speedup"])
     assert goals["stage1_cache_speedup"]["met"]
+    results.update({
+        "dtype": {"by_dtype": {"float32": {"ttft": 0.2}, "int8": {"ttft": 0.1}}, "fastest_ttft_dtype": "int8",
+                  "decode_ratio_to_bare_float32": {"float32": 1.0, "int8": 1.9}},
+        "reuse": {"turn3_ratio": 0.4, "turn3_tokens": {"turn3_full_prefill": {"prompt": 400, "prefilled": 400},
+                                                        "turn3_conversation_cache": {"prompt": 400, "prefilled": 44}}},
+        "pipeline": {"speedup": 2.6},
+    })  # fmt: skip
+    goals = {g["key"]: g for g in check_goals(results)}
+    why = explain_missed(list(goals.values()), results)
+    assert "44 of 400 tokens" in why["turn3_vs_full_prefill"] and "pipeline_batch_speedup" not in why
+    assert goals["fast_ttft_vs_original"]["value"] == pytest.approx(0.1) and goals["fast_ttft_vs_original"]["met"]
+    assert goals["fast_ttft_vs_cascade"]["value"] == pytest.approx(0.1 / 0.3) and not goals["fast_ttft_vs_cascade"]["met"]
+    assert goals["fast_decode_vs_bare_fp32"]["value"] == pytest.approx(1.9) and goals["fast_decode_vs_bare_fp32"]["met"]
+    assert not goals["turn3_vs_full_prefill"]["met"] and goals["pipeline_batch_speedup"]["met"]
 
 
 def test_memory_probe_qlora_on_tiny_model(tmp_path):
