@@ -90,6 +90,9 @@ class LlasmConfig(PreTrainedConfig):
             generation config (`"whisper_reader"`; `from_pretrained_components` copies them).
         reader_max_pieces (`int`, defaults to 8), reader_num_spellings (`int`, defaults to 0): sizes of the
             `"whisper_reader"` tables (most LLM tokens per Whisper token or word; whole-word respellings).
+        reader_residual_ratio (`float`, *optional*): `"whisper_reader"`: the most the learned projection of the decoder
+            state may add to a word's embedding, as a fraction of that embedding's norm (None: unbounded). Training
+            it unbounded let the residual grow to 6-7x the embedding and drown the words (docs/training.md).
         num_queries (`int`, defaults to 64): audio tokens per window for query-based adaptors
             (`"whisper_resampler"`; at most `audio_config.max_target_positions`).
         audio_token (`str`), audio_token_id (`int`): the placeholder the processor expands, one per audio token.
@@ -124,6 +127,7 @@ class LlasmConfig(PreTrainedConfig):
     reader_begin_suppress_ids: list[int] | None = None
     reader_max_pieces: int = 8
     reader_num_spellings: int = 0
+    reader_residual_ratio: float | None = None
     num_queries: int = 64
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None
@@ -146,6 +150,8 @@ class LlasmConfig(PreTrainedConfig):
             if start is None:
                 raise ValueError("The whisper_reader adaptor needs reader_prompt_ids or audio_config.decoder_start_token_id.")
             self.reader_prompt_ids = [start]
+        if self.reader_residual_ratio is not None and self.reader_residual_ratio < 0:
+            raise ValueError(f"reader_residual_ratio must be >= 0 or None, got {self.reader_residual_ratio}.")
         if self.ctc_temperature <= 0:
             raise ValueError(f"ctc_temperature must be > 0, got {self.ctc_temperature}.")
         if self.text_config.is_encoder_decoder:

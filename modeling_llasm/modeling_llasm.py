@@ -457,8 +457,12 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             if len(spelled) > limit:  # a respelling longer than Whisper's pieces (rare): keep the pieces
                 spelled, owner = self.spell(ids, respell=False)
             projected = self.state_proj(window_states.to(self.state_proj.weight.dtype))[torch.tensor(owner, device=window_states.device)]
-            embedded = token_embeddings[torch.tensor(spelled, device=token_embeddings.device)]
-            tokens.append(embedded.to(projected.dtype) + projected)
+            embedded = token_embeddings[torch.tensor(spelled, device=token_embeddings.device)].to(projected.dtype)
+            ratio = self.config.reader_residual_ratio
+            if ratio is not None:  # keep the words audible: cap the residual relative to each word's embedding
+                limit = ratio * embedded.norm(dim=-1, keepdim=True)
+                projected = projected * (limit / projected.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+            tokens.append(embedded + projected)
             counts.append(len(spelled))
             llm_ids.append(spelled)
         return torch.cat(tokens), torch.tensor(counts, dtype=torch.long, device=encoder_hidden_states.device), llm_ids

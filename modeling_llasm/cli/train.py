@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reader-distill", action="store_true",
                         help="whisper_reader: train its state_proj by self-distillation in stage 2 (off by default: it "
                              "lowered held-out understanding in the measured 60-minute run, docs/training.md)")
+    parser.add_argument("--reader-residual-ratio", type=float, default=None,
+                        help="whisper_reader: cap the trained residual at this fraction of each word embedding's norm "
+                             "(LlasmConfig.reader_residual_ratio; default: unbounded)")
     parser.add_argument("--distill-weight", type=float, default=1.0, help="stage-2 text-teacher KL weight (0: off)")
     parser.add_argument("--no-ctc", action="store_true", help="skip the CTC pre-alignment (LM loss only in stage 1)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache the frozen encoder outputs")
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         adaptor_type=args.adaptor_type,
         reader_distill=args.reader_distill,
+        reader_residual_ratio=args.reader_residual_ratio,
         stack_factor=args.stack_factor,
         utterances=args.utterances,
         assistant_utterances=args.assistant_utterances,

@@ -92,6 +92,7 @@ class RecipeSettings:
     ce_weight: float | None = None  # None: STAGE2_DEFAULTS of the adaptor
     understanding: bool = True  # spoken-understanding evaluation of the final model
     reader_distill: bool = False  # whisper_reader: train its state_proj by self-distillation in stage 2 (see PHASE_SHARES)
+    reader_residual_ratio: float | None = None  # whisper_reader: cap state_proj's residual (LlasmConfig field) when it trains
     batch_ctc: int = 16
     batch_lm: int = 8
     batch_stage2: int = 4
@@ -161,6 +162,9 @@ class Recipe:
         records = self.load_data(data_dir)
         processor = LlasmProcessor.from_pretrained(base_dir)
         model = load_llasm(base_dir)
+        if self.kind == "whisper_reader" and s.reader_residual_ratio is not None:
+            model.config.reader_residual_ratio = s.reader_residual_ratio  # saved with every checkpoint of the run
+            self.summary["reader_residual_ratio"] = s.reader_residual_ratio
         self.summary["base_dir"], self.summary["data_dir"] = str(base_dir), str(data_dir)
 
         cache = None

@@ -168,6 +168,29 @@ def test_reader_gives_the_llm_its_own_embeddings_of_what_it_read():
     assert all(1 <= c <= s for c, s in zip(features.audio_token_counts.tolist(), slots))
 
 
+def test_reader_residual_ratio_caps_the_learned_residual(tmp_path):
+    """`reader_residual_ratio` bounds what `state_proj` adds to each word's embedding (relative to its norm)."""
+    model, processor = reader_llasm()
+    inputs = processor.apply_chat_template(conversation(speechlike(1.5, 0)), add_generation_prompt=True)
+    with torch.no_grad():
+        model.multi_modal_projector.state_proj.bias.fill_(5.0)  # a residual far larger than the embeddings
+
+        def residuals():
+            features = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+            words = model.get_input_embeddings().weight[[t for w in features.recognized_token_ids for t in w]]
+            return (features.pooler_output - words).norm(dim=-1) / words.norm(dim=-1)
+
+        unbounded = residuals()
+        model.config.reader_residual_ratio = 0.25
+        bounded = residuals()
+    assert unbounded.min() > 1.0
+    assert torch.allclose(bounded, torch.full_like(bounded, 0.25), atol=1e-4)
+    model.save_pretrained(tmp_path / "m")
+    assert type(model).from_pretrained(tmp_path / "m").config.reader_residual_ratio == 0.25
+    with pytest.raises(ValueError, match="reader_residual_ratio"):
+        type(model.config)(**{**model.config.to_dict(), "reader_residual_ratio": -1.0})
+
+
 def test_reader_memo_cache_reads_each_window_once():
     model, processor = reader_llasm()
     inputs = processor.apply_chat_template(conversation(speechlike(2.2, 3)), add_generation_prompt=True)
