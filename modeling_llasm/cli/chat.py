@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16"],
-                        help=f"inference precision (default {DEFAULT_DTYPE}; bfloat16 is faster only on CPUs with native bf16, docs/inference.md)")
+                        help=f"inference precision (default {DEFAULT_DTYPE}; bfloat16 decodes faster but changes answers a little and is "
+                             "slower to start without native bf16, docs/inference.md)")
 
 
 def load_chat_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"):

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16"],
-                        help=f"inference precision (default {DEFAULT_DTYPE}; bfloat16 is faster only on CPUs with native bf16, docs/inference.md)")
+                        help=f"inference precision (default {DEFAULT_DTYPE}; bfloat16 decodes faster but changes answers a little and is "
+                             "slower to start without native bf16, docs/inference.md)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -148,9 +148,14 @@ class ConversationPool:
         self.head: LlasmConversationCache | None = None
         self.stats = {"reused_tokens": 0, "prompt_tokens": 0}
 
+    def prepare(self) -> None:
+        """Prefill the shared prompt head (before serving: it uses the processor, which request threads share)."""
+        if self.head is None and self.size > 0:
+            with torch.inference_mode():
+                self.head = LlasmConversationCache.for_prompt_head(self.model, self.processor)
+
     def take(self, input_ids: list[int]) -> LlasmConversationCache:
-        if self.head is None:
-            self.head = LlasmConversationCache.for_prompt_head(self.model, self.processor)
+        self.prepare()
         best, best_common = None, len(self.head)
         for index, (ids, _) in enumerate(self.entries):
             common = next((i for i, (a, b) in enumerate(zip(ids, input_ids)) if a != b), min(len(ids), len(input_ids)))
@@ -198,6 +203,7 @@ class Engine:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stopping = False
+        self.conversations.prepare()
         self._thread = threading.Thread(target=self._loop, name="llasm-generate", daemon=True)
         self._thread.start()
 
