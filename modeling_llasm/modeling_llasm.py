@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -686,6 +687,11 @@ def set_inference_dtype(model: LlasmForConditionalGeneration, dtype: str) -> Lla
 AudioRow = tuple[bytes, int]  # an audio token of the prompt: (its window's key, row within the window)
 
 
+def common_prefix_length(a: Sequence, b: Sequence) -> int:
+    """How many leading items `a` and `b` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def audio_window_key(features: torch.Tensor, frames: int) -> bytes:
     """Identity of an audio window for cache reuse: a digest of its real log-mel frames `(n_mels, frames)`."""
     return hashlib.blake2b(features[:, :frames].detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
@@ -742,7 +748,7 @@ class LlasmConversationCache:
         heads = [processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": word}]}],
                                                add_generation_prompt=True)["input_ids"][0]
                  for word in ("yes", "no")]  # fmt: skip
-        length = next((i for i, (a, b) in enumerate(zip(*heads)) if a != b), min(map(len, heads)))
+        length = common_prefix_length(*[head.tolist() for head in heads])
         cache = cls()
         if length:
             cache.prefill(model, heads[0][None, :length].to(model.device))
@@ -788,11 +794,7 @@ class LlasmConversationCache:
     def reuse(self, keys: list[int | AudioRow], keep_last: bool) -> int:
         """Crop the cache to its longest common start with `keys` (leaving one position to prefill when
         `keep_last`); return where the prefill starts."""
-        common = 0
-        for cached, new in zip(self.keys, keys):
-            if cached != new:
-                break
-            common += 1
+        common = common_prefix_length(self.keys, keys)
         if keep_last:
             common = min(common, len(keys) - 1)
         cached = self.cache.get_seq_length()
@@ -1422,6 +1424,7 @@ __all__ = [
     "LlasmWhisperReaderAdaptor",
     "LLASM_ADAPTORS",
     "audio_window_tokens",
+    "common_prefix_length",
     "set_inference_dtype",
     "suppressed_audio_tokens",
     "whisper_token_pieces",

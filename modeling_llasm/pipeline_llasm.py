@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from typing import Any
 
 import numpy as np
@@ -168,8 +168,8 @@ class LlasmChatPipeline(Pipeline):
         from torch.utils.data import DataLoader
         from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-        dataset = PipelineDataset(inputs, self.preprocess, preprocess_params) if hasattr(inputs, "__len__") else \
-            PipelineIterator(inputs, self.preprocess, preprocess_params)  # fmt: skip
+        sized = isinstance(inputs, Sized)  # as the base class: an iterable is read by one worker
+        dataset = (PipelineDataset if sized else PipelineIterator)(inputs, self.preprocess, preprocess_params)
         pad_token_id = self.processor.tokenizer.pad_token_id
         if pad_token_id is None:
             pad_token_id = self.processor.tokenizer.eos_token_id
@@ -178,8 +178,8 @@ class LlasmChatPipeline(Pipeline):
             return {"model_inputs": collate_model_inputs([item["model_inputs"] for item in items], pad_token_id),
                     "messages": [item["messages"] for item in items]}  # fmt: skip
 
-        loader = DataLoader(dataset, num_workers=num_workers if hasattr(inputs, "__len__") else min(num_workers, 1),
-                            batch_size=batch_size, collate_fn=collate)  # fmt: skip
+        loader = DataLoader(dataset, num_workers=num_workers if sized else min(num_workers, 1), batch_size=batch_size,
+                            collate_fn=collate)  # fmt: skip
         model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 

@@ -56,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
 
         model = embedded_base(log=lambda line: print(line, file=sys.stderr))
     output = Path(args.output) if args.output else manifest.parent / "eval_results.json"
-    processor = None
-    if args.dtype == "int8":
-        model, processor = load_int8(model)
+    processor, cascade_dtype = None, args.dtype
+    if args.dtype == "int8":  # not a torch dtype: quantize the loaded model; the cascade's Whisper stays float32
+        (model, processor), cascade_dtype = load_in_dtype(model, "int8"), "float32"
     results = evaluate_model(
         model, manifest, processor=processor, cascade=not args.no_cascade, whisper_dir=args.whisper, max_new_tokens=args.max_new_tokens or 128,
-        batch_size=args.batch_size, limit=args.limit, output=output, dtype=getattr(torch, args.dtype.replace("int8", "float32")),
+        batch_size=args.batch_size, limit=args.limit, output=output, dtype=getattr(torch, cascade_dtype),
         log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
     print(format_results(results))
@@ -69,18 +69,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_int8(model_dir):
+def load_in_dtype(model_dir, dtype: str):
+    """`(model, processor)` of `model_dir` cast by `set_inference_dtype` (int8 included)."""
     from modeling_llasm.evaluation.evaluator import load_llasm
     from modeling_llasm.modeling_llasm import set_inference_dtype
 
     model, processor = load_llasm(model_dir)
-    return set_inference_dtype(model, "int8"), processor
+    return set_inference_dtype(model, dtype), processor
 
 
 def run_understanding(args: argparse.Namespace) -> int:
-    import torch
-
-    from modeling_llasm.evaluation.evaluator import load_llasm
     from modeling_llasm.cache import llasm_cache_dir
     from modeling_llasm.evaluation.understanding import build_understanding_set, evaluate_understanding, format_understanding
 
@@ -93,9 +91,7 @@ def run_understanding(args: argparse.Namespace) -> int:
     else:
         manifest = build_understanding_set(llasm_cache_dir() / "eval" / "understanding-en")
     output = Path(args.output) if args.output else Path(args.model) / "understanding.json"
-    model, processor = args.model, None
-    if args.dtype != "float32":
-        model, processor = load_int8(args.model) if args.dtype == "int8" else load_llasm(args.model, dtype=getattr(torch, args.dtype))
+    model, processor = load_in_dtype(args.model, args.dtype) if args.dtype != "float32" else (args.model, None)
     results = evaluate_understanding(
         model, manifest, processor=processor, base_model=args.base, asr_manifest=args.asr, whisper_dir=args.whisper,
         max_new_tokens=args.max_new_tokens or 64, batch_size=args.batch_size, limit=args.limit, output=output,

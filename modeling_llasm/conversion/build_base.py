@@ -60,7 +60,7 @@ def embedded_base(log: Callable[[str], None] = print) -> Path:
 
 def variant_dir(adaptor_type: str, stack_factor: int) -> Path:
     """Where a base with another adaptor than the default is built: `llasm-tiny-base-<adaptor>-s<stack>`."""
-    if all(TINY_BASE_RECIPE[k] == v for k, v in {"adaptor_type": adaptor_type, "stack_factor": stack_factor}.items()):
+    if (adaptor_type, stack_factor) == (TINY_BASE_RECIPE["adaptor_type"], TINY_BASE_RECIPE["stack_factor"]):
         return default_base_dir()
     return llasm_cache_dir() / f"{BASE_NAME}-{adaptor_type}-s{stack_factor}"
 

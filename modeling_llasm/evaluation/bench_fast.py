@@ -52,16 +52,13 @@ def bench_reuse(systems: Systems, settings: BenchSettings, clips: list[np.ndarra
     head = LlasmConversationCache.for_prompt_head(model, processor)
 
     def with_head():
-        cache = LlasmConversationCache()
-        cache.start_from(head)
-        return ttft_speech(model, processor, clips[0], conversation_cache=cache)
+        return ttft_speech(model, processor, clips[0], conversation_cache=head.copy())
 
     # Turn 3 of a spoken chat, two ways: (a) as `llasm chat -i` runs it: the model's own greedy answers (up to
     # `llasm chat`'s default 128 tokens) generated into the cache; (b) short fixed answers (18 tokens), prefilled as
     # text (the cache ends up as if they had been generated), where the new turn is a larger share of the prompt.
     chat_messages = _audio_turn(clips[0])
-    own = LlasmConversationCache()
-    own.start_from(head)
+    own = head.copy()
     for clip in clips[1:]:
         inputs = processor.apply_chat_template(chat_messages, add_generation_prompt=True)
         with torch.inference_mode():
@@ -69,8 +66,7 @@ def bench_reuse(systems: Systems, settings: BenchSettings, clips: list[np.ndarra
         answer = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
         chat_messages += [{"role": "assistant", "content": answer}, *_audio_turn(clip)]
     short_messages = _three_turns(clips)
-    short = LlasmConversationCache()
-    short.start_from(head)
+    short = head.copy()
     for upto in (2, 4):
         short.prefill(model, **processor.apply_chat_template(short_messages[:upto]))
 
@@ -127,9 +123,7 @@ def bench_dtypes(systems: Systems, settings: BenchSettings, clip: np.ndarray) ->
         head = LlasmConversationCache.for_prompt_head(model, processor)
 
         def ttft():
-            cache = LlasmConversationCache()
-            cache.start_from(head)
-            return ttft_speech(model, processor, clip, conversation_cache=cache)["total"]
+            return ttft_speech(model, processor, clip, conversation_cache=head.copy())["total"]
 
         def decode(target=model):
             times = TokenTimes()

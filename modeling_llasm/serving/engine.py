@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from ..modeling_llasm import LlasmConversationCache
+from ..modeling_llasm import LlasmConversationCache, common_prefix_length
 from ..processing_llasm import collate_model_inputs
 
 logger = logging.getLogger("modeling_llasm.serving")
@@ -158,14 +158,12 @@ class ConversationPool:
         self.prepare()
         best, best_common = None, len(self.head)
         for index, (ids, _) in enumerate(self.entries):
-            common = next((i for i, (a, b) in enumerate(zip(ids, input_ids)) if a != b), min(len(ids), len(input_ids)))
+            common = common_prefix_length(ids, input_ids)
             if common > best_common:  # only a real continuation: never crop another conversation to the head
                 best, best_common = index, common
         if best is not None:
             return self.entries.pop(best)[1]
-        cache = LlasmConversationCache()
-        cache.start_from(self.head)
-        return cache
+        return self.head.copy()
 
     def give_back(self, ids: list[int], cache: LlasmConversationCache, prompt_tokens: int) -> None:
         self.stats["reused_tokens"] += cache.reused_tokens

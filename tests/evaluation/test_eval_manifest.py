@@ -126,3 +126,16 @@ def test_cli_eval_writes_json(tiny_llasm, manifest, tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["counts"]["asr"] == 2 and "wer" in results["asr"]["llasm"]
     assert "ASR WER (n=2)" in capsys.readouterr().out
+
+
+def test_cli_eval_in_int8(tiny_llasm, manifest, tmp_path):
+    """`llasm eval --dtype int8` quantizes the loaded model (set_inference_dtype) and evaluates it."""
+    from modeling_llasm.cli import main
+
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "int8.json"
+    args = ["eval", str(tmp_path / "ckpt"), "--data", str(manifest), "--no-cascade", "--max-new-tokens", "4", "--dtype", "int8", "-o", str(out)]
+    assert main(args) == 0
+    assert json.loads(out.read_text())["counts"]["asr"] == 2
