@@ -16,6 +16,25 @@ from .configuration_llasm import STACKED_ADAPTORS, audio_token_count
 
 AudioSource = Union[str, os.PathLike, bytes, np.ndarray, torch.Tensor, dict]
 
+TRANSCRIPTION_INSTRUCTION = "Transcribe the speech."
+
+
+def _typed_demonstration(words: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": TRANSCRIPTION_INSTRUCTION}, {"type": "text", "text": words}]},
+            {"role": "assistant", "content": [{"type": "text", "text": words}]}]  # fmt: skip
+
+
+# What precedes every transcription request (`LlasmProcessor.apply_transcription_request`): a system prompt and typed
+# demonstrations of verbatim copying. A frozen chat LLM asked to transcribe answers or comments on the words instead;
+# in-context demonstrations, a question and a word list among them, make it repeat them (docs/training.md, "Can the
+# frozen LLM still transcribe?").
+DEFAULT_TRANSCRIPTION_PROMPT: list[dict] = [
+    {"role": "system", "content": [{"type": "text", "text": "You are a transcriber. Reply with exactly the words spoken in the audio, nothing else."}]},
+    *_typed_demonstration("Set a timer for ten minutes and remind me to call Anna."),
+    *_typed_demonstration("Orange window quietly seven bottle under Denver."),
+    *_typed_demonstration("What is the tallest mountain in Africa?"),
+]
+
 
 def load_audio(source: AudioSource, sampling_rate: int | None = None, target_rate: int = 16000) -> np.ndarray:
     """Return `source` as float32 mono samples at `target_rate`.
@@ -107,8 +126,10 @@ class LlasmProcessor(ProcessorMixin):
         stack_factor: int = 8,
         num_queries: int = 64,
         pad_to_window: bool = False,
+        transcription_prompt: list[dict] | None = None,
         **kwargs,
     ):
+        self.transcription_prompt = DEFAULT_TRANSCRIPTION_PROMPT if transcription_prompt is None else transcription_prompt
         self.audio_token = audio_token
         self.adaptor_type = adaptor_type
         self.stack_factor = stack_factor
@@ -286,6 +307,34 @@ class LlasmProcessor(ProcessorMixin):
         inputs = self(text=texts, audio=clips or None, sampling_rate=sampling_rate, **kwargs)
         return inputs if return_dict else inputs["input_ids"]
 
+    def transcription_conversation(self, audio: AudioSource, instruction: str = TRANSCRIPTION_INSTRUCTION) -> list[dict]:
+        """The chat messages of a transcription request for one clip: `transcription_prompt` (saved with the
+        processor), then the user turn with `instruction` and the clip."""
+        item = dict(audio) if isinstance(audio, dict) and "type" in audio else {"type": "audio", "audio": audio}
+        return [*self.transcription_prompt, {"role": "user", "content": [{"type": "text", "text": instruction}, item]}]
+
+    def apply_transcription_request(
+        self,
+        audio: AudioSource | Sequence[AudioSource],
+        sampling_rate: int | None = None,
+        instruction: str = TRANSCRIPTION_INSTRUCTION,
+        **kwargs,
+    ) -> BatchFeature:
+        """Model inputs asking for the verbatim transcript of each clip (as Voxtral's processor does); decode the
+        generated tokens with `batch_decode(..., skip_special_tokens=True)`.
+
+        ```python
+        >>> inputs = processor.apply_transcription_request(["a.wav", "b.wav"])
+        >>> output = model.generate(**inputs, max_new_tokens=96)
+        >>> processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        ```
+        """
+        clips = [audio] if _is_single_clip(audio) else list(audio)
+        if not clips:
+            raise ValueError("apply_transcription_request needs at least one audio clip.")
+        conversations = [self.transcription_conversation(clip, instruction) for clip in clips]
+        return self.apply_chat_template(conversations, add_generation_prompt=True, sampling_rate=sampling_rate, **kwargs)
+
     def flatten_messages(self, messages: list[dict]) -> tuple[list[dict], list[AudioSource]]:
         """Replace audio content items by the placeholder; return string-content messages and the clips."""
         flat, clips = [], []
@@ -363,4 +412,4 @@ def _audio_of_item(item: dict, position: int) -> AudioSource:
     raise ValueError(f"Message {position}: an audio item needs 'path', 'audio' or 'array', got keys {sorted(item)}.")
 
 
-__all__ = ["LlasmProcessor", "collate_model_inputs", "load_audio"]
+__all__ = ["DEFAULT_TRANSCRIPTION_PROMPT", "TRANSCRIPTION_INSTRUCTION", "LlasmProcessor", "collate_model_inputs", "load_audio"]

@@ -26,3 +26,5 @@ echo "--- answer to the audio:"
 llasm chat "$RUN_DIR/final" --audio "$QUESTION" --max-new-tokens 64
 echo "--- answer to the same question typed:"
 llasm chat "$RUN_DIR/final" --text "$TEXT" --max-new-tokens 64
+echo "--- its transcript of the audio (a transcription request):"
+llasm chat "$RUN_DIR/final" --transcribe --audio "$QUESTION" --max-new-tokens 64

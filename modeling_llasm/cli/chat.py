@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", action="append", default=[], help="audio file for the question (repeatable)")
     parser.add_argument("--text", default=None, help="text in the same user turn, after the audio")
     parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--transcribe", action="store_true",
+                        help="print the transcript of each --audio file (LlasmProcessor.apply_transcription_request) instead of answering")
     parser.add_argument("--interactive", "-i", action="store_true", help="keep chatting (see /help inside)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
@@ -81,9 +83,17 @@ def answer(chat, messages: list[dict], args: argparse.Namespace, conversation_ca
 def run(args: argparse.Namespace) -> int:
     if not args.interactive and not args.audio and not args.text:
         raise SystemExit("llasm chat: give --audio and/or --text, or --interactive.")
+    if args.transcribe and (not args.audio or args.text or args.interactive or args.system):
+        raise SystemExit("llasm chat --transcribe: give only --audio files (no --text, --system or --interactive).")
     from modeling_llasm import LlasmConversationCache
 
     chat = load_chat_pipeline(args.model, args.device, args.dtype)
+    if args.transcribe:
+        for path in args.audio:
+            if not Path(path).is_file():
+                raise SystemExit(f"llasm chat: audio file not found: {path}")
+            answer(chat, chat.processor.transcription_conversation(path), args)
+        return 0
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     conversation_cache = LlasmConversationCache()  # each turn prefills only itself and encodes only its own audio

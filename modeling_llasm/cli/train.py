@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     except FileExistsError as error:
         print(f"llasm train: {error}", file=sys.stderr)
         return 2
-    keys = ("final_dir", "adaptor_type", "stage1_heldout_wer", "final_heldout_wer", "loss_curve")
+    keys = ("final_dir", "adaptor_type", "stage1_heldout_wer", "final_heldout_wer", "final_heldout_wer_transcription_request", "loss_curve")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     if summary.get("understanding"):
         print(json.dumps({"understanding": summary["understanding"].get("spoken"),

@@ -43,7 +43,10 @@ from .rouge import rouge_l
 #: engines so that the score is not one synthesizer's.
 DEFAULT_VOICES = ("flite:slt", "espeak-ng:en-us+m5")
 ASR_PROMPT = "Transcribe the speech."
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: held-out ASR asked both by instruction and by transcription request
+# How the held-out ASR clips ask for a transcript: their own chat instruction (as in training), or
+# `LlasmProcessor.apply_transcription_request`.
+ASR_PROMPTS = ("instruction", "transcription_request")
 
 
 def build_understanding_set(
@@ -125,6 +128,7 @@ def evaluate_understanding(
     processor: Any = None,
     base_model: str | os.PathLike | Any | None = None,
     asr_manifest: str | os.PathLike | None = None,
+    asr_prompts: Sequence[str] = ASR_PROMPTS,
     recognition_manifest: str | os.PathLike | None = None,
     asr: AsrFunction | None = None,
     whisper_dir: str | os.PathLike | None = None,
@@ -139,7 +143,8 @@ def evaluate_understanding(
     """Spoken-question understanding of `model` on the spoken-question records of `manifest` (see the module
     docstring). `base_model` (a checkpoint directory or a loaded model) gives the base LLM for text-skill retention
     (skipped when None); `asr_manifest` adds held-out ASR WER (the model transcribing through the LLM vs Whisper) on
-    ASR records, `recognition_manifest` the adaptor's own recognition WER on them (vs Whisper, no LLM); `asr`
+    ASR records, asked with each record's own instruction and/or as a transcription request (`asr_prompts`, see
+    `LlasmProcessor.apply_transcription_request`); `recognition_manifest` the adaptor's own recognition WER on them (vs Whisper, no LLM); `asr`
     replaces Whisper (clips -> transcripts); `cascade=False` skips Whisper and the cascade (their metrics are None).
     Greedy decoding, `max_new_tokens` for every answer. Returns the results dict (also written as JSON to `output`)."""
     from ..processing_llasm import load_audio
@@ -221,7 +226,7 @@ def evaluate_understanding(
 
     if asr_manifest is not None:
         log("[understanding] held-out ASR ...")
-        results["heldout_asr"] = timed("heldout_asr", lambda: _heldout_asr(model, processor, asr_set(asr_manifest), batch_size))
+        results["heldout_asr"] = timed("heldout_asr", lambda: _heldout_asr(model, processor, asr_set(asr_manifest), batch_size, asr_prompts))
     if recognition_manifest is not None:
         log("[understanding] the adaptor's recognition on held-out ASR clips ...")
         results["heldout_recognition"] = timed("heldout_recognition", lambda: _recognition(model, processor, asr_set(recognition_manifest), batch_size))
@@ -255,12 +260,31 @@ class _AsrSet:
         return cls(records, [tasks.asr_reference(r) for r in records], clips, list(asr(clips)))
 
 
-def _heldout_asr(model, processor, data: _AsrSet, batch_size: int) -> dict[str, Any]:
-    hypotheses = generate_answers(model, processor, [tasks.audio_prompt(r) for r in data.records], max_new_tokens=48, batch_size=batch_size)
-    wer, whisper_wer = _wer(data.references, hypotheses), _wer(data.references, data.whisper)
-    return {"num_clips": len(data.records), "wer": wer, "whisper_wer": whisper_wer,
-            "wer_ratio_to_whisper": wer / whisper_wer if whisper_wer else None,
-            "samples": [{"reference": r, "llasm": h, "whisper": w} for r, h, w in zip(data.references, hypotheses, data.whisper)]}  # fmt: skip
+def _heldout_asr(model, processor, data: _AsrSet, batch_size: int, prompts: Sequence[str] = ASR_PROMPTS) -> dict[str, Any]:
+    """Held-out ASR WER through the LLM, asked as each record asks (`instruction`: the clip's own chat instruction,
+    as in training) and/or as `processor.apply_transcription_request` asks (`transcription_request`)."""
+    unknown = set(prompts) - set(ASR_PROMPTS)
+    if unknown:
+        raise ValueError(f"Unknown ASR prompt kind(s) {sorted(unknown)}; expected some of {ASR_PROMPTS}.")
+    conversations = {
+        "instruction": lambda: [tasks.audio_prompt(r) for r in data.records],
+        "transcription_request": lambda: [processor.transcription_conversation(tasks.audio_paths(r)[0]) for r in data.records],
+    }
+    whisper_wer = _wer(data.references, data.whisper)
+    results: dict[str, Any] = {"num_clips": len(data.records), "whisper_wer": whisper_wer}
+    samples = [{"reference": r, "whisper": w} for r, w in zip(data.references, data.whisper)]
+    for kind in ASR_PROMPTS:
+        key = "wer" if kind == "instruction" else f"{kind}_wer"
+        if kind not in prompts:
+            results[key] = results[f"{key}_ratio_to_whisper"] = None
+            continue
+        hypotheses = generate_answers(model, processor, conversations[kind](), max_new_tokens=48, batch_size=batch_size)
+        results[key] = wer = _wer(data.references, hypotheses)
+        results[f"{key}_ratio_to_whisper"] = wer / whisper_wer if whisper_wer else None
+        for sample, hypothesis in zip(samples, hypotheses):
+            sample["llasm" if kind == "instruction" else f"llasm_{kind}"] = hypothesis
+    results["samples"] = samples
+    return results
 
 
 def _recognition(model, processor, data: _AsrSet, batch_size: int) -> dict[str, Any]:
@@ -304,7 +328,9 @@ def format_understanding(results: dict[str, Any]) -> str:
     ]
     if "heldout_asr" in results:
         asr = results["heldout_asr"]
-        lines.append(f"held-out ASR WER: {asr['wer']:.3f} (Whisper {asr['whisper_wer']:.3f}) on {asr['num_clips']} clips")
+        lines.append(f"held-out ASR WER through the LLM, on {asr['num_clips']} clips (Whisper {asr['whisper_wer']:.3f}): "
+                     f"asked by the clip's instruction {_fmt(asr['wer'])}, by a transcription request "
+                     f"{_fmt(asr['transcription_request_wer'])}")  # fmt: skip
     if "heldout_recognition" in results:
         rec = results["heldout_recognition"]
         lines.append(f"held-out ASR clips, the adaptor's own recognition: WER {rec['adaptor_wer']:.3f} ({rec['readout']}; "
@@ -316,6 +342,6 @@ def format_understanding(results: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "DEFAULT_VOICES", "adaptor_transcripts", "build_understanding_set", "eval_questions", "evaluate_understanding",
+    "ASR_PROMPTS", "DEFAULT_VOICES", "adaptor_transcripts", "build_understanding_set", "eval_questions", "evaluate_understanding",
     "format_understanding", "text_skill_prompts",
 ]  # fmt: skip

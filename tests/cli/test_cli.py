@@ -69,3 +69,22 @@ def test_interactive_turns_answer_as_a_full_prefill_would(tiny_llasm, tmp_path):
     assert answers == expected
     bf16 = llasm("chat", str(tmp_path / "m"), "--interactive", "--max-new-tokens", "5", "--dtype", "bfloat16", stdin=stdin)
     assert bf16.returncode == 0 and bf16.stdout.count("llasm> ") == 3, bf16.stderr[-2000:]
+
+
+def test_chat_transcribe_prints_each_clips_transcription_request_answer(tiny_llasm, tmp_path):
+    """`llasm chat --transcribe` answers `processor.transcription_conversation(clip)` for each --audio file, in order."""
+    from modeling_llasm import LlasmChatPipeline
+
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    clips = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    soundfile.write(clips[0], tone(1.0), 16000)
+    soundfile.write(clips[1], tone(0.5, freq=700.0), 16000)
+    result = llasm("chat", str(tmp_path / "m"), "--transcribe", "--audio", str(clips[0]), "--audio", str(clips[1]), "--max-new-tokens", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    chat = LlasmChatPipeline(model=model, processor=processor)
+    expected = [chat(processor.transcription_conversation(str(c)), max_new_tokens=5, do_sample=False)["generated_text"] for c in clips]
+    assert result.stdout.splitlines() == [e.strip() for e in expected]
+    refused = llasm("chat", str(tmp_path / "m"), "--transcribe", "--audio", str(clips[0]), "--text", "hi")
+    assert refused.returncode != 0 and "give only --audio files" in refused.stderr

@@ -144,3 +144,37 @@ def test_datasets_audio_dict_uses_its_decoded_array():
     item = {"type": "audio", "path": "not-here.mp3", "array": tone(1.5), "sampling_rate": 16000}
     inputs = processor.apply_chat_template([{"role": "user", "content": [item]}], add_generation_prompt=True)
     assert inputs["input_features_mask"].sum() == 150
+
+
+def test_transcription_request_puts_the_saved_prompt_before_each_clip(tmp_path):
+    from modeling_llasm.processing_llasm import DEFAULT_TRANSCRIPTION_PROMPT, TRANSCRIPTION_INSTRUCTION
+
+    processor = real_size_processor()
+    assert processor.transcription_prompt == DEFAULT_TRANSCRIPTION_PROMPT
+    conversation = processor.transcription_conversation("q.wav")
+    assert conversation[: len(DEFAULT_TRANSCRIPTION_PROMPT)] == DEFAULT_TRANSCRIPTION_PROMPT
+    assert conversation[-1] == {"role": "user", "content": [{"type": "text", "text": TRANSCRIPTION_INSTRUCTION},
+                                                            {"type": "audio", "audio": "q.wav"}]}  # fmt: skip
+    # the demonstrations repeat their words verbatim, a question among them (which a chat LLM would otherwise answer)
+    demos = [m for m in DEFAULT_TRANSCRIPTION_PROMPT if m["role"] != "system"]
+    assert [m["role"] for m in demos] == ["user", "assistant"] * 3
+    assert any(m["content"][0]["text"].endswith("?") for m in demos if m["role"] == "assistant")
+    for question, reply in zip(demos[::2], demos[1::2]):
+        assert question["content"][1]["text"] == reply["content"][0]["text"]
+
+    inputs = processor.apply_transcription_request([tone(1.0), {"array": tone(2.0, 8000), "sampling_rate": 8000}])
+    expected = processor.apply_chat_template(
+        [processor.transcription_conversation(tone(1.0)), processor.transcription_conversation({"array": tone(2.0, 8000), "sampling_rate": 8000})],
+        add_generation_prompt=True,
+    )
+    assert torch.equal(inputs["input_ids"], expected["input_ids"]) and inputs["input_features_mask"].sum(-1).tolist() == [100, 200]
+    prompt = processor.apply_chat_template(processor.transcription_conversation(tone(1.0)), tokenize=False, add_generation_prompt=True)
+    assert prompt.count("Orange window quietly seven bottle under Denver.") == 2 and prompt.endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="at least one audio clip"):
+        processor.apply_transcription_request([])
+
+    # a checkpoint's own prompt is saved with its processor; [] asks with the instruction alone
+    processor.transcription_prompt = []
+    processor.save_pretrained(tmp_path / "p")
+    reloaded = LlasmProcessor.from_pretrained(tmp_path / "p")
+    assert reloaded.transcription_prompt == [] and len(reloaded.transcription_conversation("q.wav")) == 1

@@ -139,3 +139,39 @@ def test_cli_eval_in_int8(tiny_llasm, manifest, tmp_path):
     args = ["eval", str(tmp_path / "ckpt"), "--data", str(manifest), "--no-cascade", "--max-new-tokens", "4", "--dtype", "int8", "-o", str(out)]
     assert main(args) == 0
     assert json.loads(out.read_text())["counts"]["asr"] == 2
+
+
+def test_understanding_asks_held_out_asr_by_instruction_and_by_transcription_request(tiny_llasm, manifest, monkeypatch):
+    from modeling_llasm.evaluation import understanding
+
+    model, processor = tiny_llasm
+    asked = []
+
+    def recording(model, processor, conversations, **kwargs):
+        asked.append(conversations)
+        return real(model, processor, conversations, **kwargs)
+
+    real = understanding.generate_answers
+    monkeypatch.setattr(understanding, "generate_answers", recording)
+    results = understanding.evaluate_understanding(model, manifest, processor=processor, asr_manifest=manifest, asr=stub_asr,
+                                                   cascade=False, max_new_tokens=4, batch_size=2)  # fmt: skip
+    asr = results["heldout_asr"]
+    assert asr["num_clips"] == 2 and asr["whisper_wer"] == pytest.approx(2 / 6)
+    instruction, request = asked[-2], asked[-1]  # spoken answers and typed answers were asked first
+    assert instruction[0][0]["content"][0] == text("Transcribe the speech.")  # the record's own user turn
+    prompt = processor.transcription_prompt
+    assert all(c[: len(prompt)] == prompt and c[-1]["content"][1]["audio"].endswith(name) for c, name in zip(request, ("a.wav", "b.wav")))
+    from modeling_llasm.metrics import word_error_rate  # tested on its own in tests/metrics
+
+    for key, field in (("wer", "llasm"), ("transcription_request_wer", "llasm_transcription_request")):
+        hypotheses = [s[field] for s in asr["samples"]]
+        assert asr[key] == pytest.approx(word_error_rate(["the quick brown fox", "Hello, world!"], hypotheses))
+        assert asr[f"{key}_ratio_to_whisper"] == pytest.approx(asr[key] / (2 / 6))
+    assert "by a transcription request" in understanding.format_understanding(results)
+
+    only = understanding.evaluate_understanding(model, manifest, processor=processor, asr_manifest=manifest, asr=stub_asr, cascade=False,
+                                                asr_prompts=("transcription_request",), max_new_tokens=4, batch_size=2)  # fmt: skip
+    assert only["heldout_asr"]["wer"] is None and only["heldout_asr"]["transcription_request_wer"] == asr["transcription_request_wer"]
+    with pytest.raises(ValueError, match=r"Unknown ASR prompt kind\(s\) \['typed'\]"):
+        understanding.evaluate_understanding(model, manifest, processor=processor, asr_manifest=manifest, asr=stub_asr, cascade=False,
+                                             asr_prompts=("typed",), max_new_tokens=2)  # fmt: skip
