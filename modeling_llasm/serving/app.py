@@ -1,6 +1,7 @@
 """`create_app(model, processor, settings)`: the OpenAI-compatible chat-completions server as a FastAPI app.
 
-Endpoints: `POST /v1/chat/completions` (text and `input_audio` content parts, streaming as SSE), `GET /v1/models`,
+Endpoints: `POST /v1/chat/completions` (text and `input_audio` content parts, streaming as SSE),
+`POST /v1/audio/transcriptions` (a multipart audio file, asked by `processor.apply_transcription_request`), `GET /v1/models`,
 `GET /v1/models/{id}`, `GET /health`. Every client error is a 4xx with OpenAI's error body
 `{"error": {"message", "type", "param", "code"}}`; nothing is fetched from anywhere.
 """
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from jinja2.exceptions import TemplateError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,6 +40,10 @@ from .protocol import ChatCompletionRequest, RequestError, error_body, validatio
 logger = logging.getLogger("modeling_llasm.serving")
 
 SAMPLING_RATE = 16000
+GENERATING_PATHS = ("/v1/chat/completions", "/v1/audio/transcriptions")  # requests admitted against the queue's room
+TRANSCRIPTION_FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature")
+TRANSCRIPTION_FORMATS = ("json", "text")
+TRANSCRIPT_TOKENS_BASE, TRANSCRIPT_TOKENS_PER_SECOND = 16, 10.0
 
 
 @dataclass
@@ -112,7 +117,7 @@ class _Guard:
                 message = "Missing API key: send 'Authorization: Bearer KEY'." if missing else "Incorrect API key provided."
                 await _error(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
                 return
-        counted = scope.get("method") == "POST" and scope["path"].rstrip("/") == "/v1/chat/completions"
+        counted = scope.get("method") == "POST" and scope["path"].rstrip("/") in GENERATING_PATHS
         if counted:
             if self.admission.in_flight >= self.admission.limit:
                 await _queue_full(self.settings)(scope, receive, send)
@@ -178,31 +183,34 @@ def _decode_audio(part, param: str, settings: ServerSettings) -> np.ndarray:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as error:
         raise RequestError(f"{param}.data is not valid base64 ({error}).", f"{param}.data", "invalid_base64") from error
+    return _decode_audio_bytes(raw, f"{param}.data", param, f"{part.format} audio", settings)
+
+
+def _decode_audio_bytes(raw: bytes, param: str, name: str, what: str, settings: ServerSettings) -> np.ndarray:
+    """An encoded audio file -> 16 kHz float32 mono, or `RequestError` on `param` (`name` in the message)."""
     if not raw:
-        raise RequestError(f"{param}.data is empty: no audio.", f"{param}.data", "empty_audio")
+        raise RequestError(f"{param} is empty: no audio.", param, "empty_audio")
     import soundfile
 
     try:
         info = soundfile.info(io.BytesIO(raw))
     except Exception as error:  # noqa: BLE001 -- libsndfile's own error types
         reason = re.sub(r"^Error opening <[^>]*>: ", "", str(error)).strip()
-        raise RequestError(
-            f"{param}.data could not be decoded as {part.format} audio ({reason}).", f"{param}.data", "invalid_audio"
-        ) from error
+        raise RequestError(f"{param} could not be decoded as {what} ({reason}).", param, "invalid_audio") from error
     limit = settings.max_audio_seconds
     if info.samplerate > 0 and info.frames > 0 and info.frames / info.samplerate > limit:
         seconds = info.frames / info.samplerate
-        raise RequestError(f"{param}: audio clip of {seconds:.1f} s exceeds the limit --max-audio-seconds {limit:g}.",
-                           f"{param}.data", "audio_too_long")  # fmt: skip
+        raise RequestError(f"{name}: audio clip of {seconds:.1f} s exceeds the limit --max-audio-seconds {limit:g}.",
+                           param, "audio_too_long")  # fmt: skip
     try:
         samples = load_audio(raw, target_rate=SAMPLING_RATE)
     except ValueError as error:
         code = "empty_audio" if "empty" in str(error) else "invalid_audio"
-        raise RequestError(f"{param}.data: {error}", f"{param}.data", code) from error
+        raise RequestError(f"{param}: {error}", param, code) from error
     seconds = len(samples) / SAMPLING_RATE
     if seconds > limit:  # the header may have under-stated the length
-        raise RequestError(f"{param}: audio clip of {seconds:.1f} s exceeds the limit --max-audio-seconds {limit:g}.",
-                           f"{param}.data", "audio_too_long")  # fmt: skip
+        raise RequestError(f"{name}: audio clip of {seconds:.1f} s exceeds the limit --max-audio-seconds {limit:g}.",
+                           param, "audio_too_long")  # fmt: skip
     return samples
 
 
@@ -347,6 +355,85 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
                 raise RequestError(f"messages: {error}", "messages") from error
         return dict(inputs)
 
+    async def complete(inputs: dict, max_tokens: int, sampling: Sampling, stop: tuple[str, ...]) -> Completion | JSONResponse:
+        """Queue one non-streaming generation and wait for it: its completion, or the response that refuses it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        job = Job(inputs, max_tokens, sampling, stop, on_done=lambda r, e: _call_soon(loop, _resolve, future, r, e))
+        refused = _submit(engine, job, settings)
+        if refused is not None:
+            return refused
+        try:
+            return await future
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            raise
+        except ShuttingDown as error:
+            return _unavailable(error)
+        except Exception as error:  # noqa: BLE001 -- a failed generate (a bug): a 500 the client can read
+            return _error(500, f"Generation failed: {type(error).__name__}: {error}", "server_error", code="generation_failed")
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request):
+        """OpenAI's audio transcription API: a multipart form with the audio `file`; the model is asked by
+        `processor.apply_transcription_request`. Greedy unless `temperature` is given; `json` or `text` responses."""
+        if engine.full():
+            return _queue_full(settings)
+        try:
+            form = await request.form(max_files=1, max_fields=len(TRANSCRIPTION_FIELDS))
+        except Exception as error:  # noqa: BLE001 -- starlette's multipart errors (not a form, too many parts)
+            raise RequestError(f"The body must be a multipart/form-data form with an audio 'file' ({error}).", None,
+                               "invalid_request") from error  # fmt: skip
+        unknown = sorted(set(form.keys()) - set(TRANSCRIPTION_FIELDS))
+        if unknown:
+            raise RequestError(f"Unknown form field(s) {unknown}; this endpoint takes {list(TRANSCRIPTION_FIELDS)}.", unknown[0])
+        model_id = form.get("model")
+        if model_id is not None and model_id != settings.model_id:
+            raise RequestError(f"The model {model_id!r} does not exist; this server serves {settings.model_id!r}.",
+                               "model", "model_not_found", status=404)  # fmt: skip
+        if form.get("prompt"):
+            raise RequestError("prompt is not supported: the transcription prompt is the model's own (processor.transcription_prompt).",
+                               "prompt", "unsupported_value")  # fmt: skip
+        if form.get("language") not in (None, "", "en"):
+            raise RequestError(f"language {form.get('language')!r} is not supported: this model transcribes English ('en').",
+                               "language", "unsupported_value")  # fmt: skip
+        response_format = form.get("response_format") or "json"
+        if response_format not in TRANSCRIPTION_FORMATS:
+            raise RequestError(f"response_format {response_format!r} is not supported; use one of {list(TRANSCRIPTION_FORMATS)}.",
+                               "response_format", "unsupported_value")  # fmt: skip
+        try:
+            temperature = float(form.get("temperature") or settings.default_temperature)
+        except ValueError as error:
+            raise RequestError(f"temperature must be a number, got {form.get('temperature')!r}.", "temperature") from error
+        if not 0.0 <= temperature <= 2.0:
+            raise RequestError(f"temperature must be between 0 and 2, got {temperature:g}.", "temperature")
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise RequestError("The form needs the audio as a file field named 'file'.", "file", "missing_file")
+        raw = await upload.read()
+        name = f"file {upload.filename!r}" if upload.filename else "file"
+
+        def prepare_transcription() -> tuple[dict[str, Any], float]:
+            samples = _decode_audio_bytes(raw, "file", name, "audio", settings)
+            with preprocess_lock:
+                return dict(processor.apply_transcription_request(samples, sampling_rate=SAMPLING_RATE)), len(samples) / SAMPLING_RATE
+
+        inputs, seconds = await run_in_threadpool(prepare_transcription)
+        # room for fast speech (~5 words/s) and no more: a model that loops stops soon after the words run out
+        max_tokens = min(settings.max_tokens_limit, TRANSCRIPT_TOKENS_BASE + int(TRANSCRIPT_TOKENS_PER_SECOND * seconds))
+        if context is not None:
+            max_tokens = min(max_tokens, context - int(inputs["attention_mask"].sum()))
+            if max_tokens < 1:
+                raise RequestError(f"The audio fills the model's context of {context} tokens.", "file", "context_length_exceeded")
+        result = await complete(inputs, max_tokens, Sampling(temperature=temperature), ())
+        if isinstance(result, JSONResponse):
+            return result
+        if response_format == "text":
+            return PlainTextResponse(result.text)
+        return {"text": result.text, "usage": {"type": "tokens", "input_tokens": result.prompt_tokens,
+                                               "output_tokens": result.completion_tokens,
+                                               "total_tokens": result.prompt_tokens + result.completion_tokens}}  # fmt: skip
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
         if request.model is not None and request.model != settings.model_id:
@@ -365,20 +452,9 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
         loop = asyncio.get_running_loop()
         completion_id, created_at = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not request.stream:
-            future: asyncio.Future = loop.create_future()
-            job = Job(inputs, max_tokens, sampling, stop, on_done=lambda r, e: _call_soon(loop, _resolve, future, r, e))
-            refused = _submit(engine, job, settings)
-            if refused is not None:
-                return refused
-            try:
-                result: Completion = await future
-            except asyncio.CancelledError:
-                job.cancelled.set()
-                raise
-            except ShuttingDown as error:
-                return _unavailable(error)
-            except Exception as error:  # noqa: BLE001 -- a failed generate (a bug): a 500 the client can read
-                return _error(500, f"Generation failed: {type(error).__name__}: {error}", "server_error", code="generation_failed")
+            result = await complete(inputs, max_tokens, sampling, stop)
+            if isinstance(result, JSONResponse):
+                return result
             return {
                 "id": completion_id, "object": "chat.completion", "created": created_at, "model": settings.model_id,
                 "system_fingerprint": None,

@@ -584,3 +584,56 @@ def test_a_dropped_stream_cancels_its_generation(served, gate, monkeypatch):
     wait_until(lambda: served.health()["running"] == 0 and served.health()["queued"] == 0, "the worker to be idle")
     messages = CONVERSATIONS["audio+text"]
     assert ask(served.client(), messages).choices[0].message.content == direct_answer(served, messages, 8)
+
+
+# ----- POST /v1/audio/transcriptions -----
+
+
+def transcribe(served, files: dict | None = None, data: dict | None = None, **kwargs) -> httpx.Response:
+    return httpx.post(f"{served.url}/v1/audio/transcriptions", files=files, data=data, timeout=120, **kwargs)
+
+
+def test_transcriptions_answer_the_processors_transcription_request(served):
+    from modeling_llasm.serving.app import TRANSCRIPT_TOKENS_BASE, TRANSCRIPT_TOKENS_PER_SECOND
+
+    raw = base64.b64decode(CLIP_C)
+    result = served.client().audio.transcriptions.create(model=MODEL_ID, file=("q.wav", raw, "audio/wav"))
+    usage = result.usage
+    assert usage.output_tokens <= TRANSCRIPT_TOKENS_BASE + TRANSCRIPT_TOKENS_PER_SECOND * 2.0  # bounded by the clip's length
+    inputs = served.processor.apply_transcription_request(raw)
+    assert usage.input_tokens == inputs["input_ids"].shape[1]
+    out = served.model.generate(**inputs, max_new_tokens=usage.output_tokens, do_sample=False)
+    expected = served.processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert result.text == expected
+    as_text = served.client().audio.transcriptions.create(model=MODEL_ID, file=("q.wav", raw), response_format="text", language="en")
+    assert as_text == expected
+    assert served.health()["status"] == "ok"
+
+
+WAV_C = base64.b64decode(CLIP_C)
+TRANSCRIPTION_ERRORS = [
+    ("unknown model", {"file": ("q.wav", WAV_C)}, {"model": "whisper-1"}, 404, "model_not_found", "model", "whisper-1"),
+    ("prompt", {"file": ("q.wav", WAV_C)}, {"prompt": "Names: Anna"}, 400, "unsupported_value", "prompt", "prompt"),
+    ("language", {"file": ("q.wav", WAV_C)}, {"language": "fr"}, 400, "unsupported_value", "language", "'fr'"),
+    ("response format", {"file": ("q.wav", WAV_C)}, {"response_format": "srt"}, 400, "unsupported_value", "response_format", "srt"),
+    ("temperature", {"file": ("q.wav", WAV_C)}, {"temperature": "hot"}, 400, None, "temperature", "number"),
+    ("unknown field", {"file": ("q.wav", WAV_C)}, {"timestamp_granularities": "word"}, 400, None, "timestamp_granularities", "Unknown"),
+    ("no file", None, {"model": MODEL_ID}, 400, "missing_file", "file", "'file'"),
+    ("file as text", None, {"file": "hello"}, 400, "missing_file", "file", "'file'"),
+    ("not audio", {"file": ("q.wav", b"not audio at all")}, None, 400, "invalid_audio", "file", "decoded"),
+    ("empty file", {"file": ("q.wav", b"")}, None, 400, "empty_audio", "file", "empty"),
+    ("too long", {"file": ("q.wav", base64.b64decode(encode_audio(tone(5.0))))}, None, 400, "audio_too_long", "file",
+     "--max-audio-seconds"),
+]
+
+
+@pytest.mark.parametrize(("files", "data", "status", "code", "param", "substring"), [case[1:] for case in TRANSCRIPTION_ERRORS],
+                         ids=[case[0] for case in TRANSCRIPTION_ERRORS])  # fmt: skip
+def test_bad_transcription_requests_are_4xx_with_an_openai_error(served, files, data, status, code, param, substring):
+    assert_openai_error(transcribe(served, files, data), status, code, param, substring)
+    assert served.health()["status"] == "ok"
+
+
+def test_transcriptions_need_a_form(served):
+    response = httpx.post(f"{served.url}/v1/audio/transcriptions", json={"file": CLIP_C}, timeout=60)
+    assert_openai_error(response, 400, substring="'file'")
