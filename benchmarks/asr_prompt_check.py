@@ -4,7 +4,8 @@ transcribe?").
     python benchmarks/asr_prompt_check.py [RUN_DIR] [NUM_CLIPS] [ARM_NAME_FILTER]
 
 Greedy transcripts of the run's held-out ASR clips (`RUN_DIR/understanding/heldout_asr.jsonl`) by `RUN_DIR/final`
-under each prompt; prints the WER of each.
+under each prompt; prints the WER of each. `ASR_CHECK_SPLIT=train` uses training-split clips instead (to choose a
+design without looking at the held-out ones), `ASR_CHECK_SPLIT=questions` the understanding set's spoken questions.
 """
 
 import json
@@ -34,14 +35,29 @@ def training_clips(run: Path, start: int, stop: int) -> list[dict]:
     return records
 
 
+def spoken_questions(run: Path) -> list[dict]:
+    """The run's understanding set as ASR records (no instruction; the question's transcript as the answer)."""
+    records = []
+    with open(run / "understanding_set/manifest.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            audio = dict(record["messages"][0]["content"][0], path=str(run / "understanding_set" / record["messages"][0]["content"][0]["path"]))
+            records.append({"messages": [{"role": "user", "content": [audio]},
+                                         {"role": "assistant", "content": [{"type": "text", "text": audio["transcript"]}]}]})  # fmt: skip
+    return records
+
+
 def main() -> None:
     run = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.home() / ".cache/llasm/runs/tiny"
     num_clips = int(sys.argv[2]) if len(sys.argv) > 2 else 96
     torch.set_num_threads(2)
     model = load_llasm(run / "final").eval()
     processor = LlasmProcessor.from_pretrained(run / "final")
-    if os.environ.get("ASR_CHECK_SPLIT") == "train":  # validate prompt designs on training-split clips (after the demos)
+    split = os.environ.get("ASR_CHECK_SPLIT", "heldout")
+    if split == "train":  # validate prompt designs on training-split clips (after the demos)
         records = training_clips(run, 3, 3 + num_clips)
+    elif split == "questions":  # the spoken held-out questions of the understanding evaluation (other texts and voices)
+        records = spoken_questions(run)[:num_clips]
     else:
         with open(run / "understanding/heldout_asr.jsonl", encoding="utf-8") as handle:
             records = [json.loads(line) for line in handle][:num_clips]
