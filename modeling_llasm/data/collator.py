@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..processing_llasm import load_audio
+from ..processing_llasm import TRANSCRIPTION_INSTRUCTION, load_audio
 from .chat import transcript_messages
 
 
 IGNORE_INDEX = -100
 STAGES = ("align", "instruct")
-DEFAULT_ASR_PROMPT = "Transcribe the speech."
+DEFAULT_ASR_PROMPT = TRANSCRIPTION_INSTRUCTION  # the instruction of the processor's transcription requests too
 
 
 class SampleTooLongError(ValueError):

@@ -33,6 +33,7 @@ import torch
 from ..data.text_sources import eval_questions, text_skill_prompts
 from ..files import atomic_write_json
 from ..metrics._error_rate import error_rate
+from ..processing_llasm import TRANSCRIPTION_INSTRUCTION
 from . import tasks
 from .cascade import AsrFunction, WhisperTranscriber, whisper_dir_for
 from .evaluator import generate_answers, load_llasm
@@ -42,7 +43,7 @@ from .rouge import rouge_l
 #: Held-out voices of the default set: never used for training (`data.text_sources.DEFAULT_HELDOUT_VOICES`), two
 #: engines so that the score is not one synthesizer's.
 DEFAULT_VOICES = ("flite:slt", "espeak-ng:en-us+m5")
-ASR_PROMPT = "Transcribe the speech."
+ASR_PROMPT = TRANSCRIPTION_INSTRUCTION
 RESULT_VERSION = 2  # 2: held-out ASR asked both by instruction and by transcription request
 # How the held-out ASR clips ask for a transcript: their own chat instruction (as in training), or
 # `LlasmProcessor.apply_transcription_request`.
