@@ -21,6 +21,7 @@ Layout: `bench_systems` (settings and what is benchmarked), `bench_timing` (the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import tempfile
 import time
@@ -145,24 +146,21 @@ def _run_benchmark(settings: BenchSettings, command: str) -> dict:
         systems, saved_model = build_systems(settings, work_dir)
         results["systems"] = systems.description
         ttft_clips = {s: speech_clip(s, seed=i) for i, s in enumerate(TTFT_SECONDS)}
-        if "ttft" in settings.sections:
-            settings.log("[bench] time to first token ...")
-            results["ttft"] = bench_ttft(systems, settings, ttft_clips)
-        if "decode" in settings.sections:
-            settings.log("[bench] decode speed ...")
-            results["decode"] = bench_decode(systems, settings, ttft_clips[5.0])
-        if "batch" in settings.sections:
-            settings.log("[bench] batch of 8 vs one by one ...")
-            results["batch"] = bench_batch(systems, settings, [speech_clip(s, seed=i) for i, s in enumerate(BATCH_SECONDS)])
-        if "reuse" in settings.sections:
-            settings.log("[bench] reuse: prompt-head cache, turn 3 of a chat ...")
-            results["reuse"] = bench_reuse(systems, settings, [ttft_clips[5.0], speech_clip(5.0, seed=7), speech_clip(5.0, seed=8)])
-        if "dtype" in settings.sections:
-            settings.log("[bench] inference precision ...")
-            results["dtype"] = bench_dtypes(systems, settings, ttft_clips[5.0])
-        if "pipeline" in settings.sections:
-            settings.log("[bench] batched pipeline ...")
-            results["pipeline"] = bench_pipeline(systems, settings, [speech_clip(s, seed=i) for i, s in enumerate(BATCH_SECONDS)])
+        five_seconds = ttft_clips[5.0]
+        batch_clips = functools.cache(lambda: [speech_clip(s, seed=i) for i, s in enumerate(BATCH_SECONDS)])  # batch + pipeline
+        inference_sections = (
+            ("ttft", "time to first token", lambda: bench_ttft(systems, settings, ttft_clips)),
+            ("decode", "decode speed", lambda: bench_decode(systems, settings, five_seconds)),
+            ("batch", "batch of 8 vs one by one", lambda: bench_batch(systems, settings, batch_clips())),
+            ("reuse", "reuse: prompt-head cache, turn 3 of a chat",
+             lambda: bench_reuse(systems, settings, [five_seconds, speech_clip(5.0, seed=7), speech_clip(5.0, seed=8)])),
+            ("dtype", "inference precision", lambda: bench_dtypes(systems, settings, five_seconds)),
+            ("pipeline", "batched pipeline", lambda: bench_pipeline(systems, settings, batch_clips())),
+        )  # fmt: skip
+        for name, what, run in inference_sections:
+            if name in settings.sections:
+                settings.log(f"[bench] {what} ...")
+                results[name] = run()
         if "stage1" in settings.sections:
             settings.log("[bench] stage-1 training speed ...")
             stage1_clips = [speech_clip(s, seed=i) for i, s in enumerate((3.0, 4.0, 5.0, 6.0, 4.5, 3.5, 5.5, 2.5)[: settings.stage1_batch])]
