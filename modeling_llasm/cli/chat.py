@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
     parser.add_argument("--device", default="cpu")
+    add_dtype_argument(parser)
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """`--dtype`, for the commands that answer (chat, demo)."""
     parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16"],
                         help=f"inference precision (default {DEFAULT_DTYPE}; bfloat16 decodes faster but changes answers a little and is "
                              "slower to start without native bf16, docs/inference.md)")
@@ -89,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     chat = load_chat_pipeline(args.model, args.device, args.dtype)
     if args.transcribe:
-        for path in args.audio:
-            if not Path(path).is_file():
-                raise SystemExit(f"llasm chat: audio file not found: {path}")
-            answer(chat, chat.processor.transcription_conversation(path), args)
+        clips = user_turn(args.audio, None)["content"]
+        shared = LlasmConversationCache()  # the transcription prompt is prefilled once for all the files
+        for clip in clips:
+            answer(chat, chat.processor.transcription_conversation(clip), args, shared)
         return 0
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from modeling_llasm.cli.chat import DEFAULT_DTYPE
+from modeling_llasm.cli.chat import add_dtype_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,9 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="initial temperature, 0 = greedy (adjustable on the page)")
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16"],
-                        help=f"inference precision (default {DEFAULT_DTYPE}; bfloat16 decodes faster but changes answers a little and is "
-                             "slower to start without native bf16, docs/inference.md)")
+    add_dtype_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -334,15 +334,18 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
     def model_card() -> dict:
         return {"id": settings.model_id, "object": "model", "created": created, "owned_by": "llasm"}
 
+    def check_model(model_id: str) -> None:
+        if model_id != settings.model_id:
+            raise RequestError(f"The model {model_id!r} does not exist; this server serves {settings.model_id!r}.",
+                               "model", "model_not_found", status=404)  # fmt: skip
+
     @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [model_card()]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
-        if model_id != settings.model_id:
-            raise RequestError(f"The model {model_id!r} does not exist; this server serves {settings.model_id!r}.",
-                               "model", "model_not_found", status=404)  # fmt: skip
+        check_model(model_id)
         return model_card()
 
     def prepare(request: ChatCompletionRequest) -> dict[str, Any]:
@@ -387,10 +390,8 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
         unknown = sorted(set(form.keys()) - set(TRANSCRIPTION_FIELDS))
         if unknown:
             raise RequestError(f"Unknown form field(s) {unknown}; this endpoint takes {list(TRANSCRIPTION_FIELDS)}.", unknown[0])
-        model_id = form.get("model")
-        if model_id is not None and model_id != settings.model_id:
-            raise RequestError(f"The model {model_id!r} does not exist; this server serves {settings.model_id!r}.",
-                               "model", "model_not_found", status=404)  # fmt: skip
+        if form.get("model") is not None:
+            check_model(form.get("model"))
         if form.get("prompt"):
             raise RequestError("prompt is not supported: the transcription prompt is the model's own (processor.transcription_prompt).",
                                "prompt", "unsupported_value")  # fmt: skip
@@ -436,9 +437,8 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest):
-        if request.model is not None and request.model != settings.model_id:
-            raise RequestError(f"The model {request.model!r} does not exist; this server serves {settings.model_id!r}.",
-                               "model", "model_not_found", status=404)  # fmt: skip
+        if request.model is not None:
+            check_model(request.model)
         max_tokens, sampling, stop = _request_options(request, settings)
         if engine.full():  # refuse before spending time on the audio
             return _queue_full(settings)
