@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -754,6 +755,21 @@ class LlasmConversationCache:
             cache.prefill(model, heads[0][None, :length].to(model.device))
         return cache
 
+    @staticmethod
+    def unsupported(batch_size: int = 1, **generate_kwargs: Any) -> str | None:
+        """Why a `generate` call with these arguments can not use a conversation cache, or None when it can. `generate`
+        raises it; the pipeline's prefix cache and the server's conversation reuse ask first and do without."""
+        if batch_size != 1:
+            return f"A conversation cache takes one conversation (a batch of 1), got a batch of {batch_size}."
+        if generate_kwargs.get("num_beams", 1) != 1 or generate_kwargs.get("num_return_sequences", 1) != 1:
+            return "A conversation cache holds one conversation: it cannot be used with num_beams or num_return_sequences > 1."
+        if any(generate_kwargs.get(k) is not None for k in ("inputs_embeds", "cache", "past_key_values")) or generate_kwargs.get("use_cache") is False:
+            return ("With `conversation_cache`, pass `input_ids` (the whole conversation), no `inputs_embeds`, `cache`, "
+                    "`past_key_values` or `use_cache=False`.")  # fmt: skip
+        if generate_kwargs.get("return_dict_in_generate"):
+            return "`conversation_cache` returns the sequences only (return_dict_in_generate is not supported)."
+        return None
+
     def start_from(self, other: LlasmConversationCache) -> None:
         """Begin this (empty) conversation from a copy of what `other` holds (e.g. the shared prompt head)."""
         if self.keys:
@@ -776,12 +792,9 @@ class LlasmConversationCache:
     def generate(self, model: LlasmForConditionalGeneration, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
                  audio: dict, **kwargs) -> torch.LongTensor:  # fmt: skip
         """`model.generate(..., conversation_cache=self)`: returns the caller's `input_ids` followed by the new tokens."""
-        if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
-            raise ValueError("A conversation cache holds one conversation: it cannot be used with num_beams or num_return_sequences > 1.")
-        if kwargs.get("inputs_embeds") is not None or kwargs.get("cache") is not None or kwargs.get("use_cache") is False:
-            raise ValueError("With `conversation_cache`, pass `input_ids` (the whole conversation), no `inputs_embeds`, `cache` or `use_cache=False`.")
-        if kwargs.get("return_dict_in_generate"):
-            raise ValueError("`conversation_cache` returns the sequences only (return_dict_in_generate is not supported).")
+        reason = self.unsupported(**kwargs)
+        if reason:
+            raise ValueError(reason)
         keys, ids, embeds = self.prompt(model, input_ids, attention_mask, audio)
         self.reuse(keys, keep_last=True)
         output = GenerationMixin.generate(model, input_ids=ids[None], inputs_embeds=embeds[None], attention_mask=torch.ones_like(ids)[None],

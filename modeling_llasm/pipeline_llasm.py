@@ -191,11 +191,9 @@ class LlasmChatPipeline(Pipeline):
         prepare = getattr(self, "_prepare_generate_kwargs", None)
         if prepare is not None:
             generate_kwargs = prepare(generate_kwargs)
-        single = inputs["input_ids"].shape[0] == 1
-        one_sequence = generate_kwargs.get("num_beams", 1) == 1 and generate_kwargs.get("num_return_sequences", 1) == 1
-        # a caller's own KV cache, or full generate outputs, go to `generate` as given
-        as_given = any(generate_kwargs.get(k) is not None for k in ("cache", "past_key_values")) or generate_kwargs.get("return_dict_in_generate")
-        if conversation_cache is None and prefix_cache and single and one_sequence and not as_given:
+        # beams, batches, a caller's own KV cache, use_cache=False or full generate outputs: no shared prompt head
+        shareable = LlasmConversationCache.unsupported(inputs["input_ids"].shape[0], **generate_kwargs) is None
+        if conversation_cache is None and prefix_cache and shareable:
             conversation_cache = self.shared_prefix_cache().copy()
         elif conversation_cache is not None and not conversation_cache.keys and prefix_cache:
             conversation_cache.start_from(self.shared_prefix_cache())

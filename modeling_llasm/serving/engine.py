@@ -307,7 +307,7 @@ class Engine:
         if jobs[0].sampling.seed is not None:
             torch.manual_seed(jobs[0].sampling.seed)
         conversation_cache = None
-        if len(jobs) == 1 and self.conversations.size > 0:
+        if self.conversations.size > 0 and LlasmConversationCache.unsupported(len(jobs), **kwargs) is None:
             conversation_cache = kwargs["conversation_cache"] = self.conversations.take(inputs["input_ids"][0].tolist())
         with torch.inference_mode():
             sequences = self.model.generate(**inputs, **kwargs)

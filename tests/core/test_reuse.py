@@ -85,6 +85,31 @@ def test_conversation_cache_refuses_what_it_cannot_do():
     wrong = dict(single, input_ids=single["input_ids"][:, keep], attention_mask=single["attention_mask"][:, keep])
     with pytest.raises(ValueError, match="placeholder"):
         model.generate(**wrong, max_new_tokens=2, conversation_cache=LlasmConversationCache())
+    with pytest.raises(ValueError, match="use_cache=False"):
+        model.generate(**single, max_new_tokens=2, use_cache=False, conversation_cache=LlasmConversationCache())
+
+
+@pytest.mark.parametrize("batch_size,kwargs,reason", [
+    (1, {"max_new_tokens": 3, "do_sample": True, "streamer": object()}, None),
+    (2, {}, "a batch of 2"),
+    (1, {"num_return_sequences": 2}, "num_return_sequences"),
+    (1, {"use_cache": False}, "use_cache=False"),
+    (1, {"past_key_values": object()}, "past_key_values"),
+    (1, {"return_dict_in_generate": True}, "return_dict_in_generate"),
+])  # fmt: skip
+def test_one_predicate_says_when_a_conversation_cache_can_serve_a_call(batch_size, kwargs, reason):
+    said = LlasmConversationCache.unsupported(batch_size, **kwargs)
+    assert said is None if reason is None else reason in said
+
+
+def test_pipeline_without_a_kv_cache_skips_its_prefix_cache():
+    """`use_cache=False` is a generate() argument the prefix cache can not honour: the pipeline does without it
+    (it used to take the prefix cache and then fail) and answers as it does with the cache."""
+    model, processor = build_tiny_llasm()
+    chat = LlasmChatPipeline(model=model, processor=processor)
+    question = {"audio": {"array": speechlike(0.8, 0), "sampling_rate": 16000}, "text": "hi"}
+    without = chat(question, max_new_tokens=5, do_sample=False, use_cache=False)["generated_text"]
+    assert without == chat(question, max_new_tokens=5, do_sample=False)["generated_text"]
 
 
 @pytest.mark.parametrize("adaptor_type", ["stack_mlp", "whisper_reader"])
