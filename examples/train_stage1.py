@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = read_records(data_args.eval_manifest, data_args.max_eval_samples) if data_args.eval_manifest else None
 
     cache = None
-    if data_args.encoder_cache and not model_args.train_encoder:
+    if data_args.encoder_cache and not (model_args.train_encoder or model_args.train_encoder_layers):  # a trained encoder is not cached
         cache = EncoderCache(model.get_base_model() if hasattr(model, "get_base_model") else model, processor,
                              cache_dir=data_args.encoder_cache_dir)  # fmt: skip
         with training_args.main_process_first(desc="encoder cache"):
@@ -76,14 +76,16 @@ def main(argv: list[str] | None = None) -> int:
                                            learning_rate=data_args.ctc_learning_rate, push_to_hub=False,
                                            eval_strategy="no", load_best_model_at_end=False)  # fmt: skip
             ctc_align(model, processor, train, ctc_args, encoder_cache=cache,
-                      resume=last_checkpoint(ctc_dir) if resume else None)  # fmt: skip
+                      resume=last_checkpoint(ctc_dir) if resume else None, train_encoder=model_args.train_encoder,
+                      train_encoder_layers=model_args.train_encoder_layers)  # fmt: skip
             if training_args.should_save:
                 save_adaptor(model, adaptor)
 
     start = RecordStart()
     trainer, output = train_stage(
         model, processor, train, training_args, "align", llm_mode, eval_records=heldout, encoder_cache=cache,
-        distill_weight=data_args.distill_weight, ce_weight=data_args.ce_weight,
+        distill_weight=data_args.distill_weight, ce_weight=data_args.ce_weight, train_encoder=model_args.train_encoder,
+        train_encoder_layers=model_args.train_encoder_layers,
         distill_temperature=data_args.distill_temperature, max_length=data_args.max_length, resume=resume,
         model_card={"model_name": training_args.hub_model_id or output_dir.name}, callbacks=[start],
     )  # fmt: skip

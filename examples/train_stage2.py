@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{len(missing)} training records have no assistant turn (e.g. {missing[:3]}); pass --generate_responses.")
 
     cache = None
-    if data_args.encoder_cache and not model_args.train_encoder:
+    if data_args.encoder_cache and not (model_args.train_encoder or model_args.train_encoder_layers):  # a trained encoder is not cached
         cache = EncoderCache(base, processor, cache_dir=data_args.encoder_cache_dir)
         with training_args.main_process_first(desc="encoder cache"):
             cache.precompute(clips_of(train + (heldout or [])), progress=training_args.should_log)
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     trainer, output = train_stage(
         model, processor, train, training_args, "instruct", llm_mode, eval_records=heldout, encoder_cache=cache,
-        distill_weight=data_args.distill_weight, ce_weight=data_args.ce_weight,
+        distill_weight=data_args.distill_weight, ce_weight=data_args.ce_weight, train_encoder=model_args.train_encoder,
+        train_encoder_layers=model_args.train_encoder_layers,
         distill_temperature=data_args.distill_temperature, max_length=data_args.max_length, resume=resume,
         model_card={"model_name": training_args.hub_model_id or output_dir.name},
     )  # fmt: skip

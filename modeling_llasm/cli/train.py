@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reader-residual-ratio", type=float, default=None,
                         help="whisper_reader: cap the trained residual at this fraction of each word embedding's norm "
                              "(LlasmConfig.reader_residual_ratio; default: unbounded)")
+    parser.add_argument("--no-keep-best", dest="keep_best", action="store_false",
+                        help="end stage 2 at its last step (default: with the parameters that scored best on held-out "
+                             "voices, step 0 included, so that stage 2 can not leave the model worse than it found it)")
+    parser.add_argument("--train-encoder-layers", type=int, default=0, metavar="N",
+                        help="also train the top N Whisper encoder layers in every training phase (default 0; the "
+                             "encoder then runs in every step: no encoder cache)")
     parser.add_argument("--distill-weight", type=float, default=1.0, help="stage-2 text-teacher KL weight (0: off)")
     parser.add_argument("--no-ctc", action="store_true", help="skip the CTC pre-alignment (LM loss only in stage 1)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache the frozen encoder outputs")
@@ -79,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         adaptor_type=args.adaptor_type,
         reader_distill=args.reader_distill,
         reader_residual_ratio=args.reader_residual_ratio,
+        keep_best=args.keep_best,
+        train_encoder_layers=args.train_encoder_layers,
         stack_factor=args.stack_factor,
         utterances=args.utterances,
         assistant_utterances=args.assistant_utterances,

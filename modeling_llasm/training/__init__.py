@@ -10,16 +10,18 @@ from .hub import check_hub_layout, llasm_model_card, make_hub_ready
 from .losses import LlasmCtcAligner, distillation_loss, logits_at_labels, token_cross_entropy
 from .qlora import load_qlora_model, merge_adapter, qlora_config, save_adapter
 from .stages import LlasmStageCallback, apply_stage, default_lora_config, prepare_stage
-from .trainer import LlasmTrainer
+from .trainer import KeepBestCallback, LlasmTrainer, TimeBudgetCallback
 
 
 __all__ = [
     "EncoderCache",
+    "KeepBestCallback",
     "LlasmCtcAligner",
     "LlasmDataCollator",
     "LlasmStageCallback",
     "LlasmTrainer",
     "SampleTooLongError",
+    "TimeBudgetCallback",
     "apply_stage",
     "check_hub_layout",
     "clips_of",

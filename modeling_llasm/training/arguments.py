@@ -24,6 +24,7 @@ class ModelArguments:
         default=None, metadata={"help": "full | lora | frozen (default: frozen in stage 1, full in stage 2)"}
     )
     train_encoder: bool = field(default=False, metadata={"help": "Also train the Whisper encoder (not LLaSM)."})
+    train_encoder_layers: int = field(default=0, metadata={"help": "Also train the top N Whisper encoder layers and its final layer norm."})
     qlora: bool = field(default=False, metadata={"help": "Load the LLM in 4-bit NF4 and train LoRA (implies llm_mode=lora)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -78,16 +79,18 @@ def load_model(model_args: ModelArguments, model_dir: Path, stage: str):
     lora = default_lora_config(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout)
     if model_args.qlora:
         # QLoRA trains LoRA on the 4-bit LLM: say so instead of ignoring a conflicting choice
-        if stage != "instruct" or model_args.llm_mode not in (None, "lora") or model_args.train_encoder:
+        if stage != "instruct" or model_args.llm_mode not in (None, "lora") or model_args.train_encoder or model_args.train_encoder_layers:
             raise ValueError(
                 f"--qlora trains LoRA adapters on the 4-bit LLM in stage 'instruct' only; got stage={stage!r}, "
-                f"llm_mode={model_args.llm_mode!r}, train_encoder={model_args.train_encoder}."
+                f"llm_mode={model_args.llm_mode!r}, train_encoder={model_args.train_encoder}, "
+                f"train_encoder_layers={model_args.train_encoder_layers}."
             )
         model = load_qlora_model(model_dir, lora_config=lora, device_map={"": _device()})
         return model, processor, "lora"
     llm_mode = resolve_llm_mode(stage, model_args.llm_mode)
     model = load_llasm(model_dir)
-    model = prepare_stage(model, stage, llm_mode, lora_config=lora, train_encoder=model_args.train_encoder)
+    model = prepare_stage(model, stage, llm_mode, lora_config=lora, train_encoder=model_args.train_encoder,
+                          train_encoder_layers=model_args.train_encoder_layers)
     return model, processor, llm_mode
 
 

@@ -93,6 +93,8 @@ class RecipeSettings:
     understanding: bool = True  # spoken-understanding evaluation of the final model
     reader_distill: bool = False  # whisper_reader: train its state_proj by self-distillation in stage 2 (see PHASE_SHARES)
     reader_residual_ratio: float | None = None  # whisper_reader: cap state_proj's residual (LlasmConfig field) when it trains
+    keep_best: bool = True  # stage 2 ends with the parameters that scored best on held-out voices, step 0 included
+    train_encoder_layers: int = 0  # also train the top N Whisper encoder layers in every training phase (no encoder cache)
     batch_ctc: int = 16
     batch_lm: int = 8
     batch_stage2: int = 4
@@ -168,7 +170,7 @@ class Recipe:
         self.summary["base_dir"], self.summary["data_dir"] = str(base_dir), str(data_dir)
 
         cache = None
-        if s.use_cache and self.trains:
+        if s.use_cache and self.trains and not s.train_encoder_layers:  # a trained encoder can not be cached
             cache = EncoderCache(model, processor, cache_dir=self.run_dir / "encoder_cache", dtype=torch.float16)
             self.log(f"encoder cache {cache.directory}")
             cache.precompute(clips_of(self.trained_records(records)), progress=s.progress)
@@ -185,7 +187,8 @@ class Recipe:
                 self.log(f"stage 1a: CTC ({self.kind}), up to {plan['stage1_ctc']['max_steps']} steps")
                 args = self.training_args("stage1_ctc", plan, s.lr_ctc, s.batch_ctc)
                 trainer, output = ctc_align(model, processor, records["stage1_train"], args, encoder_cache=cache,
-                                            resume=s.resume, callbacks=[self.time_budget(plan, "stage1_ctc")])  # fmt: skip
+                                            resume=s.resume, callbacks=[self.time_budget(plan, "stage1_ctc")],
+                                            train_encoder_layers=s.train_encoder_layers)  # fmt: skip
                 save_adaptor(model, adaptor_file)
                 references, predictions = ctc_transcribe(trainer.model, processor, records["stage1_heldout"])
                 ctc_heldout_wer = word_error_rate(references, predictions)
@@ -217,7 +220,7 @@ class Recipe:
             args = self.training_args("stage1_lm", plan, s.lr_lm, s.batch_lm)
             trainer, output = train_stage(
                 model, processor, records["stage1_train"], args, "align", encoder_cache=cache, resume=s.resume,
-                model_card=self.card_kwargs(stages=self.stage_rows(plan, upto="stage1_lm")),
+                train_encoder_layers=s.train_encoder_layers, model_card=self.card_kwargs(stages=self.stage_rows(plan, upto="stage1_lm")),
                 callbacks=[self.time_budget(plan, "stage1_lm")],
             )  # fmt: skip
             trainer.save_model(str(stage1_dir))
@@ -235,8 +238,13 @@ class Recipe:
         if self.done("stage1_ctc"):
             self.summary["ctc_heldout_wer"] = self.done("stage1_ctc").get("heldout_ctc_wer")
 
-        # stage-2 targets: the LLM (frozen so far) answers each question's transcript
-        stage2_train = self.stage2_data(model, processor, records) if plan["stage2"]["max_steps"] != 0 else []
+        # stage-2 targets: the LLM (frozen so far) answers each question's transcript; with keep_best also the
+        # held-out spoken questions (texts and voices never trained on), which score stage 2 as it trains
+        stage2_train, stage2_heldout = [], None
+        if plan["stage2"]["max_steps"] != 0:
+            stage2_train = self.stage2_data(model, processor, records)
+            if s.keep_best and records["stage2_heldout"]:
+                stage2_heldout = self.stage2_targets(model, processor, records["stage2_heldout"], "heldout")
 
         # stage 2: self-distillation from the LLM's answers to the transcripts (+ CE); LLM frozen or LoRA
         final_dir = self.run_dir / "final"
@@ -249,27 +257,39 @@ class Recipe:
                                       "log_history": []})  # fmt: skip
         elif not self.done("stage2"):
             lora = default_lora_config(r=s.lora_r, lora_alpha=2 * s.lora_r) if llm_mode == "lora" else None
-            peft_model = prepare_stage(model, "instruct", llm_mode, lora_config=lora)
+            peft_model = prepare_stage(model, "instruct", llm_mode, lora_config=lora, train_encoder_layers=s.train_encoder_layers)
             self.plan_phase(plan, "stage2", lambda: self._probe_stage2(peft_model, processor, stage2_train, cache))
             self.log(f"stage 2: instruct ({llm_mode}), up to {plan['stage2']['max_steps']} steps, distill {s.distill_weight}")
-            args = self.training_args("stage2", plan, s.lr_stage2, s.batch_stage2)
+            args = self.training_args("stage2", plan, s.lr_stage2, s.batch_stage2, evaluate=stage2_heldout is not None)
+            callbacks = [self.time_budget(plan, "stage2")]
+            if stage2_heldout is not None:
+                from .trainer import KeepBestCallback
+
+                callbacks.append(KeepBestCallback("eval_loss"))
             trainer, output = train_stage(
-                peft_model, processor, stage2_train, args, "instruct", llm_mode, encoder_cache=cache,
-                distill_weight=s.distill_weight, ce_weight=s.ce_weight, resume=s.resume,
-                model_card=self.card_kwargs(stages=self.stage_rows(plan)), callbacks=[self.time_budget(plan, "stage2")],
+                peft_model, processor, stage2_train, args, "instruct", llm_mode, eval_records=stage2_heldout,
+                encoder_cache=cache, distill_weight=s.distill_weight, ce_weight=s.ce_weight, resume=s.resume,
+                train_encoder_layers=s.train_encoder_layers, model_card=self.card_kwargs(stages=self.stage_rows(plan)),
+                callbacks=callbacks,
             )  # fmt: skip
             log_history, steps = trainer.state.log_history, trainer.state.global_step
+            best = callbacks[-1].best if stage2_heldout is not None else None
+            if best is not None:
+                self.log(f"stage 2: kept step {best['step']} of {steps} (held-out {best['metric']} {best['value']:.4f})")
             del trainer
             merged = peft_model.merge_and_unload() if hasattr(peft_model, "merge_and_unload") else peft_model
             merged.save_pretrained(final_dir)
             processor.save_pretrained(final_dir)
             wer = self.evaluate(merged, processor, records["stage1_heldout"], "stage2")
             self.answer_samples(merged, processor, records["stage2_heldout"])
-            self.mark_done("stage2", {"metrics": output.metrics, "heldout_wer": wer, "steps": steps, "log_history": log_history})
+            self.mark_done("stage2", {"metrics": output.metrics, "heldout_wer": wer, "steps": steps, "kept": best,
+                                      "log_history": log_history})  # fmt: skip
             model = merged
         else:
             model = load_llasm(final_dir)
         self.summary["final_heldout_wer"] = self.done("stage2").get("heldout_wer")
+        if self.done("stage2").get("kept"):
+            self.summary["stage2_kept"] = self.done("stage2")["kept"]
         self.summary["phases"] = {
             name: {"steps": (self.done(name) or {}).get("steps", 0), "planned_steps": plan[name]["max_steps"],
                    "budget_seconds": plan[name]["budget_seconds"], "seconds_per_step": plan[name]["seconds_per_step"],
@@ -460,6 +480,7 @@ class Recipe:
         return contextlib.nullcontext()
 
     def _probe_ctc(self, model, processor, records, cache, repeats: int = 3) -> float:
+        apply_stage(model, "align", train_encoder_layers=self.s.train_encoder_layers)  # backward as in the phase
         aligner = LlasmCtcAligner(model)
         collator = LlasmDataCollator(processor, "align", ctc=True, encoder_cache=cache)
         seconds = self._time(lambda batch: aligner(**batch)["loss"], collator, records, self.s.batch_ctc, repeats)
@@ -467,7 +488,7 @@ class Recipe:
         return seconds
 
     def _probe_lm(self, model, processor, records, cache, stage, batch_size, repeats: int = 3) -> float:
-        apply_stage(model, stage)
+        apply_stage(model, stage, train_encoder_layers=self.s.train_encoder_layers)
         collator = LlasmDataCollator(processor, stage, encoder_cache=cache)
 
         def loss_of(batch):
@@ -492,8 +513,13 @@ class Recipe:
         # callback stops the phase if the machine really is slower); + 10 % for optimizer step, logs, checkpoints
         return min(times[1:]) * 1.1
 
-    def training_args(self, name: str, plan: dict, learning_rate: float, batch_size: int) -> TrainingArguments:
+    def training_args(self, name: str, plan: dict, learning_rate: float, batch_size: int, evaluate: bool = False) -> TrainingArguments:
+        """The phase's Trainer settings; `evaluate`: score the eval set at step 0, 8 times in the phase and at its end."""
         max_steps = plan[name]["max_steps"]
+        evaluation = {}
+        if evaluate:
+            evaluation = {"eval_strategy": "steps", "eval_steps": max(1, max_steps // 8), "eval_on_start": True,
+                          "per_device_eval_batch_size": batch_size}  # fmt: skip
         return TrainingArguments(
             output_dir=str(self.phase_dir(name)),
             max_steps=max_steps,
@@ -513,6 +539,7 @@ class Recipe:
             seed=self.s.seed,
             dataloader_num_workers=0,
             disable_tqdm=not self.s.progress,
+            **evaluation,
         )
 
     def stage2_data(self, model, processor, records: dict[str, list[dict]]) -> list[dict]:

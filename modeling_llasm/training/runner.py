@@ -20,6 +20,7 @@ from ..data.chat import audio_parts, transcript_messages
 from ..files import atomic_write_json, read_appendable_jsonl
 from ..data.collator import LlasmDataCollator
 from .losses import LlasmCtcAligner, calibrate_adaptor
+from .stages import encoder_layer_count, is_trainable
 from .trainer import LlasmTrainer
 
 
@@ -67,18 +68,29 @@ def ctc_align(
     calibrate: bool = True,
     callbacks: list | None = None,
     vocabulary=None,
+    train_encoder: bool = False,
+    train_encoder_layers: int = 0,
 ):
     """CTC training of the adaptor (the LLM never runs): trains `model.multi_modal_projector` in place. For a
     `ctc_compress` adaptor this trains its recognizer (`vocabulary`: its `SubVocabulary`, else rebuilt from the
     model and the processor's tokenizer); for other adaptors it is a pre-alignment, after which (`calibrate`) the
     output is scaled to the LLM's embedding norm (`calibrate_adaptor`).
 
+    `train_encoder` / `train_encoder_layers=N` also train the Whisper encoder / its top N layers (see `apply_stage`;
+    then pass no `encoder_cache`).
+
     Returns `(trainer, TrainOutput)`; checkpoints (aligner state) go to `args.output_dir`.
     """
+    check_encoder_training(encoder_cache, train_encoder, train_encoder_layers)
     aligner = LlasmCtcAligner(model, vocabulary=vocabulary, tokenizer=processor.tokenizer)
     calibrate = calibrate and not aligner.adaptor_head
+    names = [name for name, _ in aligner.named_parameters()]
+    encoder_layers_from = encoder_layer_count(names) - train_encoder_layers if train_encoder_layers else None
     for name, parameter in aligner.named_parameters():
-        parameter.requires_grad_(not name.startswith("audio_tower.") and ".decoder." not in f".{name}")
+        if name.startswith("audio_tower."):
+            parameter.requires_grad_(bool(is_trainable(name, "align", None, train_encoder, encoder_layers_from)))
+        else:
+            parameter.requires_grad_(".decoder." not in f".{name}")
     args = dataclasses.replace(args, activation_checkpointing=False, remove_unused_columns=False)
     collator = LlasmDataCollator(processor, stage="align", ctc=True, encoder_cache=encoder_cache)
     trainer = Trainer(model=aligner, args=args, train_dataset=list(train_records), data_collator=collator, callbacks=callbacks)
@@ -108,9 +120,13 @@ def train_stage(
     resume: bool | str | None = None,
     model_card: dict | None = None,
     callbacks: list | None = None,
+    train_encoder: bool = False,
+    train_encoder_layers: int = 0,
 ) -> tuple[LlasmTrainer, Any]:
     """One LLaSM stage with `LlasmTrainer`; returns `(trainer, TrainOutput)`. The model must already be
-    peft-wrapped for `llm_mode="lora"` (`prepare_stage`)."""
+    peft-wrapped for `llm_mode="lora"` (`prepare_stage`). `train_encoder` / `train_encoder_layers=N` also train the
+    Whisper encoder / its top N layers (see `apply_stage`; then pass no `encoder_cache`)."""
+    check_encoder_training(encoder_cache, train_encoder, train_encoder_layers)
     collator = LlasmDataCollator(
         processor, stage=stage, max_length=max_length, distill=distill_weight > 0, encoder_cache=encoder_cache
     )
@@ -123,6 +139,8 @@ def train_stage(
         processing_class=processor,
         stage=stage,
         llm_mode=llm_mode,
+        train_encoder=train_encoder,
+        train_encoder_layers=train_encoder_layers,
         distill_weight=distill_weight,
         ce_weight=ce_weight,
         distill_temperature=distill_temperature,
@@ -131,6 +149,12 @@ def train_stage(
     )
     output = trainer.train(resume_from_checkpoint=resolve_resume(resume, args.output_dir))
     return trainer, output
+
+
+def check_encoder_training(encoder_cache, train_encoder: bool, train_encoder_layers: int) -> None:
+    if encoder_cache is not None and (train_encoder or train_encoder_layers):
+        raise ValueError(f"train_encoder={train_encoder} / train_encoder_layers={train_encoder_layers} train the encoder, "
+                         "whose outputs an encoder_cache would freeze: pass one or the other.")  # fmt: skip
 
 
 def resolve_resume(resume: bool | str | None, output_dir: str | os.PathLike) -> str | None:

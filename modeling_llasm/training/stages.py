@@ -5,7 +5,9 @@
 | `"align"` (stage 1, ASR data) | frozen | trained | `"frozen"` |
 | `"instruct"` (stage 2, spoken instructions) | frozen | trained | `"full"` (or `"lora"`, or `"frozen"`) |
 
-The Whisper decoder of the `"whisper_resampler"` adaptor (`multi_modal_projector.decoder`) stays frozen like the
+`train_encoder=True` trains the whole Whisper encoder; `train_encoder_layers=N` only its top N transformer layers and
+its final layer norm (the encoder's input convolutions and lower layers stay frozen). The Whisper decoder of the
+`"whisper_resampler"` adaptor (`multi_modal_projector.decoder`) stays frozen like the
 encoder. With `llm_mode="lora"` only the LoRA matrices of the LLM learn (the model must be a peft model;
 `prepare_stage` wraps it).
 
@@ -16,6 +18,7 @@ up before the Trainer is built or, at the latest, in `on_init_end`: that is what
 from __future__ import annotations
 
 import logging
+import re
 
 from torch import nn
 from transformers import TrainerCallback
@@ -38,13 +41,23 @@ def resolve_llm_mode(stage: str, llm_mode: str | None) -> str:
     return mode
 
 
-def is_trainable(name: str, stage: str, llm_mode: str | None = None, train_encoder: bool = False) -> bool | None:
+def is_trainable(
+    name: str, stage: str, llm_mode: str | None = None, train_encoder: bool = False, encoder_layers_from: int | None = None
+) -> bool | None:
     """Whether parameter `name` (plain or peft-wrapped model) learns in `stage`; None for parameters outside
-    the encoder / adaptor / LLM (left as they are)."""
+    the encoder / adaptor / LLM (left as they are). `encoder_layers_from=k`: encoder layers k, k+1, ... and the
+    encoder's final layer norm learn too (see `train_encoder_layers` of `apply_stage`)."""
     mode = resolve_llm_mode(stage, llm_mode)
     parts = name.split(".")
     if "audio_tower" in parts:
-        return train_encoder
+        if train_encoder:
+            return True
+        if encoder_layers_from is None:
+            return False
+        below = parts[parts.index("audio_tower") + 1 :]
+        if below[0] == "layer_norm":
+            return True
+        return below[0] == "layers" and int(below[1]) >= encoder_layers_from
     if "multi_modal_projector" in parts:
         below = parts[parts.index("multi_modal_projector") + 1 :]
         if "original_module" in below:  # peft keeps the original of a modules_to_save copy frozen
@@ -61,15 +74,30 @@ def is_trainable(name: str, stage: str, llm_mode: str | None = None, train_encod
     return None
 
 
-def apply_stage(model: nn.Module, stage: str, llm_mode: str | None = None, train_encoder: bool = False) -> list[str]:
-    """Set `requires_grad` for `stage` in place; return the names of the trainable parameters."""
+def encoder_layer_count(names: list[str]) -> int:
+    """How many transformer layers the Whisper encoder (`audio_tower.layers.<i>`) has, from parameter names."""
+    indices = [int(m.group(1)) for name in names if (m := re.search(r"(?:^|\.)audio_tower\.layers\.(\d+)\.", name))]
+    return max(indices) + 1 if indices else 0
+
+
+def apply_stage(
+    model: nn.Module, stage: str, llm_mode: str | None = None, train_encoder: bool = False, train_encoder_layers: int = 0
+) -> list[str]:
+    """Set `requires_grad` for `stage` in place; return the names of the trainable parameters.
+    `train_encoder_layers=N` also trains the top N Whisper encoder layers and the encoder's final layer norm."""
     mode = resolve_llm_mode(stage, llm_mode)
     names = [name for name, _ in model.named_parameters()]
     if mode == "lora" and not any(".lora_" in name for name in names):
         raise ValueError("llm_mode='lora' needs a peft model with LoRA layers; use prepare_stage(..., llm_mode='lora').")
+    encoder_layers_from = None
+    if train_encoder_layers:
+        layers = encoder_layer_count(names)
+        if not 0 < train_encoder_layers <= layers:
+            raise ValueError(f"train_encoder_layers must be between 1 and the encoder's {layers} layers, got {train_encoder_layers}.")
+        encoder_layers_from = layers - train_encoder_layers
     trainable = []
     for name, parameter in model.named_parameters():
-        flag = is_trainable(name, stage, mode, train_encoder)
+        flag = is_trainable(name, stage, mode, train_encoder, encoder_layers_from)
         if flag is None:
             flag = parameter.requires_grad
         elif flag and not parameter.is_floating_point():
@@ -98,6 +126,7 @@ def prepare_stage(
     llm_mode: str | None = None,
     lora_config=None,
     train_encoder: bool = False,
+    train_encoder_layers: int = 0,
 ) -> nn.Module:
     """Set up `model` for `stage` and return it (a new peft model when `llm_mode="lora"` wraps it).
 
@@ -109,7 +138,7 @@ def prepare_stage(
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config or default_lora_config())
-    trainable = apply_stage(model, stage, mode, train_encoder)
+    trainable = apply_stage(model, stage, mode, train_encoder, train_encoder_layers)
     count = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
     logger.info("stage %s (llm %s): %d trainable tensors, %d parameters", stage, mode, len(trainable), count)
     return model
@@ -123,16 +152,17 @@ class LlasmStageCallback(TrainerCallback):
     At `on_train_begin` it checks that the optimizer holds exactly the stage's trainable parameters.
     """
 
-    def __init__(self, stage: str, llm_mode: str | None = None, train_encoder: bool = False):
+    def __init__(self, stage: str, llm_mode: str | None = None, train_encoder: bool = False, train_encoder_layers: int = 0):
         self.stage = stage
         self.llm_mode = resolve_llm_mode(stage, llm_mode)
         self.train_encoder = train_encoder
+        self.train_encoder_layers = train_encoder_layers
         self.trainable: list[str] = []
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("LlasmStageCallback needs the Trainer's model.")
-        self.trainable = apply_stage(model, self.stage, self.llm_mode, self.train_encoder)
+        self.trainable = apply_stage(model, self.stage, self.llm_mode, self.train_encoder, self.train_encoder_layers)
         return control
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -150,5 +180,5 @@ class LlasmStageCallback(TrainerCallback):
 
 __all__ = [
     "STAGES", "LLM_MODES", "DEFAULT_LLM_MODE", "LORA_TARGET_REGEX", "LlasmStageCallback", "apply_stage",
-    "default_lora_config", "is_trainable", "prepare_stage", "resolve_llm_mode",
+    "default_lora_config", "encoder_layer_count", "is_trainable", "prepare_stage", "resolve_llm_mode",
 ]  # fmt: skip

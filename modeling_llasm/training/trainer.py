@@ -56,10 +56,92 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
             self.stopped_at_step = state.global_step
             control.should_training_stop = True
             control.should_save = True
+            control.should_evaluate = args.eval_strategy != "no"  # the last step is scored too (KeepBestCallback)
         return control
 
     def state(self) -> dict:
         return {"args": {"budget_seconds": self.budget_seconds}, "attributes": {"elapsed": self.elapsed}}
+
+
+class KeepBestCallback(TrainerCallback):
+    """Keeps the trainable parameters that scored best on the evaluation set and puts them back at the end of
+    training, *the starting point included* when the Trainer evaluates at step 0 (`eval_on_start=True`): a run that
+    only makes the model worse on held-out data ends where it started. `Trainer(load_best_model_at_end=True)` can not
+    do that (it only picks among saved checkpoints, never the step-0 evaluation) and reloads whole models; here only
+    the trainable tensors (an adaptor, LoRA) are kept.
+
+    The best tensors and their score are written to `OUTPUT_DIR/best_trainable/` (safetensors + `best.json`,
+    atomically) at each new best, so a run resumed from a checkpoint still knows its best, step 0 included (a fresh
+    run in the same directory starts over).
+
+    ```python
+    args = TrainingArguments("out", eval_strategy="steps", eval_steps=50, eval_on_start=True, ...)
+    trainer = LlasmTrainer(model=model, args=args, eval_dataset=heldout_voices, callbacks=[KeepBestCallback()], ...)
+    trainer.train()  # the model now holds the best evaluated parameters; trainer.state.log_history has every score
+    ```
+    """
+
+    def __init__(self, metric: str = "eval_loss", greater_is_better: bool = False):
+        self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+        self.greater_is_better = greater_is_better
+        self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of the kept tensors
+
+    def directory(self, args) -> Path:
+        return Path(args.output_dir) / "best_trainable"
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        record = self.directory(args) / "best.json"
+        self.best = None
+        if state.global_step > 0 and record.is_file():  # resumed from a checkpoint: its best so far (maybe step 0)
+            import json
+
+            self.best = json.loads(record.read_text())
+        return control
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if model is None or not metrics:
+            return control
+        if self.metric not in metrics:
+            raise KeyError(f"KeepBestCallback: the evaluation reported no {self.metric!r} (got {sorted(metrics)}).")
+        value = float(metrics[self.metric])
+        if self.best is not None and not (value > self.best["value"] if self.greater_is_better else value < self.best["value"]):
+            return control
+        if not args.should_save:  # not the main process
+            self.best = {"step": state.global_step, "metric": self.metric, "value": value}
+            return control
+        from safetensors.torch import save_file
+
+        from ..files import atomic_write_json
+
+        directory = self.directory(args)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        tmp = directory / f".trainable.safetensors.tmp-{os.getpid()}"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, directory / "trainable.safetensors")
+        self.best = {"step": state.global_step, "metric": self.metric, "value": value}
+        atomic_write_json(directory / "best.json", self.best)
+        logger.info("new best %s %.4f at step %d", self.metric, value, state.global_step)
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is None or self.best is None:
+            return control
+        if self.best["step"] == state.global_step:
+            return control
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(self.directory(args) / "trainable.safetensors"))
+        parameters = dict(model.named_parameters())
+        missing = sorted(set(tensors) - set(parameters))
+        if missing:
+            raise KeyError(f"KeepBestCallback: {self.directory(args)} holds tensors the model does not have: {missing[:5]}")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                parameters[name].copy_(tensor.to(parameters[name].device, parameters[name].dtype))
+        logger.info("restored the best evaluated parameters: step %d (%s %.4f), not the last step %d",
+                    self.best["step"], self.metric, self.best["value"], state.global_step)  # fmt: skip
+        return control
 
 
 class LlasmTrainer(Trainer):
@@ -69,6 +151,8 @@ class LlasmTrainer(Trainer):
             for the stage at `on_init_end`.
         llm_mode (`str`, *optional*): `"full"`, `"lora"` or `"frozen"` (default: frozen in align, full in instruct).
         train_encoder (`bool`): also train the Whisper encoder (not LLaSM; off by default).
+        train_encoder_layers (`int`): also train the top N Whisper encoder layers and its final layer norm (0: none).
+            The encoder then runs in every step: do not give the collator an `EncoderCache`.
         distill_weight (`float`): weight of the KL to the text teacher (needs `LlasmDataCollator(distill=True)`).
         ce_weight (`float`): weight of the cross-entropy on the labels.
         distill_temperature (`float`): softmax temperature of the distillation.
@@ -85,6 +169,7 @@ class LlasmTrainer(Trainer):
         stage: str | None = None,
         llm_mode: str | None = None,
         train_encoder: bool = False,
+        train_encoder_layers: int = 0,
         distill_weight: float = 0.0,
         ce_weight: float = 1.0,
         distill_temperature: float = 1.0,
@@ -98,7 +183,7 @@ class LlasmTrainer(Trainer):
             args_obj.remove_unused_columns = False  # samples are raw chat records; the collator needs every field
         self.stage_callback = None
         if stage is not None:
-            self.stage_callback = LlasmStageCallback(stage, llm_mode, train_encoder)
+            self.stage_callback = LlasmStageCallback(stage, llm_mode, train_encoder, train_encoder_layers)
             callbacks = list(kwargs.pop("callbacks", None) or [])
             kwargs["callbacks"] = [self.stage_callback, *callbacks]
         self.distill_weight = float(distill_weight)
@@ -216,4 +301,4 @@ def _is_llasm(model) -> bool:
     return getattr(getattr(base, "config", None), "model_type", None) == "llasm"
 
 
-__all__ = ["LlasmTrainer", "TimeBudgetCallback"]
+__all__ = ["KeepBestCallback", "LlasmTrainer", "TimeBudgetCallback"]

@@ -129,10 +129,37 @@ def test_recipe_with_word_level_adaptors_keeps_the_llm_frozen_and_evaluates_unde
         assert all(torch.equal(p, llm_before[n]) for n, p in final.language_model.named_parameters())  # LLM frozen
         adaptor_before = dict(model.multi_modal_projector.named_parameters())
         adaptor_same = all(torch.equal(p, adaptor_before[n]) for n, p in final.multi_modal_projector.named_parameters())
-        assert adaptor_same == (not ran)  # the default reader trains nothing; every other arm trains its adaptor
+        # stage 2 keeps its best step on the held-out questions (step 0 = where it started), scored at every step
+        kept = summary.get("stage2_kept")
+        assert (kept is not None) == ("stage2" in ran)
+        if kept is not None:
+            history = json.loads((run_dir / "stage2" / "done.json").read_text())["log_history"]
+            scores = {e["step"]: e["eval_loss"] for e in history if "eval_loss" in e}
+            assert sorted(scores) == [0, 1, 2] and kept["step"] == min(scores, key=scores.get)
+        # the default reader trains nothing; the others train the adaptor (unless the reader's stage 2 kept step 0)
+        assert adaptor_same == (not ran or (kind == "whisper_reader" and kept["step"] == 0))
         assert (run_dir / "stage2_data").exists() == bool(ran) and (run_dir / "encoder_cache").exists() == bool(ran)
         understanding = summary["understanding"]
         assert understanding["spoken"]["num_questions"] == 3 and understanding["text_skill_retention"] == 1.0
         assert understanding["spoken"]["rougeL_cascade_vs_typed"] is None  # smoke: no Whisper cascade
         assert json.loads((run_dir / "understanding" / "results.json").read_text())["samples"][0]["audio_answer"] is not None
         assert check_hub_layout(run_dir / "final") == []
+
+
+def test_recipe_can_train_the_top_encoder_layer(tiny_training_files, tmp_path):
+    """`--train-encoder-layers 1`: every phase trains the encoder's top layer (and final norm) beside the adaptor,
+    without an encoder cache; the lower encoder layers stay as they were."""
+    import torch
+
+    from modeling_llasm.training.loading import load_llasm
+
+    base_dir, data_dir = tiny_training_files
+    run_dir = tmp_path / "run"
+    argv = ["train", "--smoke", "--base-dir", str(base_dir), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
+            "--no-progress", "--no-understanding", "--no-keep-best", "--train-encoder-layers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    before = dict(load_llasm(base_dir).audio_tower.named_parameters())
+    after = dict(load_llasm(run_dir / "final").audio_tower.named_parameters())
+    changed = {name for name, p in after.items() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith(("layers.1.", "layer_norm.")) for name in changed), changed
+    assert not (run_dir / "encoder_cache").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from llasm_training_fixtures import spoken_qa_record
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -72,3 +73,48 @@ def test_stage_callback_acts_before_the_optimizer_exists_unlike_on_train_begin(t
     early = Trainer(model=model, args=make_args(tmp_path), callbacks=[LlasmStageCallback("align")],
                     train_dataset=[spoken_qa_record(0)], data_collator=LlasmDataCollator(processor, "align"))  # fmt: skip
     assert optimizer_parameter_names(early, model) == names(model, "multi_modal_projector.")
+
+
+def test_train_encoder_layers_trains_the_top_layers_and_the_final_norm_only(tmp_path):
+    """The tiny encoder has 2 layers: N=1 adds layer 1 and the encoder's final layer norm to the adaptor; the
+    convolutions, positions and layer 0 stay frozen; a step changes exactly those tensors."""
+    model, processor = build_tiny_llasm()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = LlasmTrainer(model=model, args=make_args(tmp_path), train_dataset=[spoken_qa_record(0)],
+                           data_collator=LlasmDataCollator(processor, "align"), stage="align", train_encoder_layers=1)  # fmt: skip
+    held = optimizer_parameter_names(trainer, model)
+    assert held == names(model, "multi_modal_projector.", "audio_tower.layers.1.", "audio_tower.layer_norm.")
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed & names(model, "audio_tower.layers.1.") and changed <= held
+    assert not changed & names(model, "audio_tower.conv1.", "audio_tower.conv2.", "audio_tower.layers.0.")
+
+
+def test_train_encoder_layers_is_checked(tmp_path):
+    from modeling_llasm.training import EncoderCache
+    from modeling_llasm.training.runner import ctc_align, train_stage
+
+    model, processor = build_tiny_llasm()
+    with pytest.raises(ValueError, match="between 1 and the encoder's 2 layers, got 3"):
+        prepare_stage(model, "align", train_encoder_layers=3)
+    cache = EncoderCache(model, processor, cache_dir=tmp_path / "cache")
+    for run in (ctc_align, train_stage):
+        extra = ("align",) if run is train_stage else ()
+        with pytest.raises(ValueError, match="encoder_cache would freeze"):
+            run(model, processor, [spoken_qa_record(0)], make_args(tmp_path), *extra, encoder_cache=cache, train_encoder_layers=1)
+
+
+@pytest.mark.parametrize("option", [{"train_encoder": True}, {"train_encoder_layers": 1}])
+def test_train_stage_and_ctc_align_train_the_encoder_when_asked(tmp_path, option):
+    """The examples' `--train_encoder` / `--train_encoder_layers` reach the Trainer's stage callback (it used to
+    re-freeze the encoder that `prepare_stage` had unfrozen) and the CTC aligner."""
+    from modeling_llasm.training.runner import ctc_align, train_stage
+
+    model, processor = build_tiny_llasm()
+    layer0 = names(model, "audio_tower.layers.0.")
+    for run, extra in ((train_stage, ("align",)), (ctc_align, ())):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        run(model, processor, [spoken_qa_record(0), spoken_qa_record(1)], make_args(tmp_path / run.__name__), *extra, **option)
+        changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert changed & names(model, "audio_tower.layers.1."), run.__name__
+        assert bool(changed & layer0) == ("train_encoder" in option), run.__name__
