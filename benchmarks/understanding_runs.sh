@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The speech-understanding experiments of docs/training.md (issue 11), one after another. Each run must have the
 # machine to itself (time-budgeted phases): do not run tests or other jobs beside it.
-#   bash benchmarks/understanding_runs.sh curve      # the reader with --reader-distill at 15 / 30 / 60 / 120 minutes
-#                                                    # (the default reader trains nothing: no curve of its own)
-#   bash benchmarks/understanding_runs.sh ablation   # stack_mlp and ctc_compress at 30 minutes on the 30-minute run's data
+#   bash benchmarks/understanding_runs.sh curve             # the reader with --reader-distill at 15 / 30 / 60 / 120 minutes
+#                                                           # (the default reader trains nothing: no curve of its own)
+#   bash benchmarks/understanding_runs.sh keep-best         # the capped distillation arm at 15 minutes on the 15-minute
+#                                                           # run's data, keeping its best step on held-out voices
+#   bash benchmarks/understanding_runs.sh ablation [MIN]    # stack_mlp, ctc_compress, ctc_compress + the top Whisper
+#                                                           # encoder layer: MIN (default 30) minutes each on the 60-minute
+#                                                           # run's data, stage-2 selection off so that only the adaptor differs
 set -euo pipefail
 RUNS="${LLASM_CACHE:-$HOME/.cache/llasm}/runs"
 case "${1:-}" in
@@ -11,11 +15,19 @@ case "${1:-}" in
     for minutes in 15 30 60 120; do
       llasm train --recipe tiny --budget-minutes "$minutes" --reader-distill --run-dir "$RUNS/reader-distill-$minutes" --resume --no-progress
     done ;;
+  keep-best)
+    test -d "$RUNS/reader-distill-15/data" || { echo "run '$0 curve' first (this arm reuses the 15-minute run's data)"; exit 2; }
+    llasm train --recipe tiny --budget-minutes 15 --reader-distill --reader-residual-ratio 0.25 \
+      --data-dir "$RUNS/reader-distill-15/data" --run-dir "$RUNS/reader-distill-15-capped-best" --resume --no-progress ;;
   ablation)
-    test -d "$RUNS/reader-distill-30/data" || { echo "run '$0 curve' first (the ablation reuses the 30-minute run's data)"; exit 2; }
-    for adaptor in stack_mlp ctc_compress; do
-      llasm train --recipe tiny --budget-minutes 30 --adaptor-type "$adaptor" --data-dir "$RUNS/reader-distill-30/data" \
-        --run-dir "$RUNS/$adaptor-30" --resume --no-progress
+    minutes="${2:-30}"
+    test -d "$RUNS/reader-distill-60/data" || { echo "run '$0 curve' first (the ablation reuses the 60-minute run's data)"; exit 2; }
+    for arm in "stack_mlp" "ctc_compress" "ctc_compress --train-encoder-layers 1"; do
+      read -r adaptor options <<<"$arm"
+      name="$adaptor${options:+-enc1}-$minutes"
+      # shellcheck disable=SC2086  # options: zero or two words
+      llasm train --recipe tiny --budget-minutes "$minutes" --adaptor-type "$adaptor" $options --no-keep-best \
+        --data-dir "$RUNS/reader-distill-60/data" --run-dir "$RUNS/ablation/$name" --resume --no-progress
     done ;;
-  *) echo "usage: $0 curve|ablation"; exit 2 ;;
+  *) echo "usage: $0 curve|keep-best|ablation [MINUTES]"; exit 2 ;;
 esac
