@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-keep-best", dest="keep_best", action="store_false",
                         help="end stage 2 at its last step (default: with the parameters that scored best on held-out "
                              "voices, step 0 included, so that stage 2 can not leave the model worse than it found it)")
+    parser.add_argument("--keep-best-by", choices=("answers", "loss"), default="answers",
+                        help="how stage 2 scores held-out voices: ROUGE-L of its greedy answers against the LLM's answers "
+                             "to the transcripts (default), or the stage's own loss")
     parser.add_argument("--train-encoder-layers", type=int, default=0, metavar="N",
                         help="also train the top N Whisper encoder layers in every training phase (default 0; the "
                              "encoder then runs in every step: no encoder cache)")
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         reader_distill=args.reader_distill,
         reader_residual_ratio=args.reader_residual_ratio,
         keep_best=args.keep_best,
+        keep_best_by=args.keep_best_by,
         train_encoder_layers=args.train_encoder_layers,
         stack_factor=args.stack_factor,
         utterances=args.utterances,

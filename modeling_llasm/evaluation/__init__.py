@@ -3,7 +3,7 @@ benchmarks (`llasm bench`: latency, throughput, training speed and memory)."""
 
 from .cascade import WhisperTranscriber, whisper_dir_for
 from .evaluator import evaluate_model, format_results, generate_answers, load_llasm
-from .rouge import mean_rouge_l, rouge_l
+from ..metrics.rouge import mean_rouge_l, rouge_l
 from .tasks import classify_record, is_asr_instruction
 
 __all__ = [

@@ -14,7 +14,7 @@ import torch
 from ..metrics._error_rate import error_rate
 from . import tasks
 from .cascade import AsrFunction, WhisperTranscriber, whisper_dir_for
-from .rouge import rouge_l
+from ..metrics.rouge import rouge_l
 
 RESULT_VERSION = 1
 

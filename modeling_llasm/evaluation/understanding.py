@@ -37,7 +37,7 @@ from ..processing_llasm import TRANSCRIPTION_INSTRUCTION
 from . import tasks
 from .cascade import AsrFunction, WhisperTranscriber, whisper_dir_for
 from .evaluator import generate_answers, load_llasm
-from .rouge import rouge_l
+from ..metrics.rouge import rouge_l
 
 
 #: Held-out voices of the default set: never used for training (`data.text_sources.DEFAULT_HELDOUT_VOICES`), two

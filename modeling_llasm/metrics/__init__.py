@@ -1,4 +1,5 @@
-"""Speech-recognition metrics shipped as offline `evaluate` modules (no Hub access needed).
+"""Speech-recognition metrics shipped as offline `evaluate` modules (no Hub access needed), and ROUGE-L between
+answers (`metrics.rouge`).
 
 `evaluate` is heavy to import, so it is only imported inside the functions below.
 """

@@ -10,10 +10,11 @@ from .hub import check_hub_layout, llasm_model_card, make_hub_ready
 from .losses import LlasmCtcAligner, distillation_loss, logits_at_labels, token_cross_entropy
 from .qlora import load_qlora_model, merge_adapter, qlora_config, save_adapter
 from .stages import LlasmStageCallback, apply_stage, default_lora_config, prepare_stage
-from .trainer import KeepBestCallback, LlasmTrainer, TimeBudgetCallback
+from .trainer import AnswerAgreementCallback, KeepBestCallback, LlasmTrainer, TimeBudgetCallback
 
 
 __all__ = [
+    "AnswerAgreementCallback",
     "EncoderCache",
     "KeepBestCallback",
     "LlasmCtcAligner",

@@ -94,6 +94,7 @@ class RecipeSettings:
     reader_distill: bool = False  # whisper_reader: train its state_proj by self-distillation in stage 2 (see PHASE_SHARES)
     reader_residual_ratio: float | None = None  # whisper_reader: cap state_proj's residual (LlasmConfig field) when it trains
     keep_best: bool = True  # stage 2 ends with the parameters that scored best on held-out voices, step 0 included
+    keep_best_by: str = "answers"  # "answers": ROUGE-L of greedy answers to the targets; "loss": the stage's own loss
     train_encoder_layers: int = 0  # also train the top N Whisper encoder layers in every training phase (no encoder cache)
     batch_ctc: int = 16
     batch_lm: int = 8
@@ -112,6 +113,8 @@ class RecipeSettings:
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir).expanduser()
+        if self.keep_best_by not in ("answers", "loss"):
+            raise ValueError(f"keep_best_by must be 'answers' or 'loss', got {self.keep_best_by!r}.")
         if self.smoke:
             self.batch_ctc = self.batch_lm = self.batch_stage2 = 2
             self.eval_clips = min(self.eval_clips, 4)
@@ -163,10 +166,7 @@ class Recipe:
         data_dir = self.data()
         records = self.load_data(data_dir)
         processor = LlasmProcessor.from_pretrained(base_dir)
-        model = load_llasm(base_dir)
-        if self.kind == "whisper_reader" and s.reader_residual_ratio is not None:
-            model.config.reader_residual_ratio = s.reader_residual_ratio  # saved with every checkpoint of the run
-            self.summary["reader_residual_ratio"] = s.reader_residual_ratio
+        model = self.load_base(base_dir)
         self.summary["base_dir"], self.summary["data_dir"] = str(base_dir), str(data_dir)
 
         cache = None
@@ -205,14 +205,10 @@ class Recipe:
 
         # stage 1b: LM loss, adaptor only
         stage1_dir = self.phase_dir("stage1_lm") / "final"
-        if not self.done("stage1_lm") and plan["stage1_lm"]["max_steps"] == 0:  # no LM phase for this adaptor
-            from .hub import make_hub_ready
-
-            model.save_pretrained(stage1_dir)
-            processor.save_pretrained(stage1_dir)
-            make_hub_ready(stage1_dir, **self.card_kwargs(stages=self.stage_rows(plan, upto="stage1_lm")))
+        if not self.done("stage1_lm") and plan["stage1_lm"]["max_steps"] == 0:
+            # no LM phase for this adaptor: the stage-1 model is the base (+ the stage-1a adaptor file), not saved again
             wer = self.evaluate(model, processor, records["stage1_heldout"], "stage1_lm")
-            self.mark_done("stage1_lm", {"metrics": {}, "heldout_wer": wer, "steps": 0, "log_history": []})
+            self.mark_done("stage1_lm", {"metrics": {}, "heldout_wer": wer, "steps": 0, "log_history": [], "saved": False})
         elif not self.done("stage1_lm"):
             self.plan_phase(plan, "stage1_lm", lambda: self._probe_lm(model, processor, records["stage1_train"], cache,
                                                                       "align", s.batch_lm))  # fmt: skip
@@ -228,7 +224,7 @@ class Recipe:
             self.mark_done("stage1_lm", {"metrics": output.metrics, "heldout_wer": wer, "steps": trainer.state.global_step,
                                          "log_history": trainer.state.log_history})  # fmt: skip
             del trainer
-        else:
+        elif self.done("stage1_lm").get("saved", True):
             model = load_llasm(stage1_dir)
             if cache is not None:
                 cache.audio_tower = model.audio_tower
@@ -263,9 +259,14 @@ class Recipe:
             args = self.training_args("stage2", plan, s.lr_stage2, s.batch_stage2, evaluate=stage2_heldout is not None)
             callbacks = [self.time_budget(plan, "stage2")]
             if stage2_heldout is not None:
-                from .trainer import KeepBestCallback
+                from .trainer import AnswerAgreementCallback, KeepBestCallback
 
-                callbacks.append(KeepBestCallback("eval_loss"))
+                if s.keep_best_by == "answers":
+                    callbacks.append(AnswerAgreementCallback(stage2_heldout, processor, max_new_tokens=8 if s.smoke else 40,
+                                                             batch_size=s.batch_stage2 * 2))  # fmt: skip
+                    callbacks.append(KeepBestCallback("answer_rougeL", greater_is_better=True))
+                else:
+                    callbacks.append(KeepBestCallback("eval_loss"))
             trainer, output = train_stage(
                 peft_model, processor, stage2_train, args, "instruct", llm_mode, eval_records=stage2_heldout,
                 encoder_cache=cache, distill_weight=s.distill_weight, ce_weight=s.ce_weight, resume=s.resume,
@@ -319,6 +320,14 @@ class Recipe:
         return self.s.stage2_llm_mode or ("lora" if self.kind == "stack_mlp" else "frozen")
 
     # ------------------------------------------------------------------ phases
+    def load_base(self, base_dir: Path):
+        """The base model with this run's settings (what stage 1 starts from)."""
+        model = load_llasm(base_dir)
+        if self.kind == "whisper_reader" and self.s.reader_residual_ratio is not None:
+            model.config.reader_residual_ratio = self.s.reader_residual_ratio  # saved with every checkpoint of the run
+            self.summary["reader_residual_ratio"] = self.s.reader_residual_ratio
+        return model
+
     def base(self) -> Path:
         if self.s.base_dir is not None:
             return Path(self.s.base_dir).expanduser()
@@ -595,6 +604,7 @@ class Recipe:
 
     def evaluate(self, model, processor, records, name: str) -> float:
         self.log(f"evaluate: held-out WER on {len(records)} clips ({name})")
+        self.phase_dir(name).mkdir(parents=True, exist_ok=True)
         wer = evaluate_wer(model, processor, records, self.phase_dir(name) / "heldout_transcripts.jsonl",
                            batch_size=8, max_new_tokens=8 if self.s.smoke else 48, progress=self.s.progress)  # fmt: skip
         self.log(f"evaluate: {name} held-out WER {wer:.3f}")

@@ -144,6 +144,50 @@ class KeepBestCallback(TrainerCallback):
         return control
 
 
+class AnswerAgreementCallback(TrainerCallback):
+    """Adds `eval_answer_rougeL` to every evaluation: the model's greedy answers to held-out spoken questions,
+    scored by ROUGE-L against reference answers (in the recipe: the LLM's own answers to the typed transcripts). That
+    is what the spoken-understanding evaluation measures, here on validation questions. List it before a
+    `KeepBestCallback("answer_rougeL", greater_is_better=True)`, which then keeps the step that answers best.
+
+    ```python
+    callbacks = [AnswerAgreementCallback(heldout_records, processor), KeepBestCallback("answer_rougeL", greater_is_better=True)]
+    ```
+    """
+
+    def __init__(self, records: list[dict], processor, max_new_tokens: int = 40, batch_size: int = 8):
+        self.conversations = [[m for m in r["messages"] if m["role"] != "assistant"] for r in records]
+        self.references = []
+        for record in records:
+            answer = [m for m in record["messages"] if m["role"] == "assistant"]
+            if not answer:
+                raise ValueError(f"AnswerAgreementCallback: record {record.get('id')!r} has no assistant answer to compare with.")
+            content = answer[-1]["content"]
+            self.references.append(content if isinstance(content, str) else " ".join(i.get("text", "") for i in content))
+        self.processor, self.max_new_tokens, self.batch_size = processor, max_new_tokens, batch_size
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if model is None or metrics is None:
+            return control
+        from ..metrics.rouge import rouge_l
+        from .runner import generate_batch
+
+        was_training = model.training
+        model.eval()
+        answers = []
+        with torch.no_grad():
+            for start in range(0, len(self.conversations), self.batch_size):
+                texts, _ = generate_batch(model, self.processor, self.conversations[start : start + self.batch_size], self.max_new_tokens)
+                answers.extend(texts)
+        model.train(was_training)
+        score = sum(rouge_l(r, a)["f1"] for r, a in zip(self.references, answers)) / max(1, len(answers))
+        metrics["eval_answer_rougeL"] = score
+        last = state.log_history[-1] if state.log_history else {}
+        if last.get("step") == state.global_step and any(k.startswith("eval_") for k in last):
+            last["eval_answer_rougeL"] = score  # beside the eval loss of the same step
+        return control
+
+
 class LlasmTrainer(Trainer):
     r"""
     Args (besides those of `Trainer`):
@@ -301,4 +345,4 @@ def _is_llasm(model) -> bool:
     return getattr(getattr(base, "config", None), "model_type", None) == "llasm"
 
 
-__all__ = ["KeepBestCallback", "LlasmTrainer", "TimeBudgetCallback"]
+__all__ = ["AnswerAgreementCallback", "KeepBestCallback", "LlasmTrainer", "TimeBudgetCallback"]

@@ -98,3 +98,33 @@ def test_a_missing_metric_is_named():
         KeepBestCallback("accuracy", greater_is_better=True).on_evaluate(
             TrainingArguments("unused", use_cpu=True, report_to=[]), TrainerState(), TrainerControl(),
             model=Line(), metrics={"eval_loss": 1.0})  # fmt: skip
+
+
+def test_answer_agreement_scores_the_greedy_answers_against_the_references():
+    from llasm_training_fixtures import spoken_qa_record
+    from transformers import TrainerControl, TrainerState
+
+    from modeling_llasm.metrics.rouge import rouge_l
+    from modeling_llasm.training import AnswerAgreementCallback
+    from modeling_llasm.training.runner import generate_batch
+    from tiny_llasm import build_tiny_llasm
+
+    model, processor = build_tiny_llasm()
+    records = [spoken_qa_record(i) for i in range(3)]
+    questions = [[m for m in r["messages"] if m["role"] == "user"] for r in records]
+    answers = generate_batch(model, processor, questions, 6)[0]
+    assert answers[2]  # the tiny model says something
+    records[1]["messages"][-1]["content"] = "a plain-string answer"
+    records[2]["messages"][-1]["content"] = [{"type": "text", "text": answers[2]}]  # one answer agrees fully
+    metrics, state = {"eval_loss": 1.0}, TrainerState()
+    state.log_history = [{"eval_loss": 1.0, "step": 0}]
+    model.train()
+    AnswerAgreementCallback(records, processor, max_new_tokens=6, batch_size=2).on_evaluate(
+        TrainingArguments("unused", use_cpu=True, report_to=[]), state, TrainerControl(), model=model, metrics=metrics)  # fmt: skip
+    references = ["the quick brown fox", "a plain-string answer", answers[2]]
+    expected = sum(rouge_l(r, a)["f1"] for r, a in zip(references, answers)) / 3
+    assert metrics["eval_answer_rougeL"] == pytest.approx(expected) and expected >= 1 / 3
+    assert state.log_history[-1]["eval_answer_rougeL"] == metrics["eval_answer_rougeL"]
+    assert model.training  # generation ran in eval mode; the model is left training
+    with pytest.raises(ValueError, match="'qa-0' has no assistant answer"):
+        AnswerAgreementCallback([{"id": "qa-0", "messages": records[0]["messages"][:1]}], processor)

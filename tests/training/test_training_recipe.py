@@ -134,11 +134,13 @@ def test_recipe_with_word_level_adaptors_keeps_the_llm_frozen_and_evaluates_unde
         assert (kept is not None) == ("stage2" in ran)
         if kept is not None:
             history = json.loads((run_dir / "stage2" / "done.json").read_text())["log_history"]
-            scores = {e["step"]: e["eval_loss"] for e in history if "eval_loss" in e}
-            assert sorted(scores) == [0, 1, 2] and kept["step"] == min(scores, key=scores.get)
+            scores = {e["step"]: e["eval_answer_rougeL"] for e in history if "eval_answer_rougeL" in e}
+            assert sorted(scores) == [0, 1, 2] and all(0.0 <= v <= 1.0 for v in scores.values())
+            assert kept["metric"] == "eval_answer_rougeL" and kept["step"] == max(scores, key=scores.get)
         # the default reader trains nothing; the others train the adaptor (unless the reader's stage 2 kept step 0)
         assert adaptor_same == (not ran or (kind == "whisper_reader" and kept["step"] == 0))
         assert (run_dir / "stage2_data").exists() == bool(ran) and (run_dir / "encoder_cache").exists() == bool(ran)
+        assert not (run_dir / "stage1_lm" / "final").exists()  # no LM phase: the stage-1 model is not saved twice
         understanding = summary["understanding"]
         assert understanding["spoken"]["num_questions"] == 3 and understanding["text_skill_retention"] == 1.0
         assert understanding["spoken"]["rougeL_cascade_vs_typed"] is None  # smoke: no Whisper cascade
@@ -163,3 +165,34 @@ def test_recipe_can_train_the_top_encoder_layer(tiny_training_files, tmp_path):
     changed = {name for name, p in after.items() if not torch.equal(p, before[name])}
     assert changed and all(name.startswith(("layers.1.", "layer_norm.")) for name in changed), changed
     assert not (run_dir / "encoder_cache").exists()
+
+
+def test_resumed_stage_2_starts_from_the_stage_1_adaptor_when_stage_1b_saved_no_model(tiny_training_files, tmp_path):
+    """ctc_compress has no LM phase, so no `stage1_lm/final` is written: a run killed after stage 1 rebuilds the
+    stage-1 model from the base + `stage1_ctc/adaptor.safetensors` and ends exactly where the uninterrupted run did."""
+    import shutil
+
+    import torch
+
+    from modeling_llasm.training.ctc_vocabulary import SubVocabulary
+    from modeling_llasm.training.loading import load_llasm
+    from tiny_llasm import build_tiny_llasm
+
+    _, data_dir = tiny_training_files
+    model, processor = build_tiny_llasm(adaptor_type="ctc_compress", ctc_vocab_size=280)
+    model.set_ctc_vocabulary(SubVocabulary.build(processor.tokenizer, 280, words=300).token_ids)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    run_dir = tmp_path / "run"
+    argv = ["train", "--smoke", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
+            "--no-progress", "--no-understanding", "--no-keep-best"]  # fmt: skip
+    assert main(argv) == 0
+    uninterrupted = dict(load_llasm(run_dir / "final").multi_modal_projector.named_parameters())
+    for path in ("stage2", "final", "summary.json"):  # killed after stage 1
+        target = run_dir / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    assert main([*argv, "--resume"]) == 0
+    resumed = dict(load_llasm(run_dir / "final").multi_modal_projector.named_parameters())
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+    assert not all(torch.equal(p, dict(model.multi_modal_projector.named_parameters())[n]) for n, p in resumed.items())
