@@ -4,7 +4,8 @@
 #   bash benchmarks/understanding_runs.sh curve             # the reader with --reader-distill at 15 / 30 / 60 / 120 minutes
 #                                                           # (the default reader trains nothing: no curve of its own)
 #   bash benchmarks/understanding_runs.sh keep-best         # the capped distillation arm at 15 minutes on the 15-minute
-#                                                           # run's data, keeping its best step on held-out voices
+#                                                           # run's data, keeping its best step on held-out voices, scored
+#                                                           # by the stage's loss, then by its answers
 #   bash benchmarks/understanding_runs.sh ablation [MIN]    # stack_mlp, ctc_compress, ctc_compress + the top Whisper
 #                                                           # encoder layer: MIN (default 30) minutes each on the 60-minute
 #                                                           # run's data, stage-2 selection off so that only the adaptor differs
@@ -17,8 +18,10 @@ case "${1:-}" in
     done ;;
   keep-best)
     test -d "$RUNS/reader-distill-15/data" || { echo "run '$0 curve' first (this arm reuses the 15-minute run's data)"; exit 2; }
-    llasm train --recipe tiny --budget-minutes 15 --reader-distill --reader-residual-ratio 0.25 \
-      --data-dir "$RUNS/reader-distill-15/data" --run-dir "$RUNS/reader-distill-15-capped-best" --resume --no-progress ;;
+    for by in loss answers; do
+      llasm train --recipe tiny --budget-minutes 15 --reader-distill --reader-residual-ratio 0.25 --keep-best-by "$by" \
+        --data-dir "$RUNS/reader-distill-15/data" --run-dir "$RUNS/reader-distill-15-capped-best-$by" --resume --no-progress
+    done ;;
   ablation)
     minutes="${2:-30}"
     test -d "$RUNS/reader-distill-60/data" || { echo "run '$0 curve' first (the ablation reuses the 60-minute run's data)"; exit 2; }
