@@ -125,10 +125,10 @@ def bench_dtypes(systems: Systems, settings: BenchSettings, clip: np.ndarray) ->
         def ttft():
             return ttft_speech(model, processor, clip, conversation_cache=head.copy())["total"]
 
-        def decode(target=model):
+        def decode():
             times = TokenTimes()
             with torch.inference_mode():
-                target.generate(**inputs, streamer=times, **gen)
+                model.generate(**inputs, streamer=times, **gen)
             return times.decode_rate()
 
         arms = {"ttft": ttft, "decode": decode}
@@ -143,8 +143,7 @@ def bench_dtypes(systems: Systems, settings: BenchSettings, clip: np.ndarray) ->
         runs = _alternating(settings, arms, f"dtype {dtype}")
         results[dtype] = {name: statistics.median(values) for name, values in runs.items()}
         results[dtype]["runs"] = {name: [round(v, 4) for v in values] for name, values in runs.items()}
-        if model is not systems.llasm:
-            del model
+        # (each cast copy is freed when the next iteration rebinds `model`, `head` and the timed closures)
     bare = results["float32"]["bare_llm_decode"]
     fastest = min(QUALITY_DTYPES, key=lambda d: results[d]["ttft"])
     return {"by_dtype": results, "bare_llm_decode_float32": bare, "fastest_ttft_dtype": fastest,

@@ -12,6 +12,7 @@ wrapped model.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -93,8 +94,6 @@ class KeepBestCallback(TrainerCallback):
         record = self.directory(args) / "best.json"
         self.best = None
         if state.global_step > 0 and record.is_file():  # resumed from a checkpoint: its best so far (maybe step 0)
-            import json
-
             self.best = json.loads(record.read_text())
         return control
 
