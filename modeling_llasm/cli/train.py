@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(LlasmConfig.reader_residual_ratio; default: unbounded)")
     parser.add_argument("--no-keep-best", dest="keep_best", action="store_false",
                         help="end stage 2 at its last step (default: with the parameters that scored best on held-out "
-                             "voices, step 0 included, so that stage 2 can not leave the model worse than it found it)")
+                             "voices, step 0 included)")
     parser.add_argument("--keep-best-by", choices=("answers", "loss"), default="answers",
                         help="how stage 2 scores held-out voices: ROUGE-L of its greedy answers against the LLM's answers "
                              "to the transcripts (default), or the stage's own loss")

@@ -20,7 +20,7 @@ from ..data.chat import audio_parts, transcript_messages
 from ..files import atomic_write_json, read_appendable_jsonl
 from ..data.collator import LlasmDataCollator
 from .losses import LlasmCtcAligner, calibrate_adaptor
-from .stages import encoder_layer_count, is_trainable
+from .stages import first_trained_encoder_layer, is_trainable
 from .trainer import LlasmTrainer
 
 
@@ -84,8 +84,7 @@ def ctc_align(
     check_encoder_training(encoder_cache, train_encoder, train_encoder_layers)
     aligner = LlasmCtcAligner(model, vocabulary=vocabulary, tokenizer=processor.tokenizer)
     calibrate = calibrate and not aligner.adaptor_head
-    names = [name for name, _ in aligner.named_parameters()]
-    encoder_layers_from = encoder_layer_count(names) - train_encoder_layers if train_encoder_layers else None
+    encoder_layers_from = first_trained_encoder_layer([name for name, _ in aligner.named_parameters()], train_encoder_layers)
     for name, parameter in aligner.named_parameters():
         if name.startswith("audio_tower."):
             parameter.requires_grad_(bool(is_trainable(name, "align", None, train_encoder, encoder_layers_from)))

@@ -74,10 +74,16 @@ def is_trainable(
     return None
 
 
-def encoder_layer_count(names: list[str]) -> int:
-    """How many transformer layers the Whisper encoder (`audio_tower.layers.<i>`) has, from parameter names."""
+def first_trained_encoder_layer(names: list[str], train_encoder_layers: int) -> int | None:
+    """The index of the lowest Whisper encoder layer (`audio_tower.layers.<i>`, counted from the parameter `names`)
+    that `train_encoder_layers` trains; None when it is 0."""
+    if not train_encoder_layers:
+        return None
     indices = [int(m.group(1)) for name in names if (m := re.search(r"(?:^|\.)audio_tower\.layers\.(\d+)\.", name))]
-    return max(indices) + 1 if indices else 0
+    layers = max(indices) + 1 if indices else 0
+    if not 0 < train_encoder_layers <= layers:
+        raise ValueError(f"train_encoder_layers must be between 1 and the encoder's {layers} layers, got {train_encoder_layers}.")
+    return layers - train_encoder_layers
 
 
 def apply_stage(
@@ -89,12 +95,7 @@ def apply_stage(
     names = [name for name, _ in model.named_parameters()]
     if mode == "lora" and not any(".lora_" in name for name in names):
         raise ValueError("llm_mode='lora' needs a peft model with LoRA layers; use prepare_stage(..., llm_mode='lora').")
-    encoder_layers_from = None
-    if train_encoder_layers:
-        layers = encoder_layer_count(names)
-        if not 0 < train_encoder_layers <= layers:
-            raise ValueError(f"train_encoder_layers must be between 1 and the encoder's {layers} layers, got {train_encoder_layers}.")
-        encoder_layers_from = layers - train_encoder_layers
+    encoder_layers_from = first_trained_encoder_layer(names, train_encoder_layers)
     trainable = []
     for name, parameter in model.named_parameters():
         flag = is_trainable(name, stage, mode, train_encoder, encoder_layers_from)
@@ -180,5 +181,5 @@ class LlasmStageCallback(TrainerCallback):
 
 __all__ = [
     "STAGES", "LLM_MODES", "DEFAULT_LLM_MODE", "LORA_TARGET_REGEX", "LlasmStageCallback", "apply_stage",
-    "default_lora_config", "encoder_layer_count", "is_trainable", "prepare_stage", "resolve_llm_mode",
+    "default_lora_config", "first_trained_encoder_layer", "is_trainable", "prepare_stage", "resolve_llm_mode",
 ]  # fmt: skip
