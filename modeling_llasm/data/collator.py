@@ -355,7 +355,8 @@ def _audio_items(messages: list[dict]) -> list[dict]:
     return [item for m in messages for item in _content_items(m) if item.get("type") == "audio"]
 
 
-def _text_of(message: dict) -> str:
+def message_text(message: dict) -> str:
+    """The text of a chat message: its string content, or its text parts joined by newlines."""
     content = message.get("content")
     if isinstance(content, str):
         return content
@@ -366,7 +367,7 @@ def _is_asr_conversation(sample: Any, messages: list[dict]) -> bool:
     if isinstance(sample, dict) and sample.get("task") == "asr":
         return True
     transcripts = [item.get("transcript") for item in _audio_items(messages)]
-    answers = [_text_of(m).strip() for m in messages if m["role"] == "assistant"]
+    answers = [message_text(m).strip() for m in messages if m["role"] == "assistant"]
     return bool(answers) and len(answers) == len(transcripts) and all(
         isinstance(t, str) and t.strip() == a for t, a in zip(transcripts, answers)
     )

@@ -257,16 +257,17 @@ class Recipe:
             self.plan_phase(plan, "stage2", lambda: self._probe_stage2(peft_model, processor, stage2_train, cache))
             self.log(f"stage 2: instruct ({llm_mode}), up to {plan['stage2']['max_steps']} steps, distill {s.distill_weight}")
             args = self.training_args("stage2", plan, s.lr_stage2, s.batch_stage2, evaluate=stage2_heldout is not None)
-            callbacks = [self.time_budget(plan, "stage2")]
+            callbacks, keep = [self.time_budget(plan, "stage2")], None
             if stage2_heldout is not None:
                 from .trainer import AnswerAgreementCallback, KeepBestCallback
 
                 if s.keep_best_by == "answers":
                     callbacks.append(AnswerAgreementCallback(stage2_heldout, processor, max_new_tokens=8 if s.smoke else 40,
                                                              batch_size=s.batch_stage2 * 2))  # fmt: skip
-                    callbacks.append(KeepBestCallback("answer_rougeL", greater_is_better=True))
+                    keep = KeepBestCallback("answer_rougeL", greater_is_better=True)
                 else:
-                    callbacks.append(KeepBestCallback("eval_loss"))
+                    keep = KeepBestCallback("eval_loss")
+                callbacks.append(keep)
             trainer, output = train_stage(
                 peft_model, processor, stage2_train, args, "instruct", llm_mode, eval_records=stage2_heldout,
                 encoder_cache=cache, distill_weight=s.distill_weight, ce_weight=s.ce_weight, resume=s.resume,
@@ -274,7 +275,7 @@ class Recipe:
                 callbacks=callbacks,
             )  # fmt: skip
             log_history, steps = trainer.state.log_history, trainer.state.global_step
-            best = callbacks[-1].best if stage2_heldout is not None else None
+            best = keep.best if keep is not None else None
             if best is not None:
                 self.log(f"stage 2: kept step {best['step']} of {steps} (held-out {best['metric']} {best['value']:.4f})")
             del trainer

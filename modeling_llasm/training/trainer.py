@@ -25,6 +25,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..data.collator import message_text
 from .losses import distillation_loss, logits_at_labels, token_cross_entropy
 from .stages import LlasmStageCallback
 
@@ -161,8 +162,7 @@ class AnswerAgreementCallback(TrainerCallback):
             answer = [m for m in record["messages"] if m["role"] == "assistant"]
             if not answer:
                 raise ValueError(f"AnswerAgreementCallback: record {record.get('id')!r} has no assistant answer to compare with.")
-            content = answer[-1]["content"]
-            self.references.append(content if isinstance(content, str) else " ".join(i.get("text", "") for i in content))
+            self.references.append(message_text(answer[-1]))
         self.processor, self.max_new_tokens, self.batch_size = processor, max_new_tokens, batch_size
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
