@@ -399,6 +399,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         suppress[list(config.reader_suppress_ids or [])] = True
         pieces_of = (self.llm_pieces >= 0).sum(-1)
         suppress[: eos][pieces_of[: eos].to(device) == 0] = True  # text the LLM could not be given
+        pieces_of = pieces_of.tolist()  # read per chosen token below: a python list, not a tensor lookup each time
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         tokens, states = [[] for _ in range(windows)], [[] for _ in range(windows)]
         used, done = [0] * windows, [False] * windows
@@ -426,7 +427,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             for window, token in enumerate(chosen.tolist()):
                 if done[window]:
                     continue
-                if token == eos or used[window] + int(pieces_of[token]) > max_pieces[window]:
+                if token == eos or used[window] + pieces_of[token] > max_pieces[window]:
                     if token != eos:
                         logger.warning_once(f"An audio window had more to read than its {max_pieces[window]} audio tokens; "
                                             "reading stopped there (lower stack_factor to allow more tokens per second).")  # fmt: skip
@@ -434,7 +435,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
                     continue
                 tokens[window].append(token)
                 states[window].append(state[window])
-                used[window] += int(pieces_of[token])
+                used[window] += pieces_of[token]
             if all(done):
                 break
             position += length
@@ -477,9 +478,9 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             spellings = {}
             for key, value, initial in zip(self.spelling_keys.tolist(), self.spelling_values.tolist(), self.spelling_initial.tolist()):
                 spellings[(bool(initial), tuple(k for k in key if k >= 0))] = [v for v in value if v >= 0]
-            self._lookup = ([[p for p in row if p >= 0] for row in self.llm_pieces.tolist()], spellings)
-        pieces, spellings = self._lookup
-        starts = self.starts_word
+            pieces = [[p for p in row if p >= 0] for row in self.llm_pieces.tolist()]
+            self._lookup = (pieces, spellings, self.starts_word.tolist(), self.no_space.tolist())
+        pieces, spellings, starts, no_space = self._lookup
         out, owner, position = [], [], 0
         while position < len(whisper_ids):
             initial = position == 0
@@ -487,7 +488,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             if respell:
                 for n in range(min(SPELLING_KEY_LENGTH, len(whisper_ids) - position), 0, -1):
                     key = tuple(whisper_ids[position : position + n])
-                    if n > 1 and bool(starts[list(key[1:])].any()):
+                    if n > 1 and any(starts[k] for k in key[1:]):
                         continue  # a table entry is one word
                     value = spellings.get((initial, key))
                     if value is not None:
@@ -495,8 +496,8 @@ class LlasmWhisperReaderAdaptor(nn.Module):
                         break
             if value is None:
                 value = list(pieces[whisper_ids[position]])
-                if initial and value and int(self.no_space[value[0]]) >= 0:
-                    value = [int(self.no_space[value[0]]), *value[1:]]
+                if initial and value and no_space[value[0]] >= 0:
+                    value = [no_space[value[0]], *value[1:]]
             out.extend(value)
             owner.extend([position + length - 1] * len(value))
             position += length
@@ -1257,9 +1258,9 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
                                                           None, features)  # fmt: skip
         keep = holed_mask.bool()
         length = int(keep.sum(-1).max())
+        # left padding is masked out of attention: any id does, the generation config's pad id reads best
         pad_id = self.generation_config.pad_token_id
-        pad_id = pad_id if pad_id is not None else 0
-        packed_ids = input_ids.new_full((input_ids.shape[0], length), pad_id)
+        packed_ids = input_ids.new_full((input_ids.shape[0], length), pad_id if pad_id is not None else 0)
         packed_mask = attention_mask.new_zeros((input_ids.shape[0], length))
         packed_embeds = embeds.new_zeros((input_ids.shape[0], length, embeds.shape[-1]))
         for row in range(input_ids.shape[0]):  # left padding, as the processor pads for generation
