@@ -99,12 +99,17 @@ class Job:
 
 class _RowStops(StoppingCriteria):
     """Per-row stopping: each row's own `max_tokens`, its stop strings (checked on the decoded text), cancellation.
-    Records after how many new tokens each row stopped (`done_at`)."""
+    Records after how many new tokens each row stopped (`done_at`).
+
+    Checked after every token, so a stop string can only have just been completed: only the last tokens that could
+    hold it are decoded (each token is at least one byte; one more token for tokenizers that drop a leading space),
+    not the whole answer at every step."""
 
     def __init__(self, jobs: list[Job], tokenizer):
         self.jobs, self.tokenizer = jobs, tokenizer
         self.start: int | None = None  # prompt length as generate sees it (a ctc_compress prompt is re-packed)
         self.done_at: list[int | None] = [None] * len(jobs)
+        self.tail = [max((len(s.encode("utf-8")) for s in job.stop), default=0) + 1 for job in jobs]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         if self.start is None:
@@ -117,7 +122,8 @@ class _RowStops(StoppingCriteria):
                 continue
             stop = generated >= job.max_tokens or job.cancelled.is_set()
             if not stop and job.stop:
-                text = self.tokenizer.decode(input_ids[row, self.start :], skip_special_tokens=True)
+                start = max(self.start, input_ids.shape[1] - self.tail[row])
+                text = self.tokenizer.decode(input_ids[row, start:], skip_special_tokens=True)
                 stop = any(s in text for s in job.stop)
             if stop:
                 self.done_at[row] = generated
@@ -192,8 +198,7 @@ class Engine:
         if eos is None:
             eos = self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else (model.generation_config.pad_token_id or 0)
+        self.pad_token_id = processor.pad_token_id
         self.conversations = ConversationPool(model, processor, max_conversations)
 
     # ----- lifecycle -----
