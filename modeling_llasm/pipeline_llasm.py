@@ -170,9 +170,7 @@ class LlasmChatPipeline(Pipeline):
 
         sized = isinstance(inputs, Sized)  # as the base class: an iterable is read by one worker
         dataset = (PipelineDataset if sized else PipelineIterator)(inputs, self.preprocess, preprocess_params)
-        pad_token_id = self.processor.tokenizer.pad_token_id
-        if pad_token_id is None:
-            pad_token_id = self.processor.tokenizer.eos_token_id
+        pad_token_id = self.processor.pad_token_id
 
         def collate(items: list[dict]) -> dict:
             return {"model_inputs": collate_model_inputs([item["model_inputs"] for item in items], pad_token_id),

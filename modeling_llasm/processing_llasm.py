@@ -144,6 +144,16 @@ class LlasmProcessor(ProcessorMixin):
             raise ValueError(f"The tokenizer has no {self.audio_token!r} token; add it (LlasmForConditionalGeneration.from_pretrained_components does).")
         return token_id
 
+    @property
+    def pad_token_id(self) -> int:
+        """The id that left-pads a batch of prompts (`collate_model_inputs`, `generate`'s `pad_token_id`): the
+        tokenizer's pad token, else its end-of-sequence token, as transformers' generation falls back."""
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("The tokenizer has neither a pad token nor an end-of-sequence token to pad batches with.")
+        return pad
+
     def check_model_config(self, config) -> None:
         """Raise `ValueError` if this processor would count audio tokens differently from a model with `config`
         (both store the adaptor settings; a mismatch would otherwise surface later as a token-count error)."""

@@ -96,10 +96,7 @@ class LlasmDataCollator:
         self.encoder_cache = encoder_cache
         self.pad_to_multiple_of = pad_to_multiple_of
         self.audio_token_id = processor.audio_token_id
-        pad_id = self.tokenizer.pad_token_id
-        self.pad_token_id = pad_id if pad_id is not None else self.tokenizer.eos_token_id
-        if self.pad_token_id is None:
-            raise ValueError("The tokenizer has neither a pad nor an eos token to pad with.")
+        self.pad_token_id = processor.pad_token_id
         self.sampling_rate = processor.feature_extractor.sampling_rate
 
     # ------------------------------------------------------------------ public API

@@ -84,6 +84,17 @@ def test_text_is_left_padded_for_generation():
     assert inputs["attention_mask"][1, 0] == 0 and inputs["attention_mask"][1, -1] == 1
 
 
+def test_pad_token_id_is_the_pad_token_else_end_of_sequence():
+    processor = real_size_processor()
+    tokenizer = processor.tokenizer
+    assert tokenizer.pad_token_id is not None and processor.pad_token_id == tokenizer.pad_token_id
+    tokenizer.pad_token = None
+    assert processor.pad_token_id == tokenizer.eos_token_id != None  # noqa: E711
+    tokenizer.eos_token = None
+    with pytest.raises(ValueError, match="neither a pad token nor an end-of-sequence token"):
+        processor.pad_token_id
+
+
 def test_chat_template_expands_audio_items_in_order(tmp_path):
     processor = real_size_processor(stack_factor=8)
     path = tmp_path / "q.wav"
