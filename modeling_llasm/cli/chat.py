@@ -37,12 +37,11 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_chat_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"):
-    """`pipeline("llasm-chat")` for `model` (default: the embedded base, built if missing) in `dtype`
-    (`set_inference_dtype`)."""
+    """`pipeline("llasm-chat")` for `model` (default: the embedded base, built if missing), loaded in `dtype`
+    (a torch float dtype's name: the weights are cast as they load, no float32 copy first)."""
     from transformers import pipeline
 
     from modeling_llasm import LlasmChatPipeline
-    from modeling_llasm.modeling_llasm import set_inference_dtype
 
     if model is None:
         from modeling_llasm.conversion.build_base import embedded_base
@@ -50,10 +49,7 @@ def load_chat_pipeline(model: str | None, device: str = "cpu", dtype: str = "flo
         model = str(embedded_base(log=lambda line: print(line, file=sys.stderr)))
     # pipeline_class: hub-ready checkpoints carry a `custom_pipelines` entry, which transformers would otherwise
     # only load with trust_remote_code; the installed package is the same code.
-    chat = pipeline("llasm-chat", model=model, device=device, dtype="float32", pipeline_class=LlasmChatPipeline)
-    if dtype != "float32":
-        chat.model = set_inference_dtype(chat.model, dtype)
-    return chat
+    return pipeline("llasm-chat", model=model, device=device, dtype=dtype, pipeline_class=LlasmChatPipeline)
 
 
 def user_turn(audio_paths: list[str], text: str | None) -> dict:

@@ -70,10 +70,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_in_dtype(model_dir, dtype: str):
-    """`(model, processor)` of `model_dir` cast by `set_inference_dtype` (int8 included)."""
+    """`(model, processor)` of `model_dir` in `dtype`: float dtypes cast as the weights load; int8 quantizes the
+    loaded float32 model (`set_inference_dtype`)."""
+    import torch
+
     from modeling_llasm.evaluation.evaluator import load_llasm
     from modeling_llasm.modeling_llasm import set_inference_dtype
 
+    if dtype != "int8":
+        return load_llasm(model_dir, dtype=getattr(torch, dtype))
     model, processor = load_llasm(model_dir)
     return set_inference_dtype(model, dtype), processor
 

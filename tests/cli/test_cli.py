@@ -71,6 +71,26 @@ def test_interactive_turns_answer_as_a_full_prefill_would(tiny_llasm, tmp_path):
     assert bf16.returncode == 0 and bf16.stdout.count("llasm> ") == 3, bf16.stderr[-2000:]
 
 
+def test_chat_and_eval_load_straight_into_the_asked_dtype(tiny_llasm, tmp_path):
+    """`--dtype bfloat16` loads the weights cast (no float32 model first): the same tensors as a float32 load cast
+    afterwards, buffers included."""
+    import torch
+
+    from modeling_llasm.cli.chat import load_chat_pipeline
+    from modeling_llasm.cli.eval import load_in_dtype
+
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    expected = type(model).from_pretrained(tmp_path / "m", dtype=torch.float32).to(torch.bfloat16).state_dict()
+    for loaded in (load_chat_pipeline(str(tmp_path / "m"), dtype="bfloat16").model, load_in_dtype(tmp_path / "m", "bfloat16")[0]):
+        state = loaded.state_dict()
+        assert state.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
+        assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+
+
 def test_chat_transcribe_prints_each_clips_transcription_request_answer(tiny_llasm, tmp_path):
     """`llasm chat --transcribe` answers `processor.transcription_conversation(clip)` for each --audio file, in order."""
     from modeling_llasm import LlasmChatPipeline
