@@ -12,7 +12,7 @@ import torch
 
 from ..modeling_llasm import LlasmConversationCache, set_inference_dtype
 from .bench_systems import BenchSettings, Systems
-from .bench_timing import TokenTimes, _audio_turn, _filler_ids, ttft_speech
+from .bench_timing import TokenTimes, _audio_turn, bare_llm_inputs, ttft_speech
 
 __all__ = ["FAST_DTYPES", "bench_dtypes", "bench_pipeline", "bench_reuse"]
 
@@ -116,7 +116,7 @@ def bench_dtypes(systems: Systems, settings: BenchSettings, clip: np.ndarray) ->
     processor, n = systems.llasm_processor, settings.decode_tokens
     gen = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)
     inputs = processor.apply_chat_template([_audio_turn(clip)], add_generation_prompt=True)
-    text_ids = _filler_ids(processor.tokenizer, inputs["input_ids"].shape[1])[None]  # as `bench_decode`
+    text_inputs = bare_llm_inputs(processor, inputs)
     results: dict[str, dict] = {}
     for dtype in FAST_DTYPES:
         model = systems.llasm if dtype == "float32" else set_inference_dtype(copy.deepcopy(systems.llasm), dtype)
@@ -132,11 +132,11 @@ def bench_dtypes(systems: Systems, settings: BenchSettings, clip: np.ndarray) ->
             return times.decode_rate()
 
         arms = {"ttft": ttft, "decode": decode}
-        if dtype == "float32":
+        if dtype == "float32":  # timed again here, alternating with this section's arms (as `bench_decode` does)
             def bare_decode():
                 times = TokenTimes()
                 with torch.inference_mode():
-                    systems.llm.generate(input_ids=text_ids, attention_mask=torch.ones_like(text_ids), streamer=times, **gen)
+                    systems.llm.generate(**text_inputs, streamer=times, **gen)
                 return times.decode_rate()
 
             arms["bare_llm_decode"] = bare_decode

@@ -20,6 +20,7 @@ from .clips import SENTENCES
 __all__ = [
     "StageTimer",
     "TokenTimes",
+    "bare_llm_inputs",
     "bench_batch",
     "bench_decode",
     "bench_memory",
@@ -176,14 +177,21 @@ def _filler_ids(tokenizer, length: int) -> torch.Tensor:
     return torch.tensor((ids * reps)[:length])
 
 
+def bare_llm_inputs(processor, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The bare LLM's baseline prompt for a spoken question's `inputs`: the same chat prompt, with text of the same
+    length in place of the audio placeholders (decode speed depends on the prompt length, not its content)."""
+    prompt = inputs["input_ids"].clone()
+    audio = prompt == processor.audio_token_id
+    prompt[audio] = _filler_ids(processor.tokenizer, int(audio.sum()))
+    return {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
+
+
 def bench_decode(systems: Systems, settings: BenchSettings, clip: np.ndarray) -> dict:
     model, processor, llm = systems.llasm, systems.llasm_processor, systems.llm
     n = settings.decode_tokens
     inputs = processor.apply_chat_template([_audio_turn(clip)], add_generation_prompt=True)
-    prompt = inputs["input_ids"].clone()
-    audio = prompt == model.config.audio_token_id
-    prompt[audio] = _filler_ids(processor.tokenizer, int(audio.sum()))  # same length, text instead of audio
-    text_inputs = {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
+    text_inputs = bare_llm_inputs(processor, inputs)
+    prompt = text_inputs["input_ids"]
     gen = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)
     rates: dict[str, list[float]] = {"llasm": [], "bare_llm": []}
     for repeat in range(settings.warmup + settings.repeats):

@@ -94,3 +94,22 @@ def test_memory_probe_qlora_on_tiny_model(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["linear4bit_modules"] > 0 and result["trainable_parameters"] > 0
     assert result["peak_rss_mib"] >= result["after_load_rss_mib"] >= result["baseline_rss_mib"] > 0
+
+
+def test_bare_llm_baseline_prompt_is_the_chat_prompt_with_text_for_audio():
+    """Both decode baselines (the decode and precision sections) give the bare LLM this prompt: the spoken
+    question's chat prompt, as long, with filler text where the audio placeholders were."""
+    import torch
+
+    from modeling_llasm.evaluation.bench_timing import _audio_turn, bare_llm_inputs
+    from tiny_llasm import build_tiny_llasm, tone
+
+    _, processor = build_tiny_llasm()
+    inputs = processor.apply_chat_template([_audio_turn(tone(2.0))], add_generation_prompt=True)
+    bare = bare_llm_inputs(processor, inputs)
+    audio = inputs["input_ids"] == processor.audio_token_id
+    assert bare["input_ids"].shape == inputs["input_ids"].shape and int(audio.sum()) > 0
+    assert torch.equal(bare["input_ids"][~audio], inputs["input_ids"][~audio])
+    assert not bool((bare["input_ids"] == processor.audio_token_id).any())
+    assert bool(bare["attention_mask"].all())
+
