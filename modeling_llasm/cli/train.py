@@ -63,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also train the top N Whisper encoder layers in every training phase (default 0; the "
                              "encoder then runs in every step: no encoder cache)")
     parser.add_argument("--distill-weight", type=float, default=1.0, help="stage-2 text-teacher KL weight (0: off)")
+    parser.add_argument("--ce-weight", type=float, default=None,
+                        help="stage-2 cross-entropy weight on the target text (default per adaptor: 0 for whisper_reader, "
+                             "0.5 for the others)")
+    parser.add_argument("--stage2-asr-mix", type=float, default=None,
+                        help="ASR records (stage-1 clips + their transcripts, trained by cross-entropy) mixed into stage "
+                             "2 per answered instruction (default per adaptor: 0 for whisper_reader, 1 for the others)")
     parser.add_argument("--no-ctc", action="store_true", help="skip the CTC pre-alignment (LM loss only in stage 1)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache the frozen encoder outputs")
     parser.add_argument("--bf16", dest="bf16", action="store_true", default=None,
@@ -101,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         stage2_llm_mode=args.stage2_llm_mode,
         distill_weight=args.distill_weight,
+        ce_weight=args.ce_weight,
+        stage2_asr_mix=args.stage2_asr_mix,
         tts_workers=args.tts_workers,
         push_to_hub=args.push_to_hub,
         hub_model_id=args.hub_model_id,

@@ -167,6 +167,35 @@ def test_recipe_can_train_the_top_encoder_layer(tiny_training_files, tmp_path):
     assert not (run_dir / "encoder_cache").exists()
 
 
+def test_recipe_can_teach_the_llm_to_copy_behind_the_reader(tiny_training_files, tmp_path):
+    """The LoRA arm of docs/training.md: `--stage2-llm-mode lora --stage2-asr-mix 1 --ce-weight 0.5` mixes ASR records
+    (clip + instruction -> transcript, cross-entropy) into the reader's stage 2 and trains LoRA on the LLM; with
+    `--reader-residual-ratio 0` the reader's residual stays off, so only the LLM changes."""
+    import torch
+
+    from modeling_llasm.training.loading import load_llasm
+    from tiny_llasm import reader_llasm
+
+    _, data_dir = tiny_training_files
+    model, processor = reader_llasm()
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    run_dir = tmp_path / "run"
+    argv = ["train", "--smoke", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
+            "--no-progress", "--no-understanding", "--no-keep-best", "--reader-distill", "--reader-residual-ratio", "0",
+            "--stage2-llm-mode", "lora", "--stage2-asr-mix", "1", "--ce-weight", "0.5"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stage2_records"]["asr"] > 0 and summary["phases"]["stage2"]["steps"] == 2
+    final = load_llasm(run_dir / "final")
+    llm_before = dict(model.language_model.named_parameters())
+    assert not all(torch.equal(p, llm_before[n]) for n, p in final.language_model.named_parameters())  # LoRA merged in
+    assert all(torch.equal(p, dict(model.multi_modal_projector.named_parameters())[n])
+               for n, p in final.multi_modal_projector.named_parameters())  # fmt: skip
+    assert final.config.reader_residual_ratio == 0.0
+
+
 def test_resumed_stage_2_starts_from_the_stage_1_adaptor_when_stage_1b_saved_no_model(tiny_training_files, tmp_path):
     """ctc_compress has no LM phase, so no `stage1_lm/final` is written: a run killed after stage 1 rebuilds the
     stage-1 model from the base + `stage1_ctc/adaptor.safetensors` and ends exactly where the uninterrupted run did."""
