@@ -104,8 +104,15 @@ def main() -> None:
                       {"role": "assistant", "content": [{"type": "text", "text": said}]}]  # fmt: skip
         return turns + user_turn(record)
 
+    def typed(record):  # the LLM's own limit: the words themselves, typed where the audio was
+        turns = user_turn(record)
+        content = [{"type": "text", "text": p["transcript"]} if p["type"] == "audio" else p for p in turns[-1]["content"]]
+        return turns[:-1] + [{"role": "user", "content": content}]
+
     arms = {
         "the clip's own instruction": lambda: wer_of(user_turn),
+        "typed: the reference transcript in place of the audio, the clip's own instruction": lambda: wer_of(typed),
+        "typed: the same, + transcriber system prompt": lambda: wer_of(lambda r: [SYSTEM] + typed(r)),
         "+ transcriber system prompt": lambda: wer_of(lambda r: [SYSTEM] + user_turn(r)),
         "answer forced to open with a quote": lambda: wer_of(user_turn, '"', until_quote),
         "system prompt + forced quote": lambda: wer_of(lambda r: [SYSTEM] + user_turn(r), '"', until_quote),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The speech-understanding experiments of docs/training.md (issue 11), one after another. Each run must have the
 # machine to itself (time-budgeted phases): do not run tests or other jobs beside it.
+#   bash benchmarks/understanding_runs.sh default-curve [MIN...]  # the default recipe at 15 / 30 / 60 / 120 minutes (or MIN...)
 #   bash benchmarks/understanding_runs.sh curve             # the reader with --reader-distill at 15 / 30 / 60 / 120 minutes
-#                                                           # (the default reader trains nothing: no curve of its own)
 #   bash benchmarks/understanding_runs.sh keep-best         # the capped distillation arm at 15 minutes on the 15-minute
 #                                                           # run's data, keeping its best step on held-out voices, scored
 #                                                           # by the stage's loss, then by its answers
@@ -12,6 +12,12 @@
 set -euo pipefail
 RUNS="${LLASM_CACHE:-$HOME/.cache/llasm}/runs"
 case "${1:-}" in
+  default-curve)
+    shift
+    budgets=("$@"); [ ${#budgets[@]} -gt 0 ] || budgets=(15 30 60 120)
+    for minutes in "${budgets[@]}"; do
+      llasm train --recipe tiny --budget-minutes "$minutes" --run-dir "$RUNS/default-$minutes" --resume --no-progress
+    done ;;
   curve)
     for minutes in 15 30 60 120; do
       llasm train --recipe tiny --budget-minutes "$minutes" --reader-distill --run-dir "$RUNS/reader-distill-$minutes" --resume --no-progress
@@ -32,5 +38,5 @@ case "${1:-}" in
       llasm train --recipe tiny --budget-minutes "$minutes" --adaptor-type "$adaptor" $options --no-keep-best \
         --data-dir "$RUNS/reader-distill-60/data" --run-dir "$RUNS/ablation/$name" --resume --no-progress
     done ;;
-  *) echo "usage: $0 curve|keep-best|ablation [MINUTES]"; exit 2 ;;
+  *) echo "usage: $0 default-curve [MIN...]|curve|keep-best|ablation [MINUTES]"; exit 2 ;;
 esac
