@@ -90,6 +90,14 @@ class LlasmConfig(PreTrainedConfig):
             generation config (`"whisper_reader"`; `from_pretrained_components` copies them).
         reader_max_pieces (`int`, defaults to 8), reader_num_spellings (`int`, defaults to 0): sizes of the
             `"whisper_reader"` tables (most LLM tokens per Whisper token or word; whole-word respellings).
+        reader_language_ids (`dict[str, int]`, *optional*), reader_task_id (`int`, *optional*): a multilingual Whisper's
+            language tokens by code (`{"en": 50259, "zh": 50260, ...}`) and its `<|transcribe|>` token: the reader's
+            decoder prompt is then `<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>`, the language
+            detected per window as Whisper does (its most likely language token) unless one is given.
+        reader_language (`str`, *optional*): the language the reader reads in when a call gives none (`None`: detect).
+        reader_chinese_script (`str`, *optional*, defaults to `"simplified"`): Whisper often writes Mandarin in
+            traditional characters; windows read as `zh` are converted (OpenCC) to `"simplified"` or `"traditional"`
+            before the LLM reads them, or kept as read (`None`).
         reader_residual_ratio (`float`, *optional*): `"whisper_reader"`: the most the learned projection of the decoder
             state may add to a word's embedding, as a fraction of that embedding's norm (None: unbounded). Training
             it unbounded let the residual grow to 6-7x the embedding and drown the words (docs/training.md).
@@ -128,6 +136,10 @@ class LlasmConfig(PreTrainedConfig):
     reader_max_pieces: int = 8
     reader_num_spellings: int = 0
     reader_residual_ratio: float | None = None
+    reader_language_ids: dict[str, int] | None = None
+    reader_task_id: int | None = None
+    reader_language: str | None = None
+    reader_chinese_script: str | None = "simplified"
     num_queries: int = 64
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None
@@ -152,6 +164,12 @@ class LlasmConfig(PreTrainedConfig):
             self.reader_prompt_ids = [start]
         if self.reader_residual_ratio is not None and self.reader_residual_ratio < 0:
             raise ValueError(f"reader_residual_ratio must be >= 0 or None, got {self.reader_residual_ratio}.")
+        if self.reader_language_ids and self.reader_task_id is None:
+            raise ValueError("reader_language_ids (a multilingual Whisper) need reader_task_id (the <|transcribe|> token).")
+        if self.reader_language is not None:
+            self.reader_language = reader_language_code(self.reader_language, self.reader_language_ids)
+        if self.reader_chinese_script not in READER_CHINESE_SCRIPTS:
+            raise ValueError(f"reader_chinese_script must be one of {READER_CHINESE_SCRIPTS}, got {self.reader_chinese_script!r}.")
         if self.ctc_temperature <= 0:
             raise ValueError(f"ctc_temperature must be > 0, got {self.ctc_temperature}.")
         if self.text_config.is_encoder_decoder:
@@ -172,4 +190,20 @@ class LlasmConfig(PreTrainedConfig):
         return audio_token_count(num_mel_frames, self.adaptor_type, self.stack_factor, self.num_queries)
 
 
-__all__ = ["LlasmConfig", "audio_token_count", "encoder_frame_count", "encoder_frame_mask", "ADAPTOR_TYPES", "VARIABLE_TOKEN_ADAPTORS"]
+READER_CHINESE_SCRIPTS = ("simplified", "traditional", None)
+
+
+def reader_language_code(language: str, language_ids: dict[str, int] | None) -> str:
+    """The Whisper language code (`"zh"`) for `language` given as a code or a token (`"<|zh|>"`); a clear error when
+    the reader's Whisper does not know it (an English-only Whisper knows only `"en"`)."""
+    if not isinstance(language, str):
+        raise ValueError(f"language must be a Whisper language code such as 'en' or 'zh', got {type(language).__name__}.")
+    code = language.strip().lower().removeprefix("<|").removesuffix("|>")
+    known = sorted(language_ids) if language_ids else ["en"]
+    if code not in known:
+        hint = "" if language_ids else " (this model's Whisper is English-only; the bilingual base reads Chinese)"
+        raise ValueError(f"Unknown reader language {language!r}: expected one of {known}{hint}.")
+    return code
+
+
+__all__ = ["LlasmConfig", "READER_CHINESE_SCRIPTS", "reader_language_code", "audio_token_count", "encoder_frame_count", "encoder_frame_mask", "ADAPTOR_TYPES", "VARIABLE_TOKEN_ADAPTORS"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -27,7 +29,7 @@ from transformers.models.whisper.modeling_whisper import WhisperDecoder, Whisper
 from transformers.utils import logging
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_llasm import LlasmConfig, encoder_frame_mask
+from .configuration_llasm import LlasmConfig, encoder_frame_mask, reader_language_code
 from .processing_llasm import LlasmProcessor
 
 
@@ -70,11 +72,14 @@ class LlasmAudioFeaturesOutput(BaseModelOutputWithPooling):
     recognized_token_ids (`list[list[int]]`, *optional*): adaptors that recognise words (`ctc_compress`: the CTC
         best path; `whisper_reader`: the Whisper decoder's reading): per window, what was recognised as LLM token ids
         (`processor.decode` reads it).
+    audio_languages (`list[str | None]`, *optional*): `whisper_reader`: the language each window was read in
+        (detected or given; `None` for an English-only Whisper).
     """
 
     audio_token_counts: torch.LongTensor | None = None
     audio_token_slots: torch.LongTensor | None = None
     recognized_token_ids: list[list[int]] | None = None
+    audio_languages: list[str | None] | None = None
 
 
 class LlasmAudioEncoder(WhisperEncoder):
@@ -342,6 +347,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         self.register_buffer("spelling_values", torch.full((config.reader_num_spellings, config.reader_max_pieces), -1), persistent=True)
         self.register_buffer("spelling_initial", torch.zeros(config.reader_num_spellings, dtype=torch.bool), persistent=True)
         self._lookup: tuple | None = None  # see `spell`
+        self.text_tokenizer = None  # the LLM's tokenizer, for spelling as typed (see `spell`); not saved with the weights
         # The encoder's output for a window of silence: Whisper's decoder was trained on 30 s windows and stops
         # reading (end-of-text) when it reaches the padding after the speech; without it, it repeats the speech.
         self.register_buffer("silence_states", torch.zeros(audio_config.max_source_positions, audio_config.d_model), persistent=True)
@@ -362,37 +368,76 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         return states
 
     @torch.no_grad()
-    def read(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int]) -> tuple[list[list[int]], list[torch.Tensor]]:
-        """Greedy Whisper decoding of every window: its Whisper token ids (no special tokens) and, per token, the
-        decoder state that chose it `(tokens, d_model)` (a window without tokens: its first state, `(1, d_model)`);
-        a window stops at end-of-text or at `max_pieces` LLM tokens.
+    def read(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int],
+             language: str | None = None) -> tuple[list[list[int]], list[torch.Tensor], list[str | None]]:  # fmt: skip
+        """Greedy Whisper decoding of every window: its Whisper token ids (no special tokens), per token the decoder
+        state that chose it `(tokens, d_model)` (a window without tokens: its first state, `(1, d_model)`), and the
+        language each window was read in (`None` for an English-only Whisper); a window stops at end-of-text or at
+        `max_pieces` LLM tokens. `language`: read every window in it (default `config.reader_language`; `None`:
+        detected per window, as Whisper does).
 
         With `read_cache` set to a dict (training with a frozen decoder: every epoch reads the same clips), readings
         are memoized by the window's encoder states, so each clip is decoded once."""
+        language = self.config.reader_language if language is None else language
+        if language is not None:
+            language = reader_language_code(language, self.config.reader_language_ids)
         if self.read_cache is None:
-            return self._decode(encoder_hidden_states, encoder_frame_mask, max_pieces)
+            return self._decode(encoder_hidden_states, encoder_frame_mask, max_pieces, language)
         lengths = encoder_frame_mask.sum(-1).tolist()
         keys = []
         for window, length in enumerate(lengths):
             digest = hashlib.blake2b(encoder_hidden_states[window, :length].float().cpu().numpy().tobytes(), digest_size=16)
-            keys.append(f"{digest.hexdigest()}:{max_pieces[window]}")
+            keys.append(f"{digest.hexdigest()}:{max_pieces[window]}:{language}")
         missing = [w for w, key in enumerate(keys) if key not in self.read_cache]
         if missing:
             index = torch.tensor(missing, device=encoder_hidden_states.device)
-            ids, states = self._decode(encoder_hidden_states[index], encoder_frame_mask[index], [max_pieces[w] for w in missing])
-            for window, window_ids, window_states in zip(missing, ids, states):
-                self.read_cache[keys[window]] = (window_ids, window_states)
-        return [self.read_cache[k][0] for k in keys], [self.read_cache[k][1].to(encoder_hidden_states.device) for k in keys]
+            read = self._decode(encoder_hidden_states[index], encoder_frame_mask[index], [max_pieces[w] for w in missing], language)
+            for window, window_ids, window_states, window_language in zip(missing, *read):
+                self.read_cache[keys[window]] = (window_ids, window_states, window_language)
+        cached = [self.read_cache[k] for k in keys]
+        return [c[0] for c in cached], [c[1].to(encoder_hidden_states.device) for c in cached], [c[2] for c in cached]
 
     @torch.no_grad()
-    def _decode(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int]) -> tuple[list[list[int]], list[torch.Tensor]]:
+    def _decode(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int],
+                language: str | None) -> tuple[list[list[int]], list[torch.Tensor], list[str | None]]:  # fmt: skip
         decoder, config = self.decoder, self.config
         encoder_hidden_states = self.with_silence(encoder_hidden_states, encoder_frame_mask)
         windows = encoder_hidden_states.shape[0]
         device, dtype = encoder_hidden_states.device, decoder.layer_norm.weight.dtype
         encoder_hidden_states = encoder_hidden_states.to(dtype)
-        minimum = torch.finfo(dtype).min
-        prompt = torch.tensor(config.reader_prompt_ids, dtype=torch.long, device=device)[None].expand(windows, -1)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        position = 0
+
+        def step(step_input: torch.Tensor) -> torch.Tensor:
+            """Feed `(windows, length)` tokens after what the cache holds; the last position's decoder state."""
+            nonlocal position
+            length = step_input.shape[1]
+            hidden = decoder.embed_tokens(step_input) + decoder.embed_positions.weight[position : position + length]
+            self_mask = None
+            if length > 1:  # causal over the new tokens, everything cached before them visible
+                future = torch.ones(length, position + length, dtype=torch.bool, device=device).triu(position + 1)
+                self_mask = torch.zeros(future.shape, dtype=hidden.dtype, device=device).masked_fill(future, torch.finfo(hidden.dtype).min)[None, None]
+            for layer in decoder.layers:
+                hidden = layer(hidden, self_mask, encoder_hidden_states, cache=cache, use_cache=True)
+            position += length
+            return decoder.layer_norm(hidden[:, -1])
+
+        start, *rest = config.reader_prompt_ids
+        language_ids = config.reader_language_ids or {}
+        languages: list[str | None] = [None] * windows
+        if language_ids:  # multilingual Whisper: <|sot|> <|lang|> <|transcribe|> <|notimestamps|>
+            if language is None:  # detect as Whisper does: its most likely language token after <|startoftranscript|>
+                state = step(torch.full((windows, 1), start, dtype=torch.long, device=device))
+                codes, ids = list(language_ids), torch.tensor(list(language_ids.values()), device=device)
+                languages = [codes[i] for i in (state @ decoder.embed_tokens.weight[ids].T).argmax(-1).tolist()]
+                prompt = [[language_ids[code], config.reader_task_id, *rest] for code in languages]
+            else:
+                languages = [language] * windows
+                prompt = [[start, language_ids[language], config.reader_task_id, *rest]] * windows
+        else:
+            prompt = [[start, *rest]] * windows
+        step_input = torch.tensor(prompt, dtype=torch.long, device=device)
+
         eos = config.audio_config.eos_token_id
         suppress = torch.zeros(decoder.embed_tokens.weight.shape[0], dtype=torch.bool, device=device)
         suppress[eos + 1 :] = True  # special and timestamp tokens are never text
@@ -400,26 +445,17 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         pieces_of = (self.llm_pieces >= 0).sum(-1)
         suppress[: eos][pieces_of[: eos].to(device) == 0] = True  # text the LLM could not be given
         pieces_of = pieces_of.tolist()  # read per chosen token below: a python list, not a tensor lookup each time
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         tokens, states = [[] for _ in range(windows)], [[] for _ in range(windows)]
         used, done = [0] * windows, [False] * windows
-        step_input, position = prompt, 0
-        limit = decoder.embed_positions.weight.shape[0] - prompt.shape[1]
-        for step in range(limit):
-            length = step_input.shape[1]
-            hidden = decoder.embed_tokens(step_input) + decoder.embed_positions.weight[position : position + length]
-            self_mask = None
-            if length > 1:
-                future = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
-                self_mask = torch.zeros(future.shape, dtype=dtype, device=device).masked_fill(future, minimum)[None, None]
-            for layer in decoder.layers:
-                hidden = layer(hidden, self_mask, encoder_hidden_states, cache=cache, use_cache=True)
-            state = decoder.layer_norm(hidden[:, -1])
-            if step == 0:
+        limit = decoder.embed_positions.weight.shape[0] - position - step_input.shape[1]
+        for index in range(limit):
+            state = step(step_input)
+            if index == 0:
                 first_states = state
             logits = state @ decoder.embed_tokens.weight.T
+            minimum = torch.finfo(logits.dtype).min
             logits = logits.masked_fill(suppress, minimum)
-            if step == 0:  # as Whisper: no blank or end-of-text first
+            if index == 0:  # as Whisper: no blank or end-of-text first
                 logits[:, eos] = minimum
                 for token in config.reader_begin_suppress_ids or []:
                     logits[:, token] = minimum
@@ -438,25 +474,25 @@ class LlasmWhisperReaderAdaptor(nn.Module):
                 used[window] += pieces_of[token]
             if all(done):
                 break
-            position += length
             step_input = chosen[:, None]
         # a window with nothing to read keeps the first decoder state (see `forward`)
-        return tokens, [torch.stack(s) if s else first_states[w : w + 1] for w, s in enumerate(states)]
+        return tokens, [torch.stack(s) if s else first_states[w : w + 1] for w, s in enumerate(states)], languages
 
     def forward(
         self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, token_embeddings: torch.Tensor,
-        max_tokens: list[int],
-    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:  # fmt: skip
-        """`(total_tokens, hidden)` audio tokens, `(windows,)` tokens per window, and their LLM token ids."""
-        whisper_ids, states = self.read(encoder_hidden_states, encoder_frame_mask, max_tokens)
+        max_tokens: list[int], language: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], list[str | None]]:  # fmt: skip
+        """`(total_tokens, hidden)` audio tokens, `(windows,)` tokens per window, their LLM token ids, and the
+        language each window was read in (see `read`)."""
+        whisper_ids, states, languages = self.read(encoder_hidden_states, encoder_frame_mask, max_tokens, language)
         tokens, counts, llm_ids = [], [], []
-        for ids, window_states, limit in zip(whisper_ids, states, max_tokens):
+        for ids, window_states, limit, window_language in zip(whisper_ids, states, max_tokens, languages):
             if not ids:  # nothing to read: one token from the first decoder state
                 tokens.append(self.state_proj(window_states.to(self.state_proj.weight.dtype)))
                 counts.append(1)
                 llm_ids.append([])
                 continue
-            spelled, owner = self.spell(ids)
+            spelled, owner = self.spell(ids, language=window_language)
             if len(spelled) > limit:  # a respelling longer than Whisper's pieces (rare): keep the pieces
                 spelled, owner = self.spell(ids, respell=False)
             projected = self.state_proj(window_states.to(self.state_proj.weight.dtype))[torch.tensor(owner, device=window_states.device)]
@@ -468,19 +504,33 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             tokens.append(embedded + projected)
             counts.append(len(spelled))
             llm_ids.append(spelled)
-        return torch.cat(tokens), torch.tensor(counts, dtype=torch.long, device=encoder_hidden_states.device), llm_ids
+        return torch.cat(tokens), torch.tensor(counts, dtype=torch.long, device=encoder_hidden_states.device), llm_ids, languages
 
-    def spell(self, whisper_ids: list[int], respell: bool = True) -> tuple[list[int], list[int]]:
-        """LLM token ids for a window's Whisper tokens, and for each the index of the Whisper token whose decoder
-        state it carries (the last of its word). Whole words found in the spelling table are spelled as the LLM
-        spells them (sentence-initial form for the window's first word); the rest piece by piece."""
+    def _tables(self) -> tuple:
         if self._lookup is None:  # python views of the tables, built once (reset when the tables change)
             spellings = {}
             for key, value, initial in zip(self.spelling_keys.tolist(), self.spelling_values.tolist(), self.spelling_initial.tolist()):
                 spellings[(bool(initial), tuple(k for k in key if k >= 0))] = [v for v in value if v >= 0]
             pieces = [[p for p in row if p >= 0] for row in self.llm_pieces.tolist()]
             self._lookup = (pieces, spellings, self.starts_word.tolist(), self.no_space.tolist())
-        pieces, spellings, starts, no_space = self._lookup
+        return self._lookup
+
+    def spell(self, whisper_ids: list[int], respell: bool = True, language: str | None = None) -> tuple[list[int], list[int]]:
+        """LLM token ids for a window's Whisper tokens, and for each the index of the Whisper token whose decoder
+        state it carries (the one holding its last byte).
+
+        With the LLM's tokenizer (`text_tokenizer`, see `LlasmPreTrainedModel.set_reader_tokenizer`) the window's
+        text is spelled exactly as the tokenizer spells it typed at the start of a turn, in any script (Chinese
+        characters that Whisper splits into byte pieces, words the LLM merges), after the Chinese script conversion
+        (`config.reader_chinese_script`) of windows read as `zh`. Without it, the tables: whole words found in the
+        spelling table are spelled as the LLM spells them (sentence-initial form for the window's first word), the
+        rest piece by piece, which matches typing for space-separated words only. `respell=False`: piece by piece."""
+        pieces, spellings, starts, no_space = self._tables()
+        if respell and self.text_tokenizer is not None:
+            return self._spell_as_typed(whisper_ids, pieces, language)
+        if respell and self.config.reader_language_ids:
+            logger.warning_once("This multilingual whisper_reader has no text tokenizer (set_reader_tokenizer): words "
+                                "outside space-separated scripts reach the LLM spelled differently from typed text.")  # fmt: skip
         out, owner, position = [], [], 0
         while position < len(whisper_ids):
             initial = position == 0
@@ -502,6 +552,28 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             owner.extend([position + length - 1] * len(value))
             position += length
         return out, owner
+
+    def _spell_as_typed(self, whisper_ids: list[int], pieces: list[list[int]], language: str | None) -> tuple[list[int], list[int]]:
+        tokenizer = self.text_tokenizer
+        piece_ids = [p for w in whisper_ids for p in pieces[w]]
+        # both vocabularies are byte-level BPE: a token string has one character per byte
+        piece_bytes = [len(t) for t in tokenizer.convert_ids_to_tokens(piece_ids)]
+        ends, total, cursor = [], 0, 0
+        for w in whisper_ids:
+            total += sum(piece_bytes[cursor : cursor + len(pieces[w])])
+            cursor += len(pieces[w])
+            ends.append(total)
+        text = tokenizer.decode(piece_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        skipped = len(text) - len(text.lstrip(" "))  # typed at the start of a turn: no leading space
+        text = text[skipped:]
+        if language == "zh" and self.config.reader_chinese_script is not None:
+            text = chinese_script(text, self.config.reader_chinese_script)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        owner, offset = [], skipped
+        for length in (len(t) for t in tokenizer.convert_ids_to_tokens(ids)):
+            offset += length
+            owner.append(min(bisect.bisect_left(ends, offset), len(whisper_ids) - 1))
+        return ids, owner
 
 
 # adaptor_type -> module. An adaptor maps (windows, frames, d_model) encoder states + frame mask to
@@ -543,20 +615,27 @@ def audio_window_tokens(
     input_features_mask: torch.Tensor | None = None,
     audio_encoder_hidden_states: torch.Tensor | None = None,
     token_embeddings: torch.Tensor | None = None,
+    language: str | None = None,
     **encoder_kwargs,
 ) -> LlasmAudioFeaturesOutput:
     """Encoder -> adaptor -> the audio tokens of every window, concatenated (`pooler_output`, `(total, hidden)`),
     with the tokens per window. The one implementation behind `LlasmForConditionalGeneration.get_audio_features`
-    (and the CTC aligner). `token_embeddings`: the LLM input-embedding matrix (`ctc_compress` only)."""
+    (and the CTC aligner). `token_embeddings`: the LLM input-embedding matrix (variable-count adaptors only);
+    `language`: the language the `whisper_reader` reads in (None: its config's, else detected per window)."""
+    check_language_applies(config, language)
     encoded, input_features_mask = encode_audio_windows(audio_tower, input_features, input_features_mask,
                                                         audio_encoder_hidden_states, **encoder_kwargs)  # fmt: skip
     frame_mask = encoder_frame_mask(input_features_mask).to(encoded.last_hidden_state.device)
-    recognized = None
+    recognized = languages = None
     window_counts = window_token_counts(config, input_features_mask)  # placeholder slots per window
     if config.variable_audio_tokens:
         if token_embeddings is None:
             raise ValueError(f"The {config.adaptor_type!r} adaptor needs the LLM's `token_embeddings`.")
-        tokens, counts, recognized = projector(encoded.last_hidden_state, frame_mask, token_embeddings, window_counts)
+        if config.adaptor_type == "whisper_reader":
+            tokens, counts, recognized, languages = projector(encoded.last_hidden_state, frame_mask, token_embeddings,
+                                                              window_counts, language=language)  # fmt: skip
+        else:
+            tokens, counts, recognized = projector(encoded.last_hidden_state, frame_mask, token_embeddings, window_counts)
     else:
         per_window = projector(encoded.last_hidden_state, frame_mask)
         tokens = torch.cat([window[:count] for window, count in zip(per_window, window_counts)], dim=0)
@@ -564,13 +643,34 @@ def audio_window_tokens(
     return LlasmAudioFeaturesOutput(
         last_hidden_state=encoded.last_hidden_state, pooler_output=tokens, hidden_states=encoded.hidden_states,
         attentions=encoded.attentions, audio_token_counts=counts, recognized_token_ids=recognized,
-        audio_token_slots=torch.tensor(window_counts, dtype=torch.long, device=tokens.device),
+        audio_token_slots=torch.tensor(window_counts, dtype=torch.long, device=tokens.device), audio_languages=languages,
     )  # fmt: skip
+
+
+def check_language_applies(config: LlasmConfig, language: str | None) -> None:
+    """A language is what the `whisper_reader` reads in; other adaptors refuse one instead of ignoring it."""
+    if language is not None and config.adaptor_type != "whisper_reader":
+        raise ValueError(f"language= chooses what the whisper_reader adaptor reads; this model's adaptor is {config.adaptor_type!r}.")
 
 
 def window_token_counts(config: LlasmConfig, input_features_mask: torch.Tensor) -> list[int]:
     """Audio placeholders of each window, from its real mel frames (`config.num_audio_tokens`)."""
     return [config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
+
+
+@functools.cache
+def _opencc(conversion: str):
+    try:
+        import opencc
+    except ImportError as error:
+        raise ImportError("Converting Whisper's Chinese readings between scripts needs OpenCC: pip install opencc "
+                          "(or set config.reader_chinese_script = None to keep them as read).") from error  # fmt: skip
+    return opencc.OpenCC(conversion)
+
+
+def chinese_script(text: str, script: str) -> str:
+    """`text` with its Chinese characters in `script` (`"simplified"` or `"traditional"`), converted by OpenCC."""
+    return _opencc({"simplified": "t2s", "traditional": "s2t"}[script]).convert(text)
 
 
 SPELLING_KEY_LENGTH = 6  # most Whisper tokens of one word in the reader's spelling table
@@ -869,11 +969,12 @@ class LlasmConversationCache:
         if mask is None:
             mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
         frames = mask.sum(-1).tolist()
-        keys = [audio_window_key(window, int(n)) for window, n in zip(features, frames)]
+        language = audio.get("language")  # what the reader reads depends on it: part of the window's key
+        keys = [audio_window_key(window, int(n)) + (language or "").encode() for window, n in zip(features, frames)]
         missing = [i for i, key in enumerate(keys) if key not in self.window_tokens]
         if missing:
             index = torch.tensor(missing, device=features.device)
-            encoded = model.get_audio_features(features.index_select(0, index), mask.index_select(0, index))
+            encoded = model.get_audio_features(features.index_select(0, index), mask.index_select(0, index), language=language)
             for i, tokens in zip(missing, encoded.pooler_output.split(encoded.audio_token_counts.tolist())):
                 self.window_tokens[keys[i]] = tokens
         seen = set(keys) | {k[0] for k in self.keys if not isinstance(k, int)}
@@ -915,6 +1016,7 @@ class LlasmPreTrainedModel(PreTrainedModel):
         input_features: torch.Tensor | None,
         input_features_mask: torch.Tensor | None = None,
         audio_encoder_hidden_states: torch.Tensor | None = None,
+        language: str | None = None,
         **kwargs,
     ) -> LlasmAudioFeaturesOutput:
         """Encode audio windows `(windows, n_mels, frames)`; `pooler_output` holds the audio tokens of all windows,
@@ -922,10 +1024,32 @@ class LlasmPreTrainedModel(PreTrainedModel):
         `audio_token_counts` the tokens of each window (see `LlasmAudioFeaturesOutput`). `audio_encoder_hidden_states`
         `(windows, ceil(frames / 2), d_model)`: precomputed `audio_tower` outputs (a frozen-encoder cache) used
         instead of running the encoder; `input_features_mask` is then required. Other keyword arguments
-        (`output_hidden_states`, `output_attentions`) go to the encoder."""
+        (`output_hidden_states`, `output_attentions`) go to the encoder. `language` (`whisper_reader`): read every
+        window in this Whisper language (`"en"`, `"zh"`, ...) instead of `config.reader_language` / detecting it."""
         token_embeddings = self.get_input_embeddings().weight if self.config.variable_audio_tokens else None
         return audio_window_tokens(self.audio_tower, self.multi_modal_projector, self.config, input_features,
-                                   input_features_mask, audio_encoder_hidden_states, token_embeddings, **kwargs)  # fmt: skip
+                                   input_features_mask, audio_encoder_hidden_states, token_embeddings, language, **kwargs)  # fmt: skip
+
+    def set_reader_tokenizer(self, tokenizer) -> None:
+        """Give the `whisper_reader` the LLM's tokenizer (the processor's), so that what it reads reaches the LLM
+        spelled exactly as typed text, in any script. `from_pretrained` does it when the checkpoint holds the
+        tokenizer; `LlasmProcessor` saves it there."""
+        if self.config.adaptor_type != "whisper_reader":
+            raise ValueError(f"The {self.config.adaptor_type!r} adaptor reads no text: it takes no tokenizer.")
+        self.multi_modal_projector.text_tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a `whisper_reader` model also gets the tokenizer saved beside its weights
+        (`set_reader_tokenizer`), when there is one."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if model.config.adaptor_type == "whisper_reader" and model.multi_modal_projector.text_tokenizer is None:
+            hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+            try:
+                model.set_reader_tokenizer(AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub))
+            except (OSError, ValueError) as error:  # no tokenizer saved there: the reader spells with its tables
+                logger.info(f"No tokenizer beside the weights ({error}); the whisper_reader spells with its tables.")
+        return model
 
     @torch.no_grad()
     def set_ctc_vocabulary(self, token_ids) -> None:
@@ -1006,6 +1130,7 @@ class LlasmPreTrainedModel(PreTrainedModel):
         input_features: torch.FloatTensor | None,
         input_features_mask: torch.LongTensor | None,
         audio_encoder_hidden_states: torch.FloatTensor | None,
+        language: str | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, LlasmAudioFeaturesOutput | None]:
         """The LLM's input embeddings with the audio merged in (`merge_audio_features`), the attention mask and
@@ -1018,7 +1143,7 @@ class LlasmPreTrainedModel(PreTrainedModel):
         features = None
         if input_features is not None or audio_encoder_hidden_states is not None:
             recorded = {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if kwargs.get(k)}
-            features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states, **recorded)
+            features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states, language, **recorded)
             inputs_embeds, attention_mask, position_ids = self.merge_audio_features(
                 input_ids, inputs_embeds, attention_mask, position_ids, features
             )
@@ -1135,12 +1260,13 @@ class LlasmModel(LlasmPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         audio_encoder_hidden_states: torch.FloatTensor | None = None,
+        language: str | None = None,
         **kwargs,
     ) -> LlasmModelOutputWithPast:
         r"""Inputs as in `LlasmForConditionalGeneration.forward` (no labels)."""
         inputs_embeds, attention_mask, position_ids, features = self.prompt_embeddings(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, input_features, input_features_mask,
-            audio_encoder_hidden_states, **kwargs,
+            audio_encoder_hidden_states, language, **kwargs,
         )  # fmt: skip
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                                       cache=cache, **kwargs)  # fmt: skip
@@ -1200,6 +1326,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         audio_encoder_hidden_states: torch.FloatTensor | None = None,
+        language: str | None = None,
         **kwargs,
     ) -> LlasmCausalLMOutputWithPast:
         r"""
@@ -1208,10 +1335,12 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         labels (`torch.LongTensor`, *optional*): next-token targets aligned with `input_ids`; -100 is ignored.
         audio_encoder_hidden_states (`torch.FloatTensor`, *optional*): cached `audio_tower` outputs used instead of
             `input_features` (see `get_audio_features`).
+        language (`str`, *optional*): `whisper_reader`: the Whisper language to read the audio in (`"en"`, `"zh"`);
+            default `config.reader_language`, else detected per window.
         """
         inputs_embeds, attention_mask, position_ids, features = self.prompt_embeddings(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, input_features, input_features_mask,
-            audio_encoder_hidden_states, **kwargs,
+            audio_encoder_hidden_states, language, **kwargs,
         )  # fmt: skip
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -1243,17 +1372,22 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         `conversation_cache` (`LlasmConversationCache`): reuse what an earlier call with the same prompt start
         computed (the previous turns of a chat, a shared system prompt); pass the whole conversation as usual."""
         audio = {key: kwargs.pop(key) for key in AUDIO_INPUT_KEYS if kwargs.get(key) is not None}
+        language = kwargs.pop("language", None)
         conversation_cache = kwargs.pop("conversation_cache", None)
         if conversation_cache is not None:
-            return conversation_cache.generate(self, input_ids, attention_mask, audio, **kwargs)
+            return conversation_cache.generate(self, input_ids, attention_mask, {**audio, "language": language}, **kwargs)
+        if language is not None:
+            if not audio:  # nothing to read: a text-only prompt ignores it
+                language = None
+            check_language_applies(self.config, language)
         if not (self.config.variable_audio_tokens and set(audio) - {"input_features_mask"}):
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **audio, **kwargs)
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **audio, **kwargs)  # no reader here
         if input_ids is None or kwargs.get("inputs_embeds") is not None:
             raise ValueError("Generation with audio needs `input_ids` with the audio placeholders (not `inputs_embeds`).")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         features = self.get_audio_features(audio.get("input_features"), audio.get("input_features_mask"),
-                                           audio.get("audio_encoder_hidden_states"))  # fmt: skip
+                                           audio.get("audio_encoder_hidden_states"), language)  # fmt: skip
         embeds, holed_mask, _ = self.merge_audio_features(input_ids, self.get_input_embeddings()(input_ids), attention_mask,
                                                           None, features)  # fmt: skip
         keep = holed_mask.bool()
@@ -1375,6 +1509,9 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             config_kwargs.setdefault("reader_prompt_ids", prompt)
             config_kwargs.setdefault("reader_suppress_ids", list(getattr(whisper_generation, "suppress_tokens", None) or []))
             config_kwargs.setdefault("reader_begin_suppress_ids", list(getattr(whisper_generation, "begin_suppress_tokens", None) or []))
+            if getattr(whisper_generation, "is_multilingual", False) and getattr(whisper_generation, "lang_to_id", None):
+                config_kwargs.setdefault("reader_language_ids", {token.strip("<|>"): i for token, i in whisper_generation.lang_to_id.items()})
+                config_kwargs.setdefault("reader_task_id", whisper_generation.task_to_id["transcribe"])
         llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(language_model)
         tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]}, replace_extra_special_tokens=False)
@@ -1408,6 +1545,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper)
         if adaptor_type == "whisper_reader":
             model.set_reader_tables(**whisper_reader_tables(AutoTokenizer.from_pretrained(whisper), tokenizer))
+            model.set_reader_tokenizer(tokenizer)
             silence = feature_extractor(np.zeros(feature_extractor.n_samples, dtype=np.float32), sampling_rate=feature_extractor.sampling_rate,
                                         return_tensors="pt").input_features  # fmt: skip
             with torch.no_grad():

@@ -205,11 +205,16 @@ class LlasmProcessor(ProcessorMixin):
         return_tensors: str | None = "pt",
         padding: bool | str = True,
         padding_side: str = "left",
+        language: str | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Tokenize `text` (one string per sample) with one `audio_token` per clip in `audio`: one clip, or a list
         of clips in placeholder order across the batch (an array is always one clip; 2-D = channels x samples).
-        Batches are left-padded for generation (`padding_side="right"` for training); nothing is ever truncated."""
+        Batches are left-padded for generation (`padding_side="right"` for training); nothing is ever truncated.
+        `language` (a Whisper language code such as `"zh"`): the language the `whisper_reader` reads the clips in,
+        passed on to the model as `inputs["language"]` (default: the model's `reader_language`, else detected)."""
+        if language is not None and not isinstance(language, str):
+            raise ValueError(f"language must be a language code such as 'en' or 'zh', got {type(language).__name__}.")
         if kwargs.pop("truncation", None) not in (None, False, "do_not_truncate"):
             raise ValueError("LlasmProcessor never truncates: cutting a prompt would drop audio tokens. Shorten the input.")
         if text is None:
@@ -266,6 +271,8 @@ class LlasmProcessor(ProcessorMixin):
                 features[i, :, : w.shape[-1]] = w
                 mask[i, : w.shape[-1]] = 1
             data["input_features"], data["input_features_mask"] = features, mask
+            if language is not None:
+                data["language"] = language
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ----- chat -----
@@ -331,7 +338,8 @@ class LlasmProcessor(ProcessorMixin):
         **kwargs,
     ) -> BatchFeature:
         """Model inputs asking for the verbatim transcript of each clip (as Voxtral's processor does); decode the
-        generated tokens with `batch_decode(..., skip_special_tokens=True)`.
+        generated tokens with `batch_decode(..., skip_special_tokens=True)`. `language="zh"` (any keyword argument
+        of `__call__`) reads the clips in that language.
 
         ```python
         >>> inputs = processor.apply_transcription_request(["a.wav", "b.wav"])
