@@ -27,7 +27,8 @@ class LlasmChatPipeline(Pipeline):
     - a dict `{"audio": ..., "text": ...}` (either key optional);
     - a chat: a list of messages whose content items are `{"type": "audio", ...}` / `{"type": "text", ...}`.
 
-    Generation parameters (`max_new_tokens`, `do_sample`, `streamer`, ...) pass through to `generate()`.
+    Generation parameters (`max_new_tokens`, `do_sample`, `streamer`, ...) pass through to `generate()`;
+    `language="zh"` makes a multilingual `whisper_reader` read the audio in that language (default: detected).
     With `stream=True` the call returns an iterator of text pieces as they are generated.
 
     Returns `{"generated_text": answer, "conversation": messages + [assistant turn]}`; with
@@ -66,15 +67,18 @@ class LlasmChatPipeline(Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.processor.check_model_config(self.model.config)
+        reader = self.model.multi_modal_projector
+        if self.model.config.adaptor_type == "whisper_reader" and reader.text_tokenizer is None:
+            self.model.set_reader_tokenizer(self.processor.tokenizer)  # spell what it reads as typed text
 
     def _sanitize_parameters(self, text: str | None = None, system_prompt: str | None = None, stream: bool | None = None,
                              conversation_cache: LlasmConversationCache | None = None, prefix_cache: bool | None = None,
-                             **generate_kwargs):  # fmt: skip
+                             language: str | None = None, **generate_kwargs):  # fmt: skip
         unknown = sorted(k for k in generate_kwargs if not _is_generate_argument(k))
         if unknown:
             raise ValueError(
                 f"llasm-chat got unknown keyword argument(s) {unknown}; it takes audio=, text=, system_prompt=, "
-                "stream=, batch_size=, conversation_cache=, prefix_cache= and generate() arguments (GenerationConfig "
+                "stream=, batch_size=, conversation_cache=, prefix_cache=, language= and generate() arguments (GenerationConfig "
                 "fields such as max_new_tokens, do_sample, temperature, num_beams, num_return_sequences; streamer, "
                 "logits_processor, ...)."
             )
@@ -85,6 +89,8 @@ class LlasmChatPipeline(Pipeline):
             preprocess_params["text"] = text
         if system_prompt is not None:
             preprocess_params["system_prompt"] = system_prompt
+        if language is not None:  # the whisper_reader reads the audio in it (model.generate's `language`)
+            generate_kwargs["language"] = language
         forward_params = {"generate_kwargs": generate_kwargs}
         if conversation_cache is not None:
             forward_params["conversation_cache"] = conversation_cache

@@ -101,3 +101,28 @@ def reader_llasm(seed: int = 0):
         head.decoder.embed_tokens.weight[60] += head.decoder.embed_tokens.weight[:60].mean(0) * 1.5
     assert vocab_size > 90
     return model, processor
+
+
+EN, ZH, TRANSCRIBE, NO_TIMESTAMPS = 64, 65, 66, 67
+
+
+def multilingual_reader(seed: int = 0):
+    """`reader_llasm` whose Whisper knows two languages: tokens 64 (en) and 65 (zh), 66 <|transcribe|>, 67
+    <|notimestamps|>."""
+    model, processor = reader_llasm(seed)
+    config = model.config
+    decoder = model.multi_modal_projector.decoder
+    with torch.no_grad():
+        old = decoder.embed_tokens.weight
+        grown = torch.nn.Embedding(68, old.shape[1])
+        grown.weight[: old.shape[0]] = old
+        grown.weight[old.shape[0] :] = torch.randn(68 - old.shape[0], old.shape[1]) * old.std()
+    decoder.embed_tokens = grown
+    config.audio_config.vocab_size = 68
+    model.multi_modal_projector.llm_pieces = torch.cat([model.multi_modal_projector.llm_pieces,
+                                                        torch.full((4, model.multi_modal_projector.llm_pieces.shape[1]), -1)])  # fmt: skip
+    model.multi_modal_projector.starts_word = torch.cat([model.multi_modal_projector.starts_word, torch.zeros(4, dtype=torch.bool)])
+    model.multi_modal_projector._lookup = None
+    config.reader_language_ids, config.reader_task_id = {"en": EN, "zh": ZH}, TRANSCRIBE
+    config.reader_prompt_ids = [61, NO_TIMESTAMPS]
+    return model, processor

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--transcribe", action="store_true",
                         help="print the transcript of each --audio file (LlasmProcessor.apply_transcription_request) instead of answering")
+    parser.add_argument("--language", default=None,
+                        help="language the audio is read in, as a Whisper code ('en', 'zh'; default: detected per window "
+                             "by a multilingual Whisper; the English base reads English)")  # fmt: skip
     parser.add_argument("--interactive", "-i", action="store_true", help="keep chatting (see /help inside)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
@@ -74,6 +77,8 @@ def generation_kwargs(max_new_tokens: int, temperature: float) -> dict:
 def answer(chat, messages: list[dict], args: argparse.Namespace, conversation_cache=None) -> str:
     pieces = []
     generation = generation_kwargs(args.max_new_tokens, args.temperature)
+    if getattr(args, "language", None):
+        generation["language"] = args.language
     for piece in chat(messages, stream=True, conversation_cache=conversation_cache, **generation):
         print(piece, end="", flush=True)
         pieces.append(piece)

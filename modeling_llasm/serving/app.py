@@ -33,6 +33,7 @@ from jinja2.exceptions import TemplateError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..configuration_llasm import reader_language_code
 from ..processing_llasm import load_audio
 from .engine import Completion, Engine, Job, QueueFull, Sampling, ShuttingDown, stop_index
 from .protocol import ChatCompletionRequest, RequestError, error_body, validation_error_body
@@ -339,6 +340,20 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
             raise RequestError(f"The model {model_id!r} does not exist; this server serves {settings.model_id!r}.",
                                "model", "model_not_found", status=404)  # fmt: skip
 
+    def check_language(language: str) -> str | None:
+        """The language to read the audio in (`whisper_reader`: one its Whisper knows; other adaptors: English only,
+        which they hear anyway, so None), or a 400."""
+        config = model.config
+        if config.adaptor_type != "whisper_reader":
+            if language != "en":
+                raise RequestError(f"language {language!r} is not supported: this model's {config.adaptor_type} adaptor hears "
+                                   "English ('en') only.", "language", "unsupported_value")  # fmt: skip
+            return None
+        try:
+            return reader_language_code(language, config.reader_language_ids)
+        except ValueError as error:
+            raise RequestError(f"language: {error}", "language", "unsupported_value") from error
+
     @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [model_card()]}
@@ -395,9 +410,9 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
         if form.get("prompt"):
             raise RequestError("prompt is not supported: the transcription prompt is the model's own (processor.transcription_prompt).",
                                "prompt", "unsupported_value")  # fmt: skip
-        if form.get("language") not in (None, "", "en"):
-            raise RequestError(f"language {form.get('language')!r} is not supported: this model transcribes English ('en').",
-                               "language", "unsupported_value")  # fmt: skip
+        language = form.get("language") or None
+        if language is not None:
+            language = check_language(language)
         response_format = form.get("response_format") or "json"
         if response_format not in TRANSCRIPTION_FORMATS:
             raise RequestError(f"response_format {response_format!r} is not supported; use one of {list(TRANSCRIPTION_FORMATS)}.",
@@ -417,7 +432,8 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
         def prepare_transcription() -> tuple[dict[str, Any], float]:
             samples = _decode_audio_bytes(raw, "file", name, "audio", settings)
             with preprocess_lock:
-                return dict(processor.apply_transcription_request(samples, sampling_rate=SAMPLING_RATE)), len(samples) / SAMPLING_RATE
+                return (dict(processor.apply_transcription_request(samples, sampling_rate=SAMPLING_RATE, language=language)),
+                        len(samples) / SAMPLING_RATE)  # fmt: skip
 
         inputs, seconds = await run_in_threadpool(prepare_transcription)
         # room for fast speech (~5 words/s) and no more: a model that loops stops soon after the words run out

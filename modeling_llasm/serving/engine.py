@@ -94,7 +94,9 @@ class Job:
         return int(self.inputs["attention_mask"].sum())
 
     def batch_key(self) -> tuple | None:
-        return None if self.stream else self.sampling.batch_key()
+        """Requests share a `generate` call only with the same sampling and reading language (one per call)."""
+        key = None if self.stream else self.sampling.batch_key()
+        return None if key is None else (*key, self.inputs.get("language"))
 
 
 class _RowStops(StoppingCriteria):
@@ -299,9 +301,12 @@ class Engine:
         self.stats["generate_calls"] += 1
         self.stats["requests"] += len(jobs)
         self.stats["batch_sizes"][len(jobs)] += 1
-        inputs = collate_model_inputs([job.inputs for job in jobs], self.pad_token_id)
+        language = jobs[0].inputs.get("language")  # equal in a batch (`batch_key`)
+        inputs = collate_model_inputs([{k: v for k, v in job.inputs.items() if k != "language"} for job in jobs], self.pad_token_id)
         device, dtype = self.model.device, self.model.dtype
         inputs = {k: (v.to(device, dtype) if k == "input_features" else v.to(device)) for k, v in inputs.items()}
+        if language is not None:
+            inputs["language"] = language
         stops = _RowStops(jobs, self.tokenizer)
         kwargs: dict[str, Any] = dict(jobs[0].sampling.generate_kwargs())
         kwargs["max_new_tokens"] = max(job.max_tokens for job in jobs)

@@ -8,32 +8,7 @@ import pytest
 import torch
 
 from modeling_llasm import LlasmConversationCache
-from tiny_llasm import build_tiny_llasm, reader_llasm, speechlike
-
-EN, ZH, TRANSCRIBE, NO_TIMESTAMPS = 64, 65, 66, 67
-
-
-def multilingual_reader(seed: int = 0):
-    """`reader_llasm` whose Whisper knows two languages: tokens 64 (en) and 65 (zh), 66 <|transcribe|>, 67
-    <|notimestamps|>."""
-    model, processor = reader_llasm(seed)
-    config = model.config
-    decoder = model.multi_modal_projector.decoder
-    with torch.no_grad():
-        old = decoder.embed_tokens.weight
-        grown = torch.nn.Embedding(68, old.shape[1])
-        grown.weight[: old.shape[0]] = old
-        grown.weight[old.shape[0] :] = torch.randn(68 - old.shape[0], old.shape[1]) * old.std()
-    decoder.embed_tokens = grown
-    config.audio_config.vocab_size = 68
-    model.multi_modal_projector.llm_pieces = torch.cat([model.multi_modal_projector.llm_pieces,
-                                                        torch.full((4, model.multi_modal_projector.llm_pieces.shape[1]), -1)])  # fmt: skip
-    model.multi_modal_projector.starts_word = torch.cat([model.multi_modal_projector.starts_word, torch.zeros(4, dtype=torch.bool)])
-    model.multi_modal_projector._lookup = None
-    config.reader_language_ids, config.reader_task_id = {"en": EN, "zh": ZH}, TRANSCRIBE
-    config.reader_prompt_ids = [61, NO_TIMESTAMPS]
-    return model, processor
-
+from tiny_llasm import EN, NO_TIMESTAMPS, TRANSCRIBE, ZH, build_tiny_llasm, multilingual_reader, reader_llasm, speechlike
 
 def prompts_fed(model, call) -> list[list[int]]:
     """The token rows the reader's decoder embedded before its first read-out (detection step included)."""
@@ -137,3 +112,20 @@ def test_a_multilingual_reader_saves_and_reloads_its_languages_and_tokenizer(tmp
     assert len(loaded.multi_modal_projector.text_tokenizer) == len(processor.tokenizer)
     model.save_pretrained(tmp_path / "weights-only")
     assert type(model).from_pretrained(tmp_path / "weights-only").multi_modal_projector.text_tokenizer is None
+
+
+def test_the_pipeline_reads_in_the_language_it_is_given():
+    from transformers import pipeline
+
+    from modeling_llasm import LlasmChatPipeline
+
+    model, processor = multilingual_reader()
+    model.multi_modal_projector.text_tokenizer = None
+    chat = pipeline("llasm-chat", model=model, processor=processor, pipeline_class=LlasmChatPipeline)
+    assert model.multi_modal_projector.text_tokenizer is processor.tokenizer  # the pipeline spells as its processor types
+    clip = speechlike(1.4, 0)
+    fed, answer = prompts_fed(model, lambda: chat(clip, language="zh", max_new_tokens=4)["generated_text"])
+    assert fed[0][0] == [61, ZH, TRANSCRIBE, NO_TIMESTAMPS]
+    inputs = clip_inputs(processor, language="zh")
+    direct = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert answer == processor.decode(direct[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from serving_helpers import LIMITS, MODEL_ID, Gate, Served
 
-from tiny_llasm import build_tiny_llasm
+from tiny_llasm import build_tiny_llasm, multilingual_reader
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +62,9 @@ def gate(monkeypatch):
 def served_one_slot(tiny_model) -> Iterator[Served]:
     """A server with one queue place and batches of one: at most 2 chat requests in flight."""
     yield from _serve(*tiny_model, max_queue=1, max_batch=1)
+
+
+@pytest.fixture(scope="module")
+def served_multilingual() -> Iterator[Served]:
+    """A tiny `whisper_reader` whose Whisper knows two languages (`tiny_llasm.multilingual_reader`)."""
+    yield from _serve(*multilingual_reader(), max_batch=8, batch_wait_ms=5.0)

@@ -637,3 +637,17 @@ def test_bad_transcription_requests_are_4xx_with_an_openai_error(served, files, 
 def test_transcriptions_need_a_form(served):
     response = httpx.post(f"{served.url}/v1/audio/transcriptions", json={"file": CLIP_C}, timeout=60)
     assert_openai_error(response, 400, substring="'file'")
+
+
+def test_transcriptions_read_in_the_language_asked(served_multilingual):
+    """`language` (OpenAI's field) makes a multilingual reader read in it; one it does not know is a 400."""
+    served = served_multilingual
+    raw = base64.b64decode(encode_audio(tone(1.2)))
+    for language in ("zh", "en"):
+        result = served.client().audio.transcriptions.create(model=MODEL_ID, file=("q.wav", raw), language=language)
+        inputs = served.processor.apply_transcription_request(raw, language=language)
+        out = served.model.generate(**inputs, max_new_tokens=result.usage.output_tokens, do_sample=False)
+        assert result.text == served.processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert_openai_error(transcribe(served, {"file": ("q.wav", raw)}, {"language": "fr"}), 400, "unsupported_value", "language",
+                        "['en', 'zh']")  # fmt: skip
+    assert served.health()["status"] == "ok"
