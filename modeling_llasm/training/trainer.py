@@ -187,6 +187,14 @@ class AnswerAgreementCallback(TrainerCallback):
         return control
 
 
+def check_mixed_precision(args) -> None:
+    """Refuse `fp16=True` on CPU with a clear error: accelerate enables fp16 autocast only on accelerators, so on CPU
+    the Trainer would silently train in float32. (bf16 autocast does run on CPU; docs/training.md "Precision".)"""
+    if getattr(args, "fp16", False) and args.device.type == "cpu":
+        raise ValueError("fp16 mixed precision needs a GPU: on CPU the Trainer (accelerate) does not autocast to fp16 and "
+                         "would silently train in float32. Train with bf16 (or fp32) on CPU.")  # fmt: skip
+
+
 class LlasmTrainer(Trainer):
     r"""
     Args (besides those of `Trainer`):
@@ -222,6 +230,8 @@ class LlasmTrainer(Trainer):
         **kwargs,
     ):
         args_obj = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if args_obj is not None:
+            check_mixed_precision(args_obj)
         if args_obj is not None and args_obj.remove_unused_columns:
             args_obj.remove_unused_columns = False  # samples are raw chat records; the collator needs every field
         self.stage_callback = None
@@ -344,4 +354,4 @@ def _is_llasm(model) -> bool:
     return getattr(getattr(base, "config", None), "model_type", None) == "llasm"
 
 
-__all__ = ["AnswerAgreementCallback", "KeepBestCallback", "LlasmTrainer", "TimeBudgetCallback"]
+__all__ = ["AnswerAgreementCallback", "KeepBestCallback", "LlasmTrainer", "TimeBudgetCallback", "check_mixed_precision"]
