@@ -75,6 +75,10 @@ def test_a_trainer_step_in_autocast(stage, adaptor, precision, tmp_path):
     if stage != "align":
         assert any(".lora_" in n for n in moved)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    seen.clear()  # after training the model computes in its own dtype again (accelerate's autocast wrapper removed)
+    with torch.no_grad():
+        model(**LlasmDataCollator(processor, "instruct")([spoken_qa_record(0)]))
+    assert seen == {torch.float32}
 
 
 @pytest.mark.parametrize("precision", sorted(AUTOCAST))
