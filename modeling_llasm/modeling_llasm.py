@@ -6,7 +6,7 @@ import bisect
 import functools
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,20 @@ from .processing_llasm import LlasmProcessor
 
 
 logger = logging.get_logger(__name__)
+
+
+def without_autocast(function: Callable) -> Callable:
+    """Run `function` with autocast off on the device of its first tensor argument: what it computes is then decided
+    by the dtypes of its inputs and weights, not by a caller's `torch.autocast` (the Trainer's bf16/fp16, the recipe's
+    bf16 where the CPU computes it fast). Used where the result is discrete: greedy read-outs, CTC best paths."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        device = next((a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), torch.device("cpu"))
+        with torch.autocast(device.type, enabled=False):
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass
@@ -164,12 +178,14 @@ class LlasmStackMlpAdaptor(nn.Module):
         return self.frame_states(encoder_hidden_states, encoder_frame_mask)[0]
 
 
+@without_autocast
 def embedding_ctc_logits(
     frames: torch.Tensor, vocab: torch.Tensor, norm: torch.Tensor, blank_embedding: torch.Tensor, blank_bias: torch.Tensor,
     log_scale: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
     """CTC scores of `(..., hidden)` frames against token embeddings `vocab` `(classes, hidden)`: the frames scaled to
-    `norm` (so CTC shapes only their directions), dot products, a learned blank first; `(..., 1 + classes)`."""
+    `norm` (so CTC shapes only their directions), dot products, a learned blank first; `(..., 1 + classes)`. Always
+    float32, autocast or not: the best path (which frames merge, which token each segment is) must not depend on it."""
     frames = frames.float()
     directions = frames / frames.norm(dim=-1, keepdim=True).clamp_min(1e-6) * norm
     blank = directions @ blank_embedding.float() + blank_bias
@@ -368,6 +384,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         return states
 
     @torch.no_grad()
+    @without_autocast
     def read(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int],
              language: str | None = None) -> tuple[list[list[int]], list[torch.Tensor], list[str | None]]:  # fmt: skip
         """Greedy Whisper decoding of every window: its Whisper token ids (no special tokens), per token the decoder
@@ -377,7 +394,13 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         detected per window, as Whisper does).
 
         With `read_cache` set to a dict (training with a frozen decoder: every epoch reads the same clips), readings
-        are memoized by the window's encoder states, so each clip is decoded once."""
+        are memoized by the window's encoder states, so each clip is decoded once.
+
+        Precision: reading runs with autocast off, in the decoder's own dtype (float32 unless the model was cast to
+        bf16/fp16; the encoder states are cast to it first). A training or serving autocast (bf16/fp16, chosen per
+        machine by the recipe) therefore never changes which words are read; a model cast to bf16/fp16 reads in that
+        dtype. docs/training.md "Precision"."""
+        encoder_hidden_states = encoder_hidden_states.to(self.decoder.layer_norm.weight.dtype)
         language = self.config.reader_language if language is None else language
         if language is not None:
             language = reader_language_code(language, self.config.reader_language_ids)
@@ -453,12 +476,12 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             if index == 0:
                 first_states = state
             logits = state @ decoder.embed_tokens.weight.T
-            minimum = torch.finfo(logits.dtype).min
-            logits = logits.masked_fill(suppress, minimum)
+            lowest = torch.finfo(logits.dtype).min  # the logits' own dtype, whatever computed them
+            logits = logits.masked_fill(suppress, lowest)
             if index == 0:  # as Whisper: no blank or end-of-text first
-                logits[:, eos] = minimum
+                logits[:, eos] = lowest
                 for token in config.reader_begin_suppress_ids or []:
-                    logits[:, token] = minimum
+                    logits[:, token] = lowest
             chosen = logits.argmax(-1)
             for window, token in enumerate(chosen.tolist()):
                 if done[window]:

@@ -187,10 +187,12 @@ class LlasmProcessor(ProcessorMixin):
         return pieces
 
     def window_features(self, window: np.ndarray) -> np.ndarray:
-        """Log-mel matrix `(n_mels, frames)` of one window, computed alone so batching never changes it."""
-        features = self.feature_extractor(
-            window, sampling_rate=self.feature_extractor.sampling_rate, padding="longest", return_tensors="np"
-        )["input_features"][0]
+        """Log-mel matrix `(n_mels, frames)` of one window, computed alone so batching never changes it. Always float32:
+        Whisper's extractor computes with torch, so a caller's CPU autocast (bf16/fp16) would otherwise reach it."""
+        with torch.autocast("cpu", enabled=False):
+            features = self.feature_extractor(
+                window, sampling_rate=self.feature_extractor.sampling_rate, padding="longest", return_tensors="np"
+            )["input_features"][0]
         return features.astype(np.float32)
 
     def num_audio_tokens(self, num_mel_frames: int) -> int:

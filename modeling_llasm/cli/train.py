@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 RECIPES = ("tiny",)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # = training.recipe.PRECISIONS (not imported here: keeps --help fast)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "2 per answered instruction (default per adaptor: 0 for whisper_reader, 1 for the others)")
     parser.add_argument("--no-ctc", action="store_true", help="skip the CTC pre-alignment (LM loss only in stage 1)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache the frozen encoder outputs")
-    parser.add_argument("--bf16", dest="bf16", action="store_true", default=None,
-                        help="bf16 autocast (default: only if this CPU computes bf16 faster than fp32, measured)")
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="training precision: fp32, or bf16 / fp16 autocast over float32 weights (default auto: bf16 "
+                             "where this machine computes it faster than fp32, measured; else fp32). Printed with the plan "
+                             "and saved in summary.json; docs/training.md \"Precision\"")
+    parser.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="same as --precision bf16")
+    parser.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
     parser.add_argument("--tts-workers", type=int, default=None, help="TTS processes (default: CPU count)")
     parser.add_argument("--push-to-hub", action="store_true", help="push the final model with the Trainer's push_to_hub")
     parser.add_argument("--hub-model-id", default=None, help="repo id for --push-to-hub (and the model card name)")
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         understanding=not args.no_understanding,
         use_ctc=not args.no_ctc,
         use_cache=not args.no_cache,
-        bf16=args.bf16,
+        precision=args.precision,
         stage2_llm_mode=args.stage2_llm_mode,
         distill_weight=args.distill_weight,
         ce_weight=args.ce_weight,

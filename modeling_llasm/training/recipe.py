@@ -56,6 +56,9 @@ PHASE_SHARES = {
 }
 PHASES = ("stage1_ctc", "stage1_lm", "stage2")
 RESERVE_SHARE = 0.4
+# Training precisions (`--precision`): fp32, or bf16 / fp16 autocast over float32 weights; "auto" chooses between fp32
+# and bf16 by speed (`choose_precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Stage-1 utterances per budget minute: (seed statements/word sequences, assistant-style questions and requests).
 # The reader trains on no ASR record (its seed utterances give the held-out ASR set: 80/min keeps it the 96 clips of
 # earlier runs); its assistant-style utterances become spoken instructions for stage 2 (only with `reader_distill`).
@@ -86,7 +89,7 @@ class RecipeSettings:
     assistant_utterances: int | None = None  # assistant-style stage-1 utterances; same default
     use_ctc: bool = True
     use_cache: bool = True
-    bf16: bool | None = None  # None: bf16 autocast only where the CPU computes bf16 faster than fp32 (measured)
+    precision: str = "auto"  # PRECISIONS: training autocast; "auto" = bf16 where it is faster here (`choose_precision`)
     stage2_llm_mode: str | None = None  # None: "frozen" for word-level adaptors (reader, ctc_compress), else "lora"
     distill_weight: float = 1.0
     ce_weight: float | None = None  # None: STAGE2_DEFAULTS of the adaptor
@@ -113,6 +116,8 @@ class RecipeSettings:
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir).expanduser()
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
         if self.keep_best_by not in ("answers", "loss"):
             raise ValueError(f"keep_best_by must be 'answers' or 'loss', got {self.keep_best_by!r}.")
         if self.smoke:
@@ -128,6 +133,7 @@ class Recipe:
         self.run_dir = settings.run_dir
         self.started = time.monotonic()
         self.summary: dict[str, Any] = {}
+        self.precision: str | None = None  # "fp32" / "bf16" / "fp16", chosen with the plan (`use_precision`)
 
     # ------------------------------------------------------------------ bookkeeping
     def phase_dir(self, name: str) -> Path:
@@ -151,18 +157,18 @@ class Recipe:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not s.resume and any(self.run_dir.glob("*/done.json")):
             raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir.")
+        if s.precision != "auto":
+            choose_precision(s.precision)  # refuse a precision this machine cannot train in before any work
         base_dir = self.base()
         from ..configuration_llasm import LlasmConfig
         from ..processing_llasm import LlasmProcessor
 
         self.kind = LlasmConfig.from_pretrained(base_dir).adaptor_type
         self.kind = self.kind if self.kind in PHASE_SHARES else "stack_mlp"
-        if s.bf16 is None:
-            s.bf16 = bf16_is_faster()
         for name, value in STAGE2_DEFAULTS[self.kind].items():
             if getattr(s, name) is None:
                 setattr(s, name, value)
-        self.summary.update(adaptor_type=self.kind, bf16=s.bf16)
+        self.summary.update(adaptor_type=self.kind)
         data_dir = self.data()
         records = self.load_data(data_dir)
         processor = LlasmProcessor.from_pretrained(base_dir)
@@ -425,9 +431,13 @@ class Recipe:
     def plan(self) -> dict[str, dict]:
         """Time budget of each training phase (steps are planned when the phase starts, see `plan_phase`)."""
         path = self.run_dir / "plan.json"
-        if path.is_file():
-            return json.loads(path.read_text())
         s = self.s
+        if path.is_file():
+            plan = json.loads(path.read_text())
+            if "precision" not in plan:  # planned before the precision was stored: choose it now, as such runs did
+                plan["precision"] = dict(zip(("name", "reason"), choose_precision(s.precision)))
+            self.use_precision(plan["precision"])
+            return plan
         if s.smoke:
             plan = {name: {"max_steps": 2 if self.phase_shares[name] else 0,
                            "seconds_per_step": None, "budget_seconds": None} for name in PHASES}  # fmt: skip
@@ -440,9 +450,20 @@ class Recipe:
                     for name, share in shares.items()}  # fmt: skip
             for name in PHASES:
                 plan.setdefault(name, {"max_steps": 0, "seconds_per_step": None, "budget_seconds": 0})
+        plan["precision"] = dict(zip(("name", "reason"), choose_precision(s.precision)))
+        self.use_precision(plan["precision"])
         atomic_write_json(path, plan)
         self.log("plan: " + json.dumps(plan))
         return plan
+
+    def use_precision(self, chosen: dict) -> None:
+        """Train in the planned precision (a resumed run keeps it; an explicit different `precision` is refused)."""
+        if self.s.precision not in ("auto", chosen["name"]):
+            raise ValueError(f"{self.run_dir} was planned in {chosen['name']} ({chosen['reason']}); resume it with "
+                             f"--precision {chosen['name']} or auto, or start a new run for {self.s.precision}.")  # fmt: skip
+        self.precision = chosen["name"]
+        self.summary["precision"] = dict(chosen)
+        self.log(f"precision: {chosen['name']} ({chosen['reason']})")
 
     def plan_phase(self, plan: dict, name: str, probe) -> None:
         """Time a few steps of phase `name` just before it runs (real data and configuration) and plan its steps
@@ -485,9 +506,11 @@ class Recipe:
         return seconds
 
     def _autocast(self):
-        if self.s.bf16:
-            return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The autocast the Trainer uses for `self.precision` (the timing probes run in it too)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=dtype)
 
     def _probe_ctc(self, model, processor, records, cache, repeats: int = 3) -> float:
         apply_stage(model, "align", train_encoder_layers=self.s.train_encoder_layers)  # backward as in the phase
@@ -543,7 +566,8 @@ class Recipe:
             save_steps=max(1, max_steps // 4) if self.s.smoke else max(25, max_steps // 6),
             save_total_limit=2 if self.s.smoke else 1,
             restore_callback_states_from_checkpoint=True,  # the time budget already spent
-            bf16=self.s.bf16,
+            bf16=self.precision == "bf16",
+            fp16=self.precision == "fp16",
             use_cpu=not torch.cuda.is_available(),
             report_to=[],
             seed=self.s.seed,
@@ -675,6 +699,22 @@ class Recipe:
                               self.card_kwargs(stages=self.stage_rows(plan), metrics=metrics))  # fmt: skip
 
 
+def choose_precision(precision: str = "auto") -> tuple[str, str]:
+    """`(precision, why)` for training: an explicit "fp32" / "bf16" / "fp16" as asked; "auto": bf16 autocast where this
+    machine computes bf16 faster than fp32 (`bf16_is_faster`: a CUDA GPU with bf16, an AMX / AVX512-BF16 CPU), else
+    float32. docs/training.md "Precision" says what each stage then computes in."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--precision fp16 needs a CUDA GPU: on CPU the Trainer (accelerate) does not autocast to fp16 "
+                         "and would silently train in float32. Use --precision bf16 or fp32 here.")  # fmt: skip
+    if precision != "auto":
+        return precision, "asked (--precision)"
+    if bf16_is_faster():
+        return "bf16", "auto: bf16 is faster than fp32 here"
+    return "fp32", "auto: bf16 is not faster than fp32 here"
+
+
 def bf16_is_faster(size: int = 384, repeats: int = 5) -> bool:
     """True where this CPU multiplies bf16 matrices clearly faster than fp32 (AMX / AVX512-BF16): bf16 autocast then
     speeds training up ~1.5x; elsewhere bf16 is emulated and ~100x slower (measured on an AVX2-only AMD EPYC)."""
@@ -725,4 +765,5 @@ def run_recipe(settings: RecipeSettings) -> dict[str, Any]:
         root.setLevel(previous_level)
 
 
-__all__ = ["RecipeSettings", "Recipe", "run_recipe", "push_with_trainer", "bf16_is_faster", "PHASE_SHARES", "RESERVE_SHARE"]
+__all__ = ["RecipeSettings", "Recipe", "run_recipe", "push_with_trainer", "bf16_is_faster", "choose_precision", "PHASE_SHARES",
+           "PRECISIONS", "RESERVE_SHARE"]

@@ -21,7 +21,7 @@ from ..files import atomic_write_json, read_appendable_jsonl
 from ..data.collator import LlasmDataCollator
 from .losses import LlasmCtcAligner, calibrate_adaptor
 from .stages import first_trained_encoder_layer, is_trainable
-from .trainer import LlasmTrainer
+from .trainer import LlasmTrainer, check_mixed_precision
 
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def ctc_align(
     Returns `(trainer, TrainOutput)`; checkpoints (aligner state) go to `args.output_dir`.
     """
     check_encoder_training(encoder_cache, train_encoder, train_encoder_layers)
+    check_mixed_precision(args)
     aligner = LlasmCtcAligner(model, vocabulary=vocabulary, tokenizer=processor.tokenizer)
     calibrate = calibrate and not aligner.adaptor_head
     encoder_layers_from = first_trained_encoder_layer([name for name, _ in aligner.named_parameters()], train_encoder_layers)

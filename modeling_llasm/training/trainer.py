@@ -187,6 +187,14 @@ class AnswerAgreementCallback(TrainerCallback):
         return control
 
 
+def check_mixed_precision(args) -> None:
+    """Refuse `fp16=True` on CPU with a clear error: accelerate enables fp16 autocast only on accelerators, so on CPU
+    the Trainer would silently train in float32. (bf16 autocast does run on CPU; docs/training.md "Precision".)"""
+    if getattr(args, "fp16", False) and args.device.type == "cpu":
+        raise ValueError("fp16 mixed precision needs a GPU: on CPU the Trainer (accelerate) does not autocast to fp16 and "
+                         "would silently train in float32. Train with bf16 (or fp32) on CPU.")  # fmt: skip
+
+
 class LlasmTrainer(Trainer):
     r"""
     Args (besides those of `Trainer`):
@@ -222,6 +230,8 @@ class LlasmTrainer(Trainer):
         **kwargs,
     ):
         args_obj = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if args_obj is not None:
+            check_mixed_precision(args_obj)
         if args_obj is not None and args_obj.remove_unused_columns:
             args_obj.remove_unused_columns = False  # samples are raw chat records; the collator needs every field
         self.stage_callback = None
@@ -238,6 +248,15 @@ class LlasmTrainer(Trainer):
         self._warned_moving_teacher = False
         super().__init__(*args, **kwargs)
         self.args.remove_unused_columns = False
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, then the model's forward unwrapped: accelerate wraps it in the bf16/fp16 autocast for
+        training and leaves it there, so every later use of the model in this process (evaluations, generation,
+        the recipe's next phases) would silently run in bf16/fp16."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         if (self.label_smoother is not None or self.compute_loss_func is not None) and (self.distill_weight or self.ce_weight != 1.0):
             raise ValueError(
                 "distill_weight / ce_weight need LlasmTrainer's own loss, which label_smoothing_factor and "
@@ -344,4 +363,4 @@ def _is_llasm(model) -> bool:
     return getattr(getattr(base, "config", None), "model_type", None) == "llasm"
 
 
-__all__ = ["AnswerAgreementCallback", "KeepBestCallback", "LlasmTrainer", "TimeBudgetCallback"]
+__all__ = ["AnswerAgreementCallback", "KeepBestCallback", "LlasmTrainer", "TimeBudgetCallback", "check_mixed_precision"]

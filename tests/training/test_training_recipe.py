@@ -17,7 +17,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_llasm_train_smoke_runs_every_phase_and_resumes(tiny_training_files, tmp_path, capsys):
     base_dir, data_dir = tiny_training_files
     run_dir = tmp_path / "run"
-    argv = ["train", "--recipe", "tiny", "--smoke", "--base-dir", str(base_dir), "--data-dir", str(data_dir),
+    argv = ["train", "--recipe", "tiny", "--smoke", "--precision", "fp32", "--base-dir", str(base_dir), "--data-dir", str(data_dir),
             "--run-dir", str(run_dir), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -47,7 +47,7 @@ def test_llasm_train_smoke_runs_every_phase_and_resumes(tiny_training_files, tmp
 def test_resume_continues_an_interrupted_phase_from_its_checkpoint(tiny_training_files, tmp_path):
     base_dir, data_dir = tiny_training_files
     run_dir = tmp_path / "run"
-    argv = ["train", "--smoke", "--base-dir", str(base_dir), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
+    argv = ["train", "--smoke", "--precision", "fp32", "--base-dir", str(base_dir), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
             "--no-progress", "--no-ctc"]  # fmt: skip
     assert main(argv) == 0
     # simulate a kill during stage 2, after its first checkpoint: drop what came after it
@@ -117,8 +117,9 @@ def test_recipe_with_word_level_adaptors_keeps_the_llm_frozen_and_evaluates_unde
         model.save_pretrained(base)
         processor.save_pretrained(base)
         run_dir = tmp_path / f"run-{kind}{''.join(options)}"
+        # bf16: the path that crashed on AVX512-BF16 CPUs, forced here on every CPU (issue 23)
         argv = ["train", "--smoke", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir), "--no-progress",
-                *options]  # fmt: skip
+                "--precision", "bf16", *options]  # fmt: skip
         assert main(argv) == 0
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["adaptor_type"] == kind
@@ -157,7 +158,7 @@ def test_recipe_can_train_the_top_encoder_layer(tiny_training_files, tmp_path):
 
     base_dir, data_dir = tiny_training_files
     run_dir = tmp_path / "run"
-    argv = ["train", "--smoke", "--base-dir", str(base_dir), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
+    argv = ["train", "--smoke", "--precision", "fp32", "--base-dir", str(base_dir), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
             "--no-progress", "--no-understanding", "--no-keep-best", "--train-encoder-layers", "1"]  # fmt: skip
     assert main(argv) == 0
     before = dict(load_llasm(base_dir).audio_tower.named_parameters())
@@ -182,7 +183,7 @@ def test_recipe_can_teach_the_llm_to_copy_behind_the_reader(tiny_training_files,
     model.save_pretrained(base)
     processor.save_pretrained(base)
     run_dir = tmp_path / "run"
-    argv = ["train", "--smoke", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
+    argv = ["train", "--smoke", "--precision", "fp32", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
             "--no-progress", "--no-understanding", "--no-keep-best", "--reader-distill", "--reader-residual-ratio", "0",
             "--stage2-llm-mode", "lora", "--stage2-asr-mix", "1", "--ce-weight", "0.5"]  # fmt: skip
     assert main(argv) == 0
@@ -214,7 +215,7 @@ def test_resumed_stage_2_starts_from_the_stage_1_adaptor_when_stage_1b_saved_no_
     model.save_pretrained(base)
     processor.save_pretrained(base)
     run_dir = tmp_path / "run"
-    argv = ["train", "--smoke", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
+    argv = ["train", "--smoke", "--precision", "fp32", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
             "--no-progress", "--no-understanding", "--no-keep-best"]  # fmt: skip
     assert main(argv) == 0
     uninterrupted = dict(load_llasm(run_dir / "final").multi_modal_projector.named_parameters())
