@@ -165,7 +165,7 @@ def test_the_reader_reads_the_same_words_under_autocast(autocast):
             encoded_under = model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
             windows = encoded_under.shape[0]
             frames = encoder_frame_mask(inputs["input_features_mask"])
-            _, read_states = model.multi_modal_projector.read(encoded_under, frames, [40] * windows)
+            _, read_states, _ = model.multi_modal_projector.read(encoded_under, frames, [40] * windows)
     assert windows == 3 and any(reference.recognized_token_ids) and under.recognized_token_ids == reference.recognized_token_ids
     assert encoded_under.dtype == autocast  # the encoder itself did run in the autocast dtype ...
     assert all(s.dtype == torch.float32 for s in read_states)  # ... the reading did not
