@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--understanding", action="store_true",
                         help="spoken-understanding evaluation: audio vs typed vs cascade answers, recognition WER, "
                              "text-skill retention")
+    parser.add_argument("--clips", default=None, choices=["en", "zh", "zh_en", "en_zh", "zh-all"],
+                        help="--understanding: which held-out spoken questions (default en: 60 questions x 2 voices, "
+                             "voiced once; zh / zh_en / en_zh / zh-all: the committed Chinese and code-switched clips)")  # fmt: skip
     parser.add_argument("--base", default=None, help="--understanding: base checkpoint for text-skill retention")
     parser.add_argument("--asr", default=None, help="--understanding: ASR manifest for held-out ASR WER")
     parser.add_argument("--output", "-o", default=None, help="results JSON (default: eval_results.json next to the manifest)")
@@ -90,9 +93,16 @@ def run_understanding(args: argparse.Namespace) -> int:
     if args.model is None:
         raise SystemExit("llasm eval --understanding: name the MODEL to evaluate")
     if args.data is not None:
+        if args.clips is not None:
+            raise SystemExit("llasm eval --understanding: give --data or --clips, not both")
         manifest = Path(args.data)
         if not manifest.is_file():
             raise SystemExit(f"llasm eval: manifest not found: {manifest}")
+    elif args.clips not in (None, "en"):
+        from modeling_llasm.evaluation.understanding import committed_clip_manifest
+
+        manifest = committed_clip_manifest(llasm_cache_dir() / "eval" / f"understanding-{args.clips}",
+                                           None if args.clips == "zh-all" else args.clips)  # fmt: skip
     else:
         manifest = build_understanding_set(llasm_cache_dir() / "eval" / "understanding-en")
     output = Path(args.output) if args.output else Path(args.model) / "understanding.json"

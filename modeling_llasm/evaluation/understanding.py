@@ -22,6 +22,7 @@ results = evaluate_understanding("run/final", manifest, base_model="~/.cache/lla
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,45 @@ def _wer(references: list[str], hypotheses: list[str]) -> float:
     return float(error_rate(references, hypotheses, "word"))
 
 
+def error_unit(languages: Sequence[str | None]) -> str:
+    """`"wer"` for an all-English set, else `"cer"` (Chinese and mixed sets: characters, as Chinese ASR is scored)."""
+    return "wer" if all((language or "en") == "en" for language in languages) else "cer"
+
+
+def _error(references: list[str], hypotheses: list[str], unit: str) -> float:
+    if unit == "wer":
+        return _wer(references, hypotheses)
+    return float(error_rate(references, hypotheses, "char", normalize="zh"))
+
+
+_CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]+")
+
+
+def text_language(text: str) -> str | None:
+    """`"zh"` or `"en"`, whichever holds more of the words of `text` (a Chinese character counts as one word, as does a
+    run of Latin letters); None without either."""
+    chinese, latin = len(_CJK_CHAR.findall(text)), len(_LATIN_WORD.findall(text))
+    if not chinese and not latin:
+        return None
+    return "zh" if chinese >= latin else "en"
+
+
+def committed_clip_manifest(output_dir: str | os.PathLike, kind: str | None = None) -> Path:
+    """A spoken-question manifest (`OUT/manifest.jsonl`) of the committed Chinese and code-switched clips
+    (`data.eval_clips.zh_eval_clips`, held-out texts and voices); `kind` keeps one kind (`"zh"`, `"zh_en"`, `"en_zh"`)."""
+    from ..data.chat import audio_part, message, write_manifest
+    from ..data.eval_clips import zh_eval_clips
+
+    records = [{"id": f"{row['kind']}-{Path(row['file']).stem}", "language": row["language"], "kind": row["kind"],
+                "task": "spoken_question", "voice": "+".join(row["voices"]),
+                "messages": [message("user", audio_part(row["text"], row["path"]))]} for row in zh_eval_clips(kind)]  # fmt: skip
+    manifest = Path(output_dir).expanduser() / "manifest.jsonl"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(records, manifest)
+    return manifest
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -196,18 +236,22 @@ def evaluate_understanding(
             "whisper_transcript": whisper_texts[i], "audio_answer": audio_answers[i], "typed_answer": typed_answers[i],
             "cascade_answer": cascade_answers[i], "audio_rougeL": rouge_l(typed_answers[i], audio_answers[i])["f1"],
             "cascade_rougeL": rouge_l(typed_answers[i], cascade_answers[i])["f1"] if cascade else None,
+            "language": record.get("language", "en"), "kind": record.get("kind"),
+            "audio_answer_language": text_language(audio_answers[i]),
         })  # fmt: skip
 
     def summary(rows: list[dict]) -> dict[str, Any]:
         audio = _mean([s["audio_rougeL"] for s in rows])
         anchor = _mean([s["cascade_rougeL"] for s in rows]) if cascade else None
-        adaptor_wer = _wer([s["question"] for s in rows], [s["adaptor_transcript"] for s in rows])
-        whisper_wer = _wer([s["question"] for s in rows], [s["whisper_transcript"] for s in rows]) if cascade else None
+        unit = error_unit([s["language"] for s in rows])  # English: WER as before; Chinese or mixed: CER
+        adaptor_error = _error([s["question"] for s in rows], [s["adaptor_transcript"] for s in rows], unit)
+        whisper_error = _error([s["question"] for s in rows], [s["whisper_transcript"] for s in rows], unit) if cascade else None
         return {
             "num_questions": len(rows), "rougeL_audio_vs_typed": audio, "rougeL_cascade_vs_typed": anchor,
-            "rougeL_ratio_to_cascade": audio / anchor if anchor else None,
-            "adaptor_wer": adaptor_wer, "whisper_wer": whisper_wer,
-            "adaptor_wer_ratio_to_whisper": adaptor_wer / whisper_wer if whisper_wer else None,
+            "rougeL_ratio_to_cascade": audio / anchor if anchor else None, "error_unit": unit,
+            f"adaptor_{unit}": adaptor_error, f"whisper_{unit}": whisper_error,
+            f"adaptor_{unit}_ratio_to_whisper": adaptor_error / whisper_error if whisper_error else None,
+            "audio_answers_in_question_language": _mean([float(s["audio_answer_language"] == s["language"]) for s in rows]),
         }  # fmt: skip
 
     results: dict[str, Any] = {
@@ -218,6 +262,10 @@ def evaluate_understanding(
         "by_voice": {voice: summary([s for s in samples if s["voice"] == voice])
                      for voice in sorted({s["voice"] for s in samples if s["voice"]})},  # fmt: skip
     }
+    if len({(s["language"], s["kind"]) for s in samples}) > 1:  # a mixed set: each language and kind on its own too
+        results["by_language"] = {lang: summary([s for s in samples if s["language"] == lang]) for lang in sorted({s["language"] for s in samples})}
+        results["by_kind"] = {kind: summary([s for s in samples if s["kind"] == kind]) for kind in sorted({s["kind"] or "-" for s in samples})
+                              if any((s["kind"] or "-") == kind for s in samples)}  # fmt: skip
     asr_sets: dict[str, _AsrSet] = {}  # the same manifest for both: its clips are read and transcribed once
 
     def asr_set(manifest) -> _AsrSet:
@@ -317,16 +365,24 @@ def _fmt(value: float | None) -> str:
 
 def format_understanding(results: dict[str, Any]) -> str:
     """A short text table of `evaluate_understanding` results."""
-    spoken = results["spoken"]
-    lines = [
-        f"spoken questions: {spoken['num_questions']} ({', '.join(results.get('by_voice', {})) or 'one voice'})",
-        f"  ROUGE-L(audio answer, typed answer)   {spoken['rougeL_audio_vs_typed']:.3f}",
-        f"  ROUGE-L(cascade answer, typed answer) {_fmt(spoken['rougeL_cascade_vs_typed'])}"
-        + (f"   ratio {spoken['rougeL_ratio_to_cascade']:.2f}" if spoken["rougeL_ratio_to_cascade"] is not None else ""),
-        f"  recognition WER: adaptor {spoken['adaptor_wer']:.3f} ({results['settings']['recognition_readout']}), "
-        f"Whisper {_fmt(spoken['whisper_wer'])}"
-        + (f"   ratio {spoken['adaptor_wer_ratio_to_whisper']:.2f}" if spoken["adaptor_wer_ratio_to_whisper"] is not None else ""),
-    ]
+    def block(title: str, spoken: dict) -> list[str]:
+        unit = spoken.get("error_unit", "wer")
+        ratio = spoken[f"adaptor_{unit}_ratio_to_whisper"]
+        language_match = spoken.get("audio_answers_in_question_language")
+        return [
+            title,
+            f"  ROUGE-L(audio answer, typed answer)   {spoken['rougeL_audio_vs_typed']:.3f}",
+            f"  ROUGE-L(cascade answer, typed answer) {_fmt(spoken['rougeL_cascade_vs_typed'])}"
+            + (f"   ratio {spoken['rougeL_ratio_to_cascade']:.2f}" if spoken["rougeL_ratio_to_cascade"] is not None else ""),
+            f"  recognition {unit.upper()}: adaptor {spoken[f'adaptor_{unit}']:.3f} ({results['settings']['recognition_readout']}), "
+            f"Whisper {_fmt(spoken[f'whisper_{unit}'])}" + (f"   ratio {ratio:.2f}" if ratio is not None else ""),
+            f"  audio answers in the question's language: {_fmt(language_match)}",
+        ]
+
+    lines = block(f"spoken questions: {results['spoken']['num_questions']} ({', '.join(results.get('by_voice', {})) or 'one voice'})",
+                  results["spoken"])  # fmt: skip
+    for kind, spoken in results.get("by_kind", {}).items():
+        lines += block(f"kind {kind}: {spoken['num_questions']} questions", spoken)
     if "heldout_asr" in results:
         asr = results["heldout_asr"]
         lines.append(f"held-out ASR WER through the LLM, on {asr['num_clips']} clips (Whisper {asr['whisper_wer']:.3f}): "
@@ -343,6 +399,6 @@ def format_understanding(results: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "ASR_PROMPTS", "DEFAULT_VOICES", "adaptor_transcripts", "build_understanding_set", "eval_questions", "evaluate_understanding",
-    "format_understanding", "text_skill_prompts",
+    "ASR_PROMPTS", "DEFAULT_VOICES", "adaptor_transcripts", "build_understanding_set", "committed_clip_manifest", "error_unit",
+    "eval_questions", "evaluate_understanding", "format_understanding", "text_language", "text_skill_prompts",
 ]  # fmt: skip

@@ -175,3 +175,33 @@ def test_understanding_asks_held_out_asr_by_instruction_and_by_transcription_req
     with pytest.raises(ValueError, match=r"Unknown ASR prompt kind\(s\) \['typed'\]"):
         understanding.evaluate_understanding(model, manifest, processor=processor, asr_manifest=manifest, asr=stub_asr, cascade=False,
                                              asr_prompts=("typed",), max_new_tokens=2)  # fmt: skip
+
+
+def test_understanding_scores_chinese_and_code_switched_questions_by_characters(tiny_llasm, tmp_path):
+    """The committed clips: Chinese and mixed sets are scored by CER with Chinese normalisation, each kind on its
+    own, and whether the spoken answers come in the question's language."""
+    from modeling_llasm.data.eval_clips import zh_eval_clips
+    from modeling_llasm.evaluation import understanding
+    from modeling_llasm.metrics import character_error_rate
+
+    model, processor = tiny_llasm
+    rows = {row["path"]: row for row in zh_eval_clips()}
+    manifest = understanding.committed_clip_manifest(tmp_path / "zh")
+    records = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == len(rows) == 40 and {r["kind"] for r in records} == {"zh", "zh_en", "en_zh"}
+
+    def traditional_asr(clips):  # Whisper's habit: traditional characters; scored as simplified
+        return ["北京是中國的首都嗎" for _ in clips]
+
+    few = understanding.committed_clip_manifest(tmp_path / "few", "zh")
+    results = understanding.evaluate_understanding(model, few, processor=processor, asr=traditional_asr, max_new_tokens=3,
+                                                   batch_size=8, limit=4)  # fmt: skip
+    spoken = results["spoken"]
+    assert spoken["error_unit"] == "cer" and "adaptor_wer" not in spoken
+    questions = [s["question"] for s in results["samples"]]
+    assert spoken["whisper_cer"] == pytest.approx(character_error_rate(questions, ["北京是中国的首都吗"] * 4, normalize="zh"))
+    assert spoken["audio_answers_in_question_language"] == pytest.approx(
+        sum(understanding.text_language(s["audio_answer"]) == "zh" for s in results["samples"]) / 4)
+    assert "recognition CER" in understanding.format_understanding(results)
+    assert understanding.error_unit(["en", "en"]) == "wer" and understanding.error_unit(["en", "zh"]) == "cer"
+    assert [understanding.text_language(t) for t in ("什么是 machine learning？", "How do people celebrate 春节?", "42")] == ["zh", "en", None]
