@@ -488,8 +488,12 @@ class LlasmWhisperReaderAdaptor(nn.Module):
                     continue
                 if token == eos or used[window] + pieces_of[token] > max_pieces[window]:
                     if token != eos:
-                        logger.warning_once(f"An audio window had more to read than its {max_pieces[window]} audio tokens; "
-                                            "reading stopped there (lower stack_factor to allow more tokens per second).")  # fmt: skip
+                        looped = loop_start(tokens[window])
+                        if looped is not None:  # greedy decoding fell into a loop: keep what came before it, once
+                            del tokens[window][looped:], states[window][looped:]
+                        else:
+                            logger.warning_once(f"An audio window had more to read than its {max_pieces[window]} audio tokens; "
+                                                "reading stopped there (lower stack_factor to allow more tokens per second).")  # fmt: skip
                     done[window] = True
                     continue
                 tokens[window].append(token)
@@ -597,6 +601,22 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             offset += length
             owner.append(min(bisect.bisect_left(ends, offset), len(whisper_ids) - 1))
         return ids, owner
+
+
+def loop_start(tokens: list[int], min_repeats: int = 2) -> int | None:
+    """Where a reading that ran out of budget started looping, or None: its tail is one block of tokens repeated (the
+    last one maybe cut short) at least `min_repeats` times in full, covering at least half the reading. Whisper's
+    greedy decoding loops on some windows ("five five" read as "5 5 5 ..."); Whisper itself catches it with a
+    compression-ratio check and re-decodes at a higher temperature. Readings here stay deterministic: the loop is cut
+    after its first block (`LlasmWhisperReaderAdaptor._decode`), only in a window whose budget ran out."""
+    n = len(tokens)
+    for period in range(1, n // min_repeats + 1):
+        start = n - period
+        while start > 0 and tokens[start - 1] == tokens[start - 1 + period]:
+            start -= 1
+        if n - start >= max(min_repeats * period, (n + 1) // 2):
+            return start + period
+    return None
 
 
 # adaptor_type -> module. An adaptor maps (windows, frames, d_model) encoder states + frame mask to

@@ -129,3 +129,20 @@ def test_the_pipeline_reads_in_the_language_it_is_given():
     inputs = clip_inputs(processor, language="zh")
     direct = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert answer == processor.decode(direct[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "kept"),
+    [
+        ([1, 2, 3, 1, 2, 3, 1, 2], 3),  # a question read again and again until the budget ran out
+        ([5, 5, 5, 5, 5], 1),  # "five five" read as "5 5 5 5 5"
+        ([7, 8, 5, 5, 5, 5, 5, 5], 3),  # words, then a loop
+        ([1, 2, 3, 4], None),  # no repetition
+        ([1, 2, 3, 4, 5, 6, 9, 9], None),  # a short repeat at the end is speech, not a loop
+        ([], None),
+    ],
+)
+def test_a_loop_is_found_where_it_starts(tokens, kept):
+    from modeling_llasm.modeling_llasm import loop_start
+
+    assert loop_start(tokens) == kept
