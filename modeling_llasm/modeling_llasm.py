@@ -514,14 +514,14 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         whisper_ids, states, languages = self.read(encoder_hidden_states, encoder_frame_mask, max_tokens, language)
         tokens, counts, llm_ids = [], [], []
         for ids, window_states, limit, window_language in zip(whisper_ids, states, max_tokens, languages):
-            if not ids:  # nothing to read: one token from the first decoder state
-                tokens.append(self.state_proj(window_states.to(self.state_proj.weight.dtype)))
+            spelled, owner = self.spell(ids, language=window_language) if ids else ([], [])
+            if len(spelled) > limit:  # a respelling longer than Whisper's pieces (rare): keep the pieces
+                spelled, owner = self.spell(ids, respell=False)
+            if not spelled:  # nothing to read (or only spaces): one token from the first decoder state
+                tokens.append(self.state_proj(window_states[:1].to(self.state_proj.weight.dtype)))
                 counts.append(1)
                 llm_ids.append([])
                 continue
-            spelled, owner = self.spell(ids, language=window_language)
-            if len(spelled) > limit:  # a respelling longer than Whisper's pieces (rare): keep the pieces
-                spelled, owner = self.spell(ids, respell=False)
             projected = self.state_proj(window_states.to(self.state_proj.weight.dtype))[torch.tensor(owner, device=window_states.device)]
             embedded = token_embeddings[torch.tensor(spelled, device=token_embeddings.device)].to(projected.dtype)
             ratio = self.config.reader_residual_ratio
