@@ -46,11 +46,16 @@ class WhisperTranscriber:
         features = self.feature_extractor(
             list(clips), sampling_rate=self.feature_extractor.sampling_rate, return_tensors="pt"
         ).input_features.to(self.model.dtype)
-        kwargs = {}
+        kwargs = self._task_kwargs()
         if getattr(self.model.generation_config, "no_timestamps_token_id", None) is not None:
             kwargs["return_timestamps"] = False  # plain transcripts (the real checkpoints have this field)
         with torch.inference_mode():
             return self.model.generate(features, max_new_tokens=self.max_new_tokens, do_sample=False, **kwargs)
+
+    def _task_kwargs(self) -> dict:
+        """A multilingual Whisper transcribes (as `whisper.transcribe` does by default), in the detected language: without
+        the task, transformers prompts the language token alone and the base model loops (韓國的首都在香港的首首首...)."""
+        return {"task": "transcribe"} if getattr(self.model.generation_config, "is_multilingual", False) else {}
 
     def _long_form(self, clip: np.ndarray) -> str:
         inputs = self.feature_extractor(
@@ -60,7 +65,7 @@ class WhisperTranscriber:
         with torch.inference_mode():
             ids = self.model.generate(
                 inputs.input_features.to(self.model.dtype), attention_mask=inputs.attention_mask,
-                return_timestamps=True, do_sample=False,
+                return_timestamps=True, do_sample=False, **self._task_kwargs(),
             )  # fmt: skip
         return self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
 
