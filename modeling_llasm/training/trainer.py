@@ -248,15 +248,6 @@ class LlasmTrainer(Trainer):
         self._warned_moving_teacher = False
         super().__init__(*args, **kwargs)
         self.args.remove_unused_columns = False
-
-    def train(self, *args, **kwargs):
-        """`Trainer.train`, then the model's forward unwrapped: accelerate wraps it in the bf16/fp16 autocast for
-        training and leaves it there, so every later use of the model in this process (evaluations, generation,
-        the recipe's next phases) would silently run in bf16/fp16."""
-        try:
-            return super().train(*args, **kwargs)
-        finally:
-            self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         if (self.label_smoother is not None or self.compute_loss_func is not None) and (self.distill_weight or self.ce_weight != 1.0):
             raise ValueError(
                 "distill_weight / ce_weight need LlasmTrainer's own loss, which label_smoothing_factor and "
@@ -267,6 +258,15 @@ class LlasmTrainer(Trainer):
 
         if keep_4bit_weights_trainable(self.model):
             logger.warning("4-bit weights had been repacked for CPU inference; unpacked them so that training is correct.")
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, then the model's forward unwrapped: accelerate wraps it in the bf16/fp16 autocast for
+        training and leaves it there, so every later use of the model in this process (evaluations, generation,
+        the recipe's next phases) would silently run in bf16/fp16."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -128,7 +128,7 @@ def test_without_a_finished_run_the_default_is_the_embedded_base(tmp_path, monke
     write_run(tmp_path, "unfinished", finished=False)
     # the embedded base, as `llasm serve` chooses it (built when missing: here it counts as built)
     monkeypatch.setattr("modeling_llasm.conversion.build_base.default_base_dir", lambda: tmp_path / "llasm-tiny-base")
-    monkeypatch.setattr("modeling_llasm.conversion.build_base.is_built", lambda path: True)
+    monkeypatch.setattr("modeling_llasm.conversion.build_base.is_built", lambda path, *recipe: True)
     assert default_demo_model() == tmp_path / "llasm-tiny-base"
 
 
