@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_systems import BATCH_SECONDS, METHOD_LABELS, METHODS, BenchSettings, Systems
+from .bench_systems import BATCH_SECONDS, METHODS, BenchSettings, Systems, method_label
 from ..modeling_llasm import LlasmConversationCache
 from .bench_timing import _audio_turn, _top_ops, bench_stage1, ttft_cascade, ttft_speech
 from .clips import speech_clip
@@ -244,7 +244,7 @@ def markdown_report(results: dict) -> str:
         keys = sorted(med["llasm"], key=float)
         lines += ["## Time to first token", "", "| method | " + " | ".join(f"{float(k):g} s clip" for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for m in METHODS:
-            lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(_fmt_s(med[m][k]["total"]) for k in keys) + " |")
+            lines.append(f"| {method_label(m, results.get('systems'))} | " + " | ".join(_fmt_s(med[m][k]["total"]) for k in keys) + " |")
         lines += ["", "Breakdown (median, seconds) and prompt length (tokens):", "", "| method | clip | features / ASR | encoder | adaptor | LLM prefill | other | prompt tokens |", "|---|---|---|---|---|---|---|---|"]
         for m in METHODS:
             for k in keys:
@@ -393,7 +393,7 @@ def write_plots(results: dict, output_dir: Path) -> list[str]:
         width = 0.27
         for i, m in enumerate(METHODS):
             values = [med[m][k]["total"] for k in keys]
-            bars = ax.bar([j + (i - 1) * width for j in range(len(keys))], values, width, label=METHOD_LABELS[m])
+            bars = ax.bar([j + (i - 1) * width for j in range(len(keys))], values, width, label=method_label(m, results.get("systems")))
             ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=6)
         ax.set_xticks(range(len(keys)), [f"{float(k):g} s clip" for k in keys])
         ax.set_ylabel("time to first token (s)")

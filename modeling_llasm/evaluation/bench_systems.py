@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "BATCH_SECONDS",
+    "method_label",
     "METHODS",
     "METHOD_LABELS",
     "SECTIONS",
@@ -34,6 +35,13 @@ METHOD_LABELS = {
     "original": "original LLaSM (30 s pad + Whisper-decoder resampler, 64 q)",
     "cascade": "cascade (Whisper generate -> LLM prefill)",
 }
+
+
+def method_label(method: str, systems: dict | None = None) -> str:
+    """A method's row name; the "llasm" row says which adaptor was benchmarked (`Systems.description`)."""
+    if method == "llasm" and systems and systems.get("llasm_label"):
+        return systems["llasm_label"]
+    return METHOD_LABELS[method]
 
 
 @dataclass
@@ -154,6 +162,8 @@ def build_systems(settings: BenchSettings, work_dir: Path) -> tuple[Systems, Pat
         "llm_parameters_m": round(sum(p.numel() for p in llasm.language_model.parameters()) / 1e6, 1),
         "whisper_encoder_parameters_m": round(sum(p.numel() for p in llasm.audio_tower.parameters()) / 1e6, 1),
         "attn_implementation": llasm.config._attn_implementation,
+        # the "llasm" row's name: the adaptor benchmarked (the embedded base reads with the Whisper decoder)
+        "llasm_label": f"LLaSM ({llasm.config.adaptor_type}, unpadded)",
     }
     return Systems(llasm, processor, original, original_processor, transcriber, llasm.language_model, description), saved
 
