@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise SystemExit(f"llasm demo needs gradio: pip install 'modeling_llasm[demo]' ({error}).")
     from modeling_llasm.cli.chat import load_chat_pipeline
-    from modeling_llasm.demo import build_demo, describe_model, launch_demo
+    from modeling_llasm.demo import build_demo, describe_model, launch_demo, reader_languages
     from modeling_llasm.serving.models import choose_model_dir
 
     try:  # the model `llasm serve` would choose: MODEL, else the newest finished run, else the embedded base
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     info = describe_model(directory)
     print(f"[demo] loading {info.path} ({'embedded base' if info.kind == 'base' else info.kind}) ...", file=sys.stderr)
     chat = load_chat_pipeline(str(directory), args.device, args.dtype)
-    demo = build_demo(chat, info, max_new_tokens=args.max_new_tokens, temperature=args.temperature, system_prompt=args.system)
+    demo = build_demo(chat, info, max_new_tokens=args.max_new_tokens, temperature=args.temperature, system_prompt=args.system,
+                      languages=reader_languages(chat.model))
     if not is_loopback(args.host):
         print(f"[demo] warning: listening on {args.host}: anyone who can reach it can use the model.", file=sys.stderr)
     launch_demo(demo, host=args.host, port=args.port)

@@ -1,6 +1,7 @@
 """`llasm demo`: a local web page (Gradio) to talk to a LLaSM model. Gradio is imported only by `build_demo`."""
 
 from .app import (
+    AUTO_LANGUAGE,
     EMPTY_ANSWER,
     ModelInfo,
     build_demo,
@@ -8,11 +9,14 @@ from .app import (
     default_demo_model,
     describe_model,
     launch_demo,
+    reader_languages,
     stream_answer,
+    turn_generation,
     user_message,
 )
 
 __all__ = [
+    "AUTO_LANGUAGE",
     "EMPTY_ANSWER",
     "ModelInfo",
     "build_demo",
@@ -20,6 +24,8 @@ __all__ = [
     "default_demo_model",
     "describe_model",
     "launch_demo",
+    "reader_languages",
     "stream_answer",
+    "turn_generation",
     "user_message",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,26 +135,47 @@ def stream_answer(
     yield conversation, chatbot_messages(conversation)
 
 
+AUTO_LANGUAGE = "detect"
+
+
+def reader_languages(model) -> list[str]:
+    """The languages a model's reader can be told to read in (a multilingual `whisper_reader`), else []."""
+    config = model.config
+    return sorted(config.reader_language_ids or []) if config.adaptor_type == "whisper_reader" else []
+
+
+def turn_generation(tokens: float, temperature: float, language: str | None = None, system_prompt: str | None = None) -> dict[str, Any]:
+    """The pipeline arguments of one demo turn: length, temperature, the audio's language (`AUTO_LANGUAGE` or None:
+    detected per window), the system prompt."""
+    from ..cli.chat import generation_kwargs
+
+    generation = generation_kwargs(int(tokens), float(temperature))
+    if language and language != AUTO_LANGUAGE:
+        generation["language"] = language
+    if system_prompt:
+        generation["system_prompt"] = system_prompt
+    return generation
+
+
 def build_demo(
     chat: Callable[..., Iterator[str]],
     info: ModelInfo,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     system_prompt: str | None = None,
+    languages: Sequence[str] = (),
 ):
-    """The Gradio app (`gr.Blocks`, not launched) around a `llasm-chat` pipeline `chat`."""
+    """The Gradio app (`gr.Blocks`, not launched) around a `llasm-chat` pipeline `chat`; with `languages` (a
+    multilingual reader's, `reader_languages`), a choice of the audio's language (default: detected)."""
     # Before gradio is imported: no usage analytics, no version check (the demo must work offline).
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
 
-    from ..cli.chat import generation_kwargs
-
     from .. import LlasmConversationCache
 
-    def respond(audio: str | None, text: str | None, conversation: Conversation, tokens: float, temp: float, session: dict):
-        generation = generation_kwargs(int(tokens), float(temp))
-        if system_prompt:
-            generation["system_prompt"] = system_prompt
+    def respond(audio: str | None, text: str | None, conversation: Conversation, tokens: float, temp: float, session: dict,
+                language: str | None = None):  # fmt: skip
+        generation = turn_generation(tokens, temp, language, system_prompt)
         # this browser session's KV cache: each turn prefills only itself and encodes only its own audio
         generation["conversation_cache"] = session.setdefault("cache", LlasmConversationCache())
         try:
@@ -197,10 +218,13 @@ def build_demo(
         with gr.Accordion("Generation", open=False):
             tokens = gr.Slider(1, 1024, value=max_new_tokens, step=1, label="Max new tokens")
             temp = gr.Slider(0.0, 2.0, value=temperature, step=0.05, label="Temperature (0 = greedy)")
+            language = gr.Dropdown([AUTO_LANGUAGE, *languages], value=AUTO_LANGUAGE, label="Language of the audio",
+                                   visible=bool(languages))  # fmt: skip
 
         submit = dict(
-            fn=respond, inputs=[audio, text, conversation, tokens, temp, session], outputs=[conversation, chatbot, audio, text, send, clear_button]
-        )
+            fn=respond, inputs=[audio, text, conversation, tokens, temp, session, language],
+            outputs=[conversation, chatbot, audio, text, send, clear_button],
+        )  # fmt: skip
         for trigger in (send.click, text.submit):
             # `then` runs after errors too, so the buttons are always usable again
             trigger(**submit).then(lambda: (gr.Button(interactive=True),) * 2, None, [send, clear_button])

@@ -187,3 +187,19 @@ def test_app_builds_offline_with_analytics_off(monkeypatch):
     assert set(audio.sources) == {"microphone", "upload"}
     notices = [block.value for block in demo.blocks.values() if isinstance(block, gradio.Markdown)]
     assert any("untrained base" in notice for notice in notices)
+
+
+def test_a_multilingual_reader_offers_its_languages_and_a_turn_reads_in_the_chosen_one():
+    from tiny_llasm import build_tiny_llasm, multilingual_reader, reader_llasm
+
+    from modeling_llasm.demo import AUTO_LANGUAGE, reader_languages, turn_generation
+
+    assert reader_languages(multilingual_reader()[0]) == ["en", "zh"]
+    assert reader_languages(reader_llasm()[0]) == [] and reader_languages(build_tiny_llasm()[0]) == []
+    assert turn_generation(16, 0.0, "zh") == {"max_new_tokens": 16, "do_sample": False, "language": "zh"}
+    assert "language" not in turn_generation(16, 0.0, AUTO_LANGUAGE) and "language" not in turn_generation(16, 0.0, None)
+    assert turn_generation(8, 0.5, "en", "Be brief.") == {"max_new_tokens": 8, "do_sample": True, "temperature": 0.5,
+                                                          "language": "en", "system_prompt": "Be brief."}  # fmt: skip
+    chat = FakeChat(["好"])
+    run_turn(chat, [], audio="q.wav", **turn_generation(4, 0.0, "zh"))
+    assert chat.calls[0][1]["language"] == "zh"  # what the pipeline is asked to read the audio in
