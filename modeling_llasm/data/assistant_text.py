@@ -21,6 +21,8 @@ import random
 import re
 from collections.abc import Callable, Collection
 
+from .words import english_words, fill_template
+
 ANIMALS = (
     "dog", "cat", "horse", "cow", "sheep", "goat", "pig", "rabbit", "mouse", "rat", "lion", "tiger", "bear", "wolf",
     "fox", "deer", "elephant", "giraffe", "zebra", "monkey", "gorilla", "kangaroo", "koala", "panda", "camel",
@@ -144,9 +146,7 @@ _ALLOWED = re.compile(r"[A-Za-z][A-Za-z ,.'?!-]*")
 
 
 def _words(top_n: int = 8000) -> list[str]:
-    from .text_sources import _english_words
-
-    return [w for w in _english_words(top_n) if len(w) > 3]
+    return [w for w in english_words(top_n) if len(w) > 3]
 
 
 def assistant_utterances(n: int, *, seed: int = 0, exclude: Collection[str] = ()) -> list[str]:
@@ -168,8 +168,6 @@ def assistant_utterances(n: int, *, seed: int = 0, exclude: Collection[str] = ()
         "country": fake.country, "city": fake.city, "first": fake.first_name,
         "job": lambda: fake.job().split(",")[0].lower(),
     }  # fmt: skip
-    from .text_sources import _fill
-
     excluded = {text.strip() for text in exclude}
     seen: set[str] = set()
     out: list[str] = []
@@ -178,7 +176,7 @@ def assistant_utterances(n: int, *, seed: int = 0, exclude: Collection[str] = ()
         attempts += 1
         if attempts > 50 * n + 1000:
             raise RuntimeError(f"assistant_utterances: only {len(out)} distinct texts of {n} after {attempts} attempts")
-        text = re.sub(r"\s+", " ", _fill(rng.choice(TEMPLATES), slots)).strip()
+        text = re.sub(r"\s+", " ", fill_template(rng.choice(TEMPLATES), slots)).strip()
         text = re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)  # "a elephant" -> "an elephant"
         text = text[0].upper() + text[1:]
         if text in seen or text in excluded or not _ALLOWED.fullmatch(text):

@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 import random
 import re
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+
+from .words import english_words, fill_template, require_package
 
 
 logger = logging.getLogger(__name__)
@@ -61,15 +62,6 @@ class SeedTextSplit:
     heldout_questions: list[Utterance]
     train_voices: dict[str, list[str]] = field(default_factory=dict)
     heldout_voices: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _require(module: str, pip_name: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"modeling_llasm.data.text_sources needs `{pip_name}`: pip install {pip_name}") from e
 
 
 # ---------------------------------------------------------------------------------------------- English
@@ -137,12 +129,6 @@ _EN_TEMPLATES = (
 _EN_ALLOWED = re.compile(r"[A-Za-z][A-Za-z ,.'?!-]*")
 
 
-def _fill(template: str, slots: Mapping[str, Callable[[], str]]) -> str:
-    """Format `template`, computing only the slots it uses (Faker calls are the slow part)."""
-    names = dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template) if name)  # ordered: no set
-    return template.format(**{name: slots[name]() for name in names})
-
-
 def _lower_first(text: str) -> str:
     return text if text.split(" ", 1)[0] in ("English", "IT") else text[:1].lower() + text[1:]
 
@@ -159,7 +145,7 @@ def _english_template(fake, rng: random.Random) -> str:
         "verb2": lambda: rng.choice(_EN_VERBS_PAST), "time": lambda: rng.choice(_EN_TIMES),
         "feeling": lambda: rng.choice(_EN_FEELINGS),
     }  # fmt: skip
-    text = _fill(rng.choice(_EN_TEMPLATES), slots)
+    text = fill_template(rng.choice(_EN_TEMPLATES), slots)
     return text[0].upper() + text[1:]
 
 
@@ -167,24 +153,7 @@ def _english_lorem(fake, rng: random.Random) -> str:
     return fake.sentence(nb_words=rng.randint(4, 12), variable_nb_words=False)
 
 
-# A few words are dropped from the random word sequences (wordfreq's lists come from web text).
-_EN_BLOCKLIST = frozenset(
-    "fuck fucking fucked fucker shit shitty bitch bitches cunt twat dick dicks cock cocks pussy whore slut sluts "
-    "nigga niggas nigger fag faggot asshole porn porno rape raped cum tits boobs horny dildo".split()
-)
 _ZH_BLOCKLIST = ("屌", "操", "逼", "婊", "鸡巴", "他妈", "妈的", "草泥马", "傻逼", "色情", "强奸")
-
-
-def _english_words(top_n: int = 20_000) -> list[str]:
-    wordfreq = _require("wordfreq", "wordfreq")
-    out = []
-    for w in wordfreq.top_n_list("en", top_n):
-        if w in _EN_BLOCKLIST or not re.fullmatch(r"[a-z]+('[a-z]+)?", w) or not re.search("[aeiouy]", w):
-            continue  # letters only, and pronounceable as a word (no "lg", "mr", "st")
-        if len(w) < 2 and w not in ("a", "i"):
-            continue
-        out.append("I" if w == "i" else w)
-    return out
 
 
 def _word_sequence(words: Sequence[str], rng: random.Random, low: int, high: int, sep: str, end: str) -> str:
@@ -231,7 +200,7 @@ def _chinese_template(fake, rng: random.Random) -> str:
         "month": fake.month_name, "noun": lambda: rng.choice(_ZH_NOUNS), "noun2": lambda: rng.choice(_ZH_NOUNS),
         "adj": lambda: rng.choice(_ZH_ADJECTIVES), "time": lambda: rng.choice(_ZH_TIMES),
     }  # fmt: skip
-    return _fill(rng.choice(_ZH_TEMPLATES), slots)
+    return fill_template(rng.choice(_ZH_TEMPLATES), slots)
 
 
 def _chinese_lorem(fake, rng: random.Random) -> str:
@@ -239,7 +208,7 @@ def _chinese_lorem(fake, rng: random.Random) -> str:
 
 
 def _chinese_words(top_n: int = 10_000) -> list[str]:
-    wordfreq = _require("wordfreq", "wordfreq")
+    wordfreq = require_package("wordfreq", "wordfreq")
     return [
         w
         for w in wordfreq.top_n_list("zh", top_n)
@@ -256,13 +225,13 @@ def seed_utterances(language: str, n: int, *, seed: int = 0) -> list[Utterance]:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    faker = _require("faker", "faker")
+    faker = require_package("faker", "faker")
     fake = faker.Faker("en_US" if language == "en" else "zh_CN")
     fake.seed_instance(seed)
     rng = random.Random(f"llasm-seed-text:{language}:{seed}")
     words_rng = random.Random(f"llasm-seed-text-words:{language}:{seed}")
     if language == "en":
-        words = _english_words()
+        words = english_words()
         generators: list[tuple[str, Callable[[], str]]] = [
             ("template", lambda: _english_template(fake, rng)),
             ("lorem", lambda: _english_lorem(fake, rng)),

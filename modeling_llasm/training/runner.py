@@ -21,6 +21,7 @@ from ..files import atomic_write_json, read_appendable_jsonl
 from ..data.collator import LlasmDataCollator
 from .losses import LlasmCtcAligner, calibrate_adaptor
 from .stages import first_trained_encoder_layer, is_trainable
+from .generation import generate_batch
 from .trainer import LlasmTrainer, check_mixed_precision
 
 
@@ -196,20 +197,6 @@ def load_adaptor(model, path: str | os.PathLike) -> None:
 
 # ---------------------------------------------------------------------- generation-based evaluation
 @torch.no_grad()
-def generate_batch(model, processor, conversations: list[list[dict]], max_new_tokens: int = 64) -> tuple[list[str], list[bool]]:
-    """Greedy answers to a batch of conversations; also whether each one ended with an end-of-sequence token."""
-    inputs = processor.apply_chat_template(conversations, add_generation_prompt=True, padding_side="left")
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    texts = [processor.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
-    finished = [bool(eos & set(row.tolist())) for row in new_tokens]
-    return texts, finished
-
-
 def transcribe_records(model, processor, records: Sequence[dict], batch_size: int = 8, max_new_tokens: int = 48,
                        progress: bool = True) -> tuple[list[str], list[str]]:  # fmt: skip
     """`(references, predictions)` for ASR records: the user turn as in training, the assistant turn the reference."""

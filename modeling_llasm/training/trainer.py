@@ -28,6 +28,7 @@ from transformers.trainer_callback import ExportableState
 from ..data.collator import message_text
 from .losses import distillation_loss, logits_at_labels, token_cross_entropy
 from .stages import LlasmStageCallback
+from .generation import generate_batch
 
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,6 @@ class AnswerAgreementCallback(TrainerCallback):
         if model is None or metrics is None:
             return control
         from ..metrics.rouge import rouge_l
-        from .runner import generate_batch
 
         was_training = model.training
         model.eval()
