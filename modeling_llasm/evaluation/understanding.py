@@ -264,8 +264,8 @@ def evaluate_understanding(
     }
     if len({(s["language"], s["kind"]) for s in samples}) > 1:  # a mixed set: each language and kind on its own too
         results["by_language"] = {lang: summary([s for s in samples if s["language"] == lang]) for lang in sorted({s["language"] for s in samples})}
-        results["by_kind"] = {kind: summary([s for s in samples if s["kind"] == kind]) for kind in sorted({s["kind"] or "-" for s in samples})
-                              if any((s["kind"] or "-") == kind for s in samples)}  # fmt: skip
+        results["by_kind"] = {kind: summary([s for s in samples if (s["kind"] or "-") == kind])
+                              for kind in sorted({s["kind"] or "-" for s in samples})}  # fmt: skip
     asr_sets: dict[str, _AsrSet] = {}  # the same manifest for both: its clips are read and transcribed once
 
     def asr_set(manifest) -> _AsrSet:

@@ -205,3 +205,21 @@ def test_understanding_scores_chinese_and_code_switched_questions_by_characters(
     assert "recognition CER" in understanding.format_understanding(results)
     assert understanding.error_unit(["en", "en"]) == "wer" and understanding.error_unit(["en", "zh"]) == "cer"
     assert [understanding.text_language(t) for t in ("什么是 machine learning？", "How do people celebrate 春节?", "42")] == ["zh", "en", None]
+
+
+def test_a_mixed_set_is_summarised_per_language_and_per_kind(tiny_llasm, tmp_path):
+    from modeling_llasm.evaluation import understanding
+
+    model, processor = tiny_llasm
+    lines = []
+    for kind in ("zh", "en_zh"):
+        manifest = understanding.committed_clip_manifest(tmp_path / kind, kind)
+        lines += manifest.read_text(encoding="utf-8").splitlines()[:2]
+    lines.append(lines[-1].replace('"kind": "en_zh"', '"kind": null').replace('"id": "en_zh-', '"id": "nokind-'))
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    results = understanding.evaluate_understanding(model, mixed, processor=processor, asr=lambda clips: ["x"] * len(clips),
+                                                   max_new_tokens=2, batch_size=8)  # fmt: skip
+    assert results["spoken"]["num_questions"] == 5 and results["spoken"]["error_unit"] == "cer"
+    assert {k: v["num_questions"] for k, v in results["by_kind"].items()} == {"zh": 2, "en_zh": 2, "-": 1}
+    assert results["by_language"]["en"]["error_unit"] == "wer" and results["by_language"]["zh"]["error_unit"] == "cer"
