@@ -651,3 +651,33 @@ def test_transcriptions_read_in_the_language_asked(served_multilingual):
     assert_openai_error(transcribe(served, {"file": ("q.wav", raw)}, {"language": "fr"}), 400, "unsupported_value", "language",
                         "['en', 'zh']")  # fmt: skip
     assert served.health()["status"] == "ok"
+
+
+@pytest.mark.parametrize("adaptor", ["stack_mlp", "whisper_reader"])
+def test_serve_and_demo_load_a_saved_model_in_bfloat16(adaptor, tmp_path):
+    """`llasm serve --dtype bfloat16` and the demo's loading (`load_chat_pipeline(..., dtype="bfloat16")`) run the model
+    in bf16 on any CPU: a spoken question and a transcription are answered (issue 23)."""
+    import torch
+
+    from modeling_llasm.cli import serve as serve_cli
+    from modeling_llasm.cli.chat import load_chat_pipeline
+    from tiny_llasm import build_tiny_llasm, reader_llasm
+
+    model, processor = reader_llasm() if adaptor == "whisper_reader" else build_tiny_llasm()
+    directory = tmp_path / "bf16-llasm"
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    parser = argparse.ArgumentParser()
+    serve_cli.add_arguments(parser)
+    app, _ = serve_cli.build_app(parser.parse_args([str(directory), "--dtype", "bfloat16"]), log=lambda line: None)
+    assert {p.dtype for p in app.state.engine.model.parameters() if p.is_floating_point()} == {torch.bfloat16}
+    raw = base64.b64decode(encode_audio(speechlike(1.2, 3)))
+    with BackgroundServer(app) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        answer = client.chat.completions.create(model="bf16-llasm", messages=CONVERSATIONS["audio+text"], max_tokens=4)
+        transcript = client.audio.transcriptions.create(model="bf16-llasm", file=("q.wav", raw))
+    assert answer.choices[0].finish_reason in ("stop", "length") and answer.usage.completion_tokens >= 1
+    assert isinstance(transcript.text, str)
+    chat = load_chat_pipeline(str(directory), dtype="bfloat16")
+    assert chat.model.dtype == torch.bfloat16
+    assert isinstance(chat({"audio": speechlike(1.2, 3), "text": "hello"}, max_new_tokens=3)["generated_text"], str)
