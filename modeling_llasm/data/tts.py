@@ -274,7 +274,7 @@ while True:
 """
 
 
-class _FramedWorker:
+class _FramedWorker(abc.ABC):
     """Client of a helper process: request = 4-byte little-endian length + bytes on stdin; reply = 1-byte kind
     (b"R" ready, b"A" audio, b"E" error: reason, NUL, detail) + 4-byte length + data on stdout."""
 
@@ -287,8 +287,9 @@ class _FramedWorker:
         self._proc: subprocess.Popen | None = None
         self.sampling_rate = 0
 
+    @abc.abstractmethod
     def _start(self) -> None:
-        raise NotImplementedError
+        """Start the helper process (`self._proc`) and read its ready frame (`sampling_rate`)."""
 
     def _exited(self) -> str:
         """The error message when the process has exited."""
