@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", default=None, choices=["en", "zh", "zh_en", "en_zh", "zh-all"],
                         help="--understanding: which held-out spoken questions (default en: 60 questions x 2 voices, "
                              "voiced once; zh / zh_en / en_zh / zh-all: the committed Chinese and code-switched clips)")  # fmt: skip
+    parser.add_argument("--noise", default=None, metavar="KIND:SNR,...",
+                        help="--understanding: also answer noisy copies of the clips, e.g. white:10,white:0,babble:10,babble:0 "
+                             "(on-topic answers, ROUGE-L and recognition per condition beside clean; no retention or ASR)")
     parser.add_argument("--base", default=None, help="--understanding: base checkpoint for text-skill retention")
     parser.add_argument("--asr", default=None, help="--understanding: ASR manifest for held-out ASR WER")
     parser.add_argument("--output", "-o", default=None, help="results JSON (default: eval_results.json next to the manifest)")
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.noise is not None and not args.understanding:
+        raise SystemExit("llasm eval: --noise goes with --understanding")
     if args.understanding:
         return run_understanding(args)
     if args.data is None:
@@ -105,8 +110,25 @@ def run_understanding(args: argparse.Namespace) -> int:
                                            None if args.clips == "zh-all" else args.clips)  # fmt: skip
     else:
         manifest = build_understanding_set(llasm_cache_dir() / "eval" / "understanding-en")
-    output = Path(args.output) if args.output else Path(args.model) / "understanding.json"
     model, processor = load_in_dtype(args.model, args.dtype) if args.dtype != "float32" else (args.model, None)
+    if args.noise is not None:
+        from modeling_llasm.data.noise import parse_noise_conditions
+        from modeling_llasm.evaluation.understanding import evaluate_noise_robustness, format_noise_robustness
+
+        try:
+            conditions = parse_noise_conditions(args.noise)
+        except ValueError as error:
+            raise SystemExit(f"llasm eval --noise: {error}") from None
+        output = Path(args.output) if args.output else Path(args.model) / "understanding-noise.json"
+        results = evaluate_noise_robustness(
+            model, manifest, conditions, processor=processor, whisper_dir=args.whisper, cascade=not args.no_cascade,
+            max_new_tokens=args.max_new_tokens or 64, batch_size=args.batch_size, limit=args.limit, output=output,
+            log=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
+        print(format_noise_robustness(results))
+        print(f"\nresults: {output}")
+        return 0
+    output = Path(args.output) if args.output else Path(args.model) / "understanding.json"
     results = evaluate_understanding(
         model, manifest, processor=processor, base_model=args.base, asr_manifest=args.asr, whisper_dir=args.whisper,
         max_new_tokens=args.max_new_tokens or 64, batch_size=args.batch_size, limit=args.limit, output=output,

@@ -39,6 +39,7 @@ from . import tasks
 from .cascade import AsrFunction, WhisperTranscriber, whisper_dir_for
 from .evaluator import generate_answers, load_llasm
 from ..metrics.rouge import rouge_l
+from ..metrics.topic import on_topic
 
 
 #: Held-out voices of the default set: never used for training (`data.text_sources.DEFAULT_HELDOUT_VOICES`), two
@@ -178,6 +179,8 @@ def evaluate_understanding(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     limit: int | None = None,
+    noise: tuple[str, float] | None = None,
+    typed_answers: Sequence[str] | None = None,
     output: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -187,7 +190,10 @@ def evaluate_understanding(
     ASR records, asked with each record's own instruction and/or as a transcription request (`asr_prompts`, see
     `LlasmProcessor.apply_transcription_request`); `recognition_manifest` the adaptor's own recognition WER on them (vs Whisper, no LLM); `asr`
     replaces Whisper (clips -> transcripts); `cascade=False` skips Whisper and the cascade (their metrics are None).
-    Greedy decoding, `max_new_tokens` for every answer. Returns the results dict (also written as JSON to `output`)."""
+    Greedy decoding, `max_new_tokens` for every answer. `noise=("white" | "babble", snr_db)` mixes noise into every
+    clip first (`data.noise.noisy_copies`: the model, Whisper and the cascade all hear the noisy copies);
+    `typed_answers` (in record order) reuses the answers to the typed questions of an earlier run on the same records.
+    Returns the results dict (also written as JSON to `output`)."""
     from ..processing_llasm import load_audio
 
     log = log or (lambda line: None)
@@ -213,10 +219,19 @@ def evaluate_understanding(
 
     gold = [tasks.gold_transcripts(r)[0] for r in records]
     clips = [load_audio(tasks.audio_paths(r)[0]) for r in records]
-    log(f"[understanding] {len(records)} spoken questions: answering the audio ...")
-    audio_answers = timed("audio_answers", lambda: generate_answers(model, processor, [tasks.audio_prompt(r) for r in records], **gen))
-    log("[understanding] answering the typed transcripts ...")
-    typed_answers = timed("typed_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [g]) for r, g in zip(records, gold)], **gen))
+    audio_prompts = [tasks.audio_prompt(r) for r in records]
+    if noise is not None:
+        from ..data.noise import noisy_copies
+
+        clips = noisy_copies(clips, *noise)
+        audio_prompts = [_with_clip(prompt, clip) for prompt, clip in zip(audio_prompts, clips)]
+    log(f"[understanding] {len(records)} spoken questions{f' with {noise[0]} noise at {noise[1]:g} dB SNR' if noise else ''}: answering the audio ...")
+    audio_answers = timed("audio_answers", lambda: generate_answers(model, processor, audio_prompts, **gen))
+    if typed_answers is None:
+        log("[understanding] answering the typed transcripts ...")
+        typed_answers = timed("typed_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [g]) for r, g in zip(records, gold)], **gen))
+    elif len(typed_answers) != len(records):
+        raise ValueError(f"typed_answers: {len(typed_answers)} answers for {len(records)} spoken questions.")
     log("[understanding] the adaptor's own recognition ...")
     recognized, readout = timed("adaptor_recognition", lambda: adaptor_transcripts(model, processor, clips, batch_size=batch_size))
     if asr is None and (cascade or asr_manifest is not None or recognition_manifest is not None):
@@ -238,6 +253,8 @@ def evaluate_understanding(
             "cascade_rougeL": rouge_l(typed_answers[i], cascade_answers[i])["f1"] if cascade else None,
             "language": record.get("language", "en"), "kind": record.get("kind"),
             "audio_answer_language": text_language(audio_answers[i]),
+            "audio_on_topic": on_topic(audio_answers[i], gold[i]), "typed_on_topic": on_topic(typed_answers[i], gold[i]),
+            "cascade_on_topic": on_topic(cascade_answers[i], gold[i]) if cascade else None,
         })  # fmt: skip
 
     def summary(rows: list[dict]) -> dict[str, Any]:
@@ -252,12 +269,15 @@ def evaluate_understanding(
             f"adaptor_{unit}": adaptor_error, f"whisper_{unit}": whisper_error,
             f"adaptor_{unit}_ratio_to_whisper": adaptor_error / whisper_error if whisper_error else None,
             "audio_answers_in_question_language": _mean([float(s["audio_answer_language"] == s["language"]) for s in rows]),
+            **{f"{who}_on_topic": _mean([float(s[f"{who}_on_topic"]) for s in rows if s[f"{who}_on_topic"] is not None])
+               for who in ("audio", "typed", "cascade") if who != "cascade" or cascade},
         }  # fmt: skip
 
     results: dict[str, Any] = {
         "version": RESULT_VERSION, "model": model_name, "manifest": str(manifest),
         "settings": {"max_new_tokens": max_new_tokens, "decoding": "greedy", "recognition_readout": readout,
-                     "torch_threads": torch.get_num_threads()},  # fmt: skip
+                     "torch_threads": torch.get_num_threads(),
+                     "noise": {"kind": noise[0], "snr_db": noise[1]} if noise else None},  # fmt: skip
         "spoken": summary(samples),
         "by_voice": {voice: summary([s for s in samples if s["voice"] == voice])
                      for voice in sorted({s["voice"] for s in samples if s["voice"]})},  # fmt: skip
@@ -287,6 +307,85 @@ def evaluate_understanding(
     if output is not None:
         atomic_write_json(output, results, indent=1, ensure_ascii=False)
     return results
+
+
+def _with_clip(prompt: list[dict], clip) -> list[dict]:
+    """`prompt` with its (one) audio part holding `clip` instead of a file path."""
+    out = []
+    for message in prompt:
+        content = message["content"]
+        if isinstance(content, list):
+            content = [{"type": "audio", "audio": clip} if part.get("type") == "audio" else part for part in content]
+        out.append({**message, "content": content})
+    return out
+
+
+NOISE_CONDITIONS = (("white", 10.0), ("white", 0.0), ("babble", 10.0), ("babble", 0.0))
+
+
+def evaluate_noise_robustness(
+    model: str | os.PathLike | Any,
+    manifest: str | os.PathLike,
+    conditions: Sequence[tuple[str, float]] = NOISE_CONDITIONS,
+    *,
+    processor: Any = None,
+    output: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """`evaluate_understanding` on the clean clips and on noisy copies of them for each `(kind, snr_db)` condition
+    (the typed answers are computed once), and each condition's rates relative to clean: on-topic answers to the
+    audio (`audio_on_topic`), ROUGE-L to the typed answers, and recognition error. Other keyword arguments go to
+    `evaluate_understanding` (no retention or held-out ASR here). Returns `{"clean", "conditions", "summary"}`,
+    also written as JSON to `output`."""
+    if isinstance(model, (str, os.PathLike)):
+        model_name = str(model)
+        model, loaded = load_llasm(model)
+        processor = processor or loaded
+    else:
+        model_name = type(model).__name__
+    if processor is None:
+        raise ValueError("Pass `processor` together with a loaded model.")
+    log = log or (lambda line: None)
+    if kwargs.get("asr") is None and kwargs.get("cascade", True):  # one Whisper for every condition
+        whisper_dir = kwargs.pop("whisper_dir", None) or whisper_dir_for(model_name if Path(model_name).is_dir() else None)
+        kwargs["asr"] = WhisperTranscriber.from_pretrained(whisper_dir, batch_size=kwargs.get("batch_size", 8))
+    clean = evaluate_understanding(model, manifest, processor=processor, log=log, **kwargs)
+    typed = [sample["typed_answer"] for sample in clean["samples"]]
+    results: dict[str, Any] = {"model": model_name, "manifest": str(manifest), "clean": clean, "conditions": {}}
+    rows = {"clean": clean["spoken"]}
+    for kind, snr_db in conditions:
+        name = f"{kind}:{snr_db:g}"
+        results["conditions"][name] = evaluate_understanding(model, manifest, processor=processor, noise=(kind, snr_db),
+                                                             typed_answers=typed, log=log, **kwargs)  # fmt: skip
+        rows[name] = results["conditions"][name]["spoken"]
+
+    def ratio(value, reference):
+        return value / reference if value is not None and reference else None
+
+    unit = clean["spoken"]["error_unit"]
+    results["summary"] = {
+        name: {"audio_on_topic": row.get("audio_on_topic"), "cascade_on_topic": row.get("cascade_on_topic"),
+               "audio_on_topic_ratio_to_clean": ratio(row.get("audio_on_topic"), rows["clean"].get("audio_on_topic")),
+               "rougeL_audio_vs_typed": row["rougeL_audio_vs_typed"], "rougeL_cascade_vs_typed": row["rougeL_cascade_vs_typed"],
+               f"adaptor_{unit}": row[f"adaptor_{unit}"], f"whisper_{unit}": row[f"whisper_{unit}"]}
+        for name, row in rows.items()
+    }  # fmt: skip
+    if output is not None:
+        atomic_write_json(output, results, indent=1, ensure_ascii=False)
+    return results
+
+
+def format_noise_robustness(results: dict[str, Any]) -> str:
+    """A table of `evaluate_noise_robustness`'s summary: one row per condition."""
+    unit = results["clean"]["spoken"]["error_unit"]
+    lines = [f"| condition | on topic (audio) | vs clean | on topic (cascade) | ROUGE-L audio | ROUGE-L cascade | "
+             f"reader {unit.upper()} | Whisper {unit.upper()} |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, row in results["summary"].items():
+        lines.append(f"| {name} | {_fmt(row['audio_on_topic'])} | {_fmt(row['audio_on_topic_ratio_to_clean'])} | "
+                     f"{_fmt(row['cascade_on_topic'])} | {_fmt(row['rougeL_audio_vs_typed'])} | {_fmt(row['rougeL_cascade_vs_typed'])} | "
+                     f"{_fmt(row[f'adaptor_{unit}'])} | {_fmt(row[f'whisper_{unit}'])} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 @dataclass

@@ -108,3 +108,12 @@ def test_chat_transcribe_prints_each_clips_transcription_request_answer(tiny_lla
     assert result.stdout.splitlines() == [e.strip() for e in expected]
     refused = llasm("chat", str(tmp_path / "m"), "--transcribe", "--audio", str(clips[0]), "--text", "hi")
     assert refused.returncode != 0 and "give only --audio files" in refused.stderr
+
+
+def test_eval_noise_conditions_are_checked_before_any_work(tmp_path):
+    alone = llasm("eval", str(tmp_path), "--noise", "white:10")
+    assert alone.returncode != 0 and "--noise goes with --understanding" in alone.stderr
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    bad = llasm("eval", str(tmp_path), "--understanding", "--data", str(manifest), "--noise", "white:10,pink:0")
+    assert bad.returncode != 0 and "llasm eval --noise: noise condition 'pink:0'" in bad.stderr

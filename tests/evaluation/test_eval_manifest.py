@@ -3,6 +3,7 @@
 import json
 
 import jiwer
+import numpy as np
 import pytest
 import soundfile
 import torch
@@ -223,3 +224,59 @@ def test_a_mixed_set_is_summarised_per_language_and_per_kind(tiny_llasm, tmp_pat
     assert results["spoken"]["num_questions"] == 5 and results["spoken"]["error_unit"] == "cer"
     assert {k: v["num_questions"] for k, v in results["by_kind"].items()} == {"zh": 2, "en_zh": 2, "-": 1}
     assert results["by_language"]["en"]["error_unit"] == "wer" and results["by_language"]["zh"]["error_unit"] == "cer"
+
+
+def test_noise_robustness_answers_noisy_copies_and_reuses_the_typed_answers(tiny_llasm, tmp_path, monkeypatch):
+    """Every condition hears noisy copies (model and cascade ASR alike), the typed questions are answered once, and
+    the summary compares each condition's on-topic rate with clean."""
+    from modeling_llasm.data.noise import noisy_copies
+    from modeling_llasm.evaluation import understanding
+    from modeling_llasm.processing_llasm import load_audio
+
+    model, processor = tiny_llasm
+    clips = []
+    for i in range(6):  # babble needs more than 4 other talkers
+        clips.append(tone(0.4 + 0.1 * i, freq=300.0 + 100 * i))
+        soundfile.write(tmp_path / f"q{i}.wav", clips[-1], 16000)
+    questions = [f"what is the capital of country number {i}" for i in range(6)]
+    records = [{"id": f"q{i}", "language": "en", "task": "spoken_question", "messages": [user(audio(f"q{i}.wav", q))]}
+               for i, q in enumerate(questions)]  # fmt: skip
+    manifest = tmp_path / "spoken.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    heard, typed_batches = [], []
+
+    def asr(batch):  # the cascade's "Whisper": records what it heard
+        heard.append([np.asarray(c) for c in batch])
+        return ["heard something"] * len(batch)
+
+    real = understanding.generate_answers
+
+    def answers(model, processor, conversations, **kwargs):
+        contents = [c[-1]["content"] for c in conversations]
+        texts = [part if isinstance(part, str) else part.get("text") for content in contents
+                 for part in ([content] if isinstance(content, str) else content)]  # fmt: skip
+        typed_batches.append(sum(t in questions for t in texts))
+        return real(model, processor, conversations, **kwargs)
+
+    monkeypatch.setattr(understanding, "generate_answers", answers)
+    out = tmp_path / "noise.json"
+    results = understanding.evaluate_noise_robustness(model, manifest, [("white", 10.0), ("babble", 0.0)], processor=processor,
+                                                      asr=asr, max_new_tokens=3, batch_size=8, output=out)  # fmt: skip
+    assert list(results["summary"]) == ["clean", "white:10", "babble:0"]
+    assert json.loads(out.read_text())["summary"].keys() == results["summary"].keys()
+    # clean first, then each condition's noisy copies, exactly as data.noise makes them
+    clips = [load_audio(tmp_path / f"q{i}.wav") for i in range(6)]
+    assert np.allclose(heard[0][2], clips[2]) and np.allclose(heard[1][2], noisy_copies(clips, "white", 10.0)[2])
+    assert np.allclose(heard[2][5], noisy_copies(clips, "babble", 0.0)[5])
+    assert sum(typed_batches) == 6  # the typed questions are answered once, in the clean run
+    condition = results["conditions"]["white:10"]
+    assert condition["settings"]["noise"] == {"kind": "white", "snr_db": 10.0}
+    assert [s["typed_answer"] for s in condition["samples"]] == [s["typed_answer"] for s in results["clean"]["samples"]]
+    row, clean = results["summary"]["white:10"], results["summary"]["clean"]
+    on_topic = [s["audio_on_topic"] for s in condition["samples"]]
+    assert row["audio_on_topic"] == pytest.approx(sum(on_topic) / len(on_topic))
+    if clean["audio_on_topic"]:
+        assert row["audio_on_topic_ratio_to_clean"] == pytest.approx(row["audio_on_topic"] / clean["audio_on_topic"])
+    with pytest.raises(ValueError, match="typed_answers: 2 answers for 6 spoken questions"):
+        understanding.evaluate_understanding(model, manifest, processor=processor, asr=asr, typed_answers=["a", "b"], max_new_tokens=1)
+    assert "| babble:0 |" in understanding.format_noise_robustness(results)
