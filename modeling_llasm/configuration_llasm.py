@@ -98,6 +98,12 @@ class LlasmConfig(PreTrainedConfig):
         reader_chinese_script (`str`, *optional*, defaults to `"simplified"`): Whisper often writes Mandarin in
             traditional characters; windows read as `zh` are converted (OpenCC) to `"simplified"` or `"traditional"`
             before the LLM reads them, or kept as read (`None`).
+        reader_temperatures (`list[float]`, *optional*), reader_compression_ratio_threshold (`float`, defaults to 2.4),
+            reader_logprob_threshold (`float`, defaults to -1.0): Whisper's safeguards for the reader. A window read at
+            the first temperature (greedy at 0.0) whose text compresses more than the ratio (zlib: a loop) or whose
+            mean token log-probability is below the threshold is read again at the next temperature, by sampling with
+            a generator seeded from the window's audio (the same clip always reads the same). None: greedy only.
+            Whisper's own: `[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]`, 2.4, -1.0.
         reader_residual_ratio (`float`, *optional*): `"whisper_reader"`: the most the learned projection of the decoder
             state may add to a word's embedding, as a fraction of that embedding's norm (None: unbounded). Training
             it unbounded let the residual grow to 6-7x the embedding and drown the words (docs/training.md).
@@ -140,6 +146,9 @@ class LlasmConfig(PreTrainedConfig):
     reader_task_id: int | None = None
     reader_language: str | None = None
     reader_chinese_script: str | None = "simplified"
+    reader_temperatures: list[float] | None = None
+    reader_compression_ratio_threshold: float | None = 2.4
+    reader_logprob_threshold: float | None = -1.0
     num_queries: int = 64
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None
@@ -168,6 +177,10 @@ class LlasmConfig(PreTrainedConfig):
             raise ValueError("reader_language_ids (a multilingual Whisper) need reader_task_id (the <|transcribe|> token).")
         if self.reader_language is not None:
             self.reader_language = reader_language_code(self.reader_language, self.reader_language_ids)
+        if self.reader_temperatures is not None and (
+            not self.reader_temperatures or any(t < 0 for t in self.reader_temperatures)
+        ):
+            raise ValueError(f"reader_temperatures must be a non-empty list of temperatures >= 0, got {self.reader_temperatures!r}.")
         if self.reader_chinese_script not in READER_CHINESE_SCRIPTS:
             raise ValueError(f"reader_chinese_script must be one of {READER_CHINESE_SCRIPTS}, got {self.reader_chinese_script!r}.")
         if self.ctc_temperature <= 0:

@@ -6,6 +6,7 @@ import bisect
 import functools
 import hashlib
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -405,7 +406,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         if language is not None:
             language = reader_language_code(language, self.config.reader_language_ids)
         if self.read_cache is None:
-            return self._decode(encoder_hidden_states, encoder_frame_mask, max_pieces, language)
+            return self._read_windows(encoder_hidden_states, encoder_frame_mask, max_pieces, language)
         lengths = encoder_frame_mask.sum(-1).tolist()
         keys = []
         for window, length in enumerate(lengths):
@@ -414,15 +415,81 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         missing = [w for w, key in enumerate(keys) if key not in self.read_cache]
         if missing:
             index = torch.tensor(missing, device=encoder_hidden_states.device)
-            read = self._decode(encoder_hidden_states[index], encoder_frame_mask[index], [max_pieces[w] for w in missing], language)
+            read = self._read_windows(encoder_hidden_states[index], encoder_frame_mask[index], [max_pieces[w] for w in missing], language)
             for window, window_ids, window_states, window_language in zip(missing, *read):
                 self.read_cache[keys[window]] = (window_ids, window_states, window_language)
         cached = [self.read_cache[k] for k in keys]
         return [c[0] for c in cached], [c[1].to(encoder_hidden_states.device) for c in cached], [c[2] for c in cached]
 
+    def _read_windows(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int],
+                      language: str | None) -> tuple[list[list[int]], list[torch.Tensor], list[str | None]]:  # fmt: skip
+        """Every window read greedily, then, as Whisper's transcription does, the windows whose reading looks wrong
+        (`needs_another_reading`) read again at each next temperature of `config.reader_temperatures` until one
+        reading passes; a window that never passes keeps its greedy reading. A reading that ran out of budget in a
+        greedy loop keeps what came before the loop (`loop_start`)."""
+        temperatures = self.config.reader_temperatures or [0.0]
+        windows = encoder_hidden_states.shape[0]
+        first = self._decode(encoder_hidden_states, encoder_frame_mask, max_pieces,
+                             None if language is None else [language] * windows, temperatures[0])  # fmt: skip
+        tokens, states, languages, logprobs, exhausted = (list(part) for part in first)
+        failing = [w for w in range(windows) if self.needs_another_reading(tokens[w], logprobs[w], exhausted[w])]
+        for temperature in temperatures[1:]:
+            if not failing:
+                break
+            index = torch.tensor(failing, device=encoder_hidden_states.device)
+            again = self._decode(encoder_hidden_states[index], encoder_frame_mask[index], [max_pieces[w] for w in failing],
+                                 [languages[w] for w in failing], temperature,
+                                 [self._window_generator(encoder_hidden_states[w], encoder_frame_mask[w], temperature) for w in failing])  # fmt: skip
+            still = []
+            for window, *reading in zip(failing, *again):
+                if self.needs_another_reading(reading[0], reading[3], reading[4]):
+                    still.append(window)
+                else:
+                    tokens[window], states[window], languages[window], logprobs[window], exhausted[window] = reading
+            failing = still
+        for window in range(windows):
+            if not exhausted[window]:
+                continue
+            looped = loop_start(tokens[window])
+            if looped is not None:  # greedy decoding fell into a loop: keep what came before it, once
+                tokens[window], states[window] = tokens[window][:looped], states[window][:looped]
+            else:
+                logger.warning_once(f"An audio window had more to read than its {max_pieces[window]} audio tokens; "
+                                    "reading stopped there (lower stack_factor to allow more tokens per second).")  # fmt: skip
+        return tokens, states, languages
+
+    def needs_another_reading(self, whisper_ids: list[int], mean_logprob: float, exhausted: bool = False) -> bool:
+        """Whisper's fallback test: the reading's text compresses more than `config.reader_compression_ratio_threshold`
+        (zlib; a loop), or its mean token log-probability (end-of-text included) is below
+        `config.reader_logprob_threshold`. The ratio needs the LLM's tokenizer (`text_tokenizer`) to spell the text.
+        Also a reading that ran out of budget in a loop (`loop_start`): zlib's overhead hides the loops of short
+        windows ("5 5 5 5 5 5 5 5 5 5" compresses only 1.7x)."""
+        config = self.config
+        if exhausted and loop_start(whisper_ids) is not None:
+            return True
+        if config.reader_logprob_threshold is not None and mean_logprob < config.reader_logprob_threshold:
+            return True
+        if config.reader_compression_ratio_threshold is None or self.text_tokenizer is None or not whisper_ids:
+            return False
+        pieces = self._tables()[0]
+        text = self.text_tokenizer.decode([p for w in whisper_ids for p in pieces[w]], skip_special_tokens=False)
+        return compression_ratio(text) > config.reader_compression_ratio_threshold
+
+    @staticmethod
+    def _window_generator(encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, temperature: float) -> torch.Generator:
+        """A CPU generator seeded from the window's encoder states and the temperature: sampling reads a clip the same
+        way every time, whatever else is in the batch."""
+        length = int(encoder_frame_mask.sum())
+        data = encoder_hidden_states[:length].float().cpu().numpy().tobytes() + str(temperature).encode()
+        return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1)
+
     @torch.no_grad()
     def _decode(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int],
-                language: str | None) -> tuple[list[list[int]], list[torch.Tensor], list[str | None]]:  # fmt: skip
+                languages: list[str | None] | None, temperature: float = 0.0, generators: list[torch.Generator] | None = None,
+                ) -> tuple[list[list[int]], list[torch.Tensor], list[str | None], list[float], list[bool]]:  # fmt: skip
+        """One reading of every window: Whisper token ids, decoder states, language (`languages=None`: detected),
+        mean token log-probability, and whether the window's budget ran out. Greedy at temperature 0, else sampled
+        from the softmax at `temperature` with each window's generator."""
         decoder, config = self.decoder, self.config
         encoder_hidden_states = self.with_silence(encoder_hidden_states, encoder_frame_mask)
         windows = encoder_hidden_states.shape[0]
@@ -447,17 +514,16 @@ class LlasmWhisperReaderAdaptor(nn.Module):
 
         start, *rest = config.reader_prompt_ids
         language_ids = config.reader_language_ids or {}
-        languages: list[str | None] = [None] * windows
         if language_ids:  # multilingual Whisper: <|sot|> <|lang|> <|transcribe|> <|notimestamps|>
-            if language is None:  # detect as Whisper does: its most likely language token after <|startoftranscript|>
+            if languages is None:  # detect as Whisper does: its most likely language token after <|startoftranscript|>
                 state = step(torch.full((windows, 1), start, dtype=torch.long, device=device))
                 codes, ids = list(language_ids), torch.tensor(list(language_ids.values()), device=device)
                 languages = [codes[i] for i in (state @ decoder.embed_tokens.weight[ids].T).argmax(-1).tolist()]
                 prompt = [[language_ids[code], config.reader_task_id, *rest] for code in languages]
             else:
-                languages = [language] * windows
-                prompt = [[start, language_ids[language], config.reader_task_id, *rest]] * windows
+                prompt = [[start, language_ids[code], config.reader_task_id, *rest] for code in languages]
         else:
+            languages = [None] * windows
             prompt = [[start, *rest]] * windows
         step_input = torch.tensor(prompt, dtype=torch.long, device=device)
 
@@ -469,7 +535,8 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         suppress[: eos][pieces_of[: eos].to(device) == 0] = True  # text the LLM could not be given
         pieces_of = pieces_of.tolist()  # read per chosen token below: a python list, not a tensor lookup each time
         tokens, states = [[] for _ in range(windows)], [[] for _ in range(windows)]
-        used, done = [0] * windows, [False] * windows
+        used, done, exhausted = [0] * windows, [False] * windows, [False] * windows
+        logprob_sums = [0.0] * windows
         limit = decoder.embed_positions.weight.shape[0] - position - step_input.shape[1]
         for index in range(limit):
             state = step(step_input)
@@ -482,18 +549,20 @@ class LlasmWhisperReaderAdaptor(nn.Module):
                 logits[:, eos] = lowest
                 for token in config.reader_begin_suppress_ids or []:
                     logits[:, token] = lowest
-            chosen = logits.argmax(-1)
+            if temperature > 0:
+                probabilities = (logits.float() / temperature).softmax(-1).cpu()
+                chosen = torch.cat([torch.multinomial(probabilities[w], 1, generator=generators[w]) for w in range(windows)]).to(device)
+            else:
+                chosen = logits.argmax(-1)
+            logprobs = logits.float().log_softmax(-1).gather(-1, chosen[:, None])[:, 0].tolist()
             for window, token in enumerate(chosen.tolist()):
                 if done[window]:
                     continue
-                if token == eos or used[window] + pieces_of[token] > max_pieces[window]:
-                    if token != eos:
-                        looped = loop_start(tokens[window])
-                        if looped is not None:  # greedy decoding fell into a loop: keep what came before it, once
-                            del tokens[window][looped:], states[window][looped:]
-                        else:
-                            logger.warning_once(f"An audio window had more to read than its {max_pieces[window]} audio tokens; "
-                                                "reading stopped there (lower stack_factor to allow more tokens per second).")  # fmt: skip
+                if token != eos and used[window] + pieces_of[token] > max_pieces[window]:
+                    done[window] = exhausted[window] = True
+                    continue
+                logprob_sums[window] += logprobs[window]
+                if token == eos:
                     done[window] = True
                     continue
                 tokens[window].append(token)
@@ -502,8 +571,10 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             if all(done):
                 break
             step_input = chosen[:, None]
+        mean_logprobs = [total / (len(t) + 1) for total, t in zip(logprob_sums, tokens)]  # as Whisper: end-of-text counts
         # a window with nothing to read keeps the first decoder state (see `forward`)
-        return tokens, [torch.stack(s) if s else first_states[w : w + 1] for w, s in enumerate(states)], languages
+        states = [torch.stack(s) if s else first_states[w : w + 1] for w, s in enumerate(states)]
+        return tokens, states, languages, mean_logprobs, exhausted
 
     def forward(
         self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, token_embeddings: torch.Tensor,
@@ -601,6 +672,12 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             offset += length
             owner.append(min(bisect.bisect_left(ends, offset), len(whisper_ids) - 1))
         return ids, owner
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition measure: UTF-8 bytes of `text` over their zlib-compressed size."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def loop_start(tokens: list[int], min_repeats: int = 2) -> int | None:
