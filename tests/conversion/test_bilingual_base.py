@@ -70,3 +70,23 @@ def test_the_tables_alone_miss_chinese_spelling(bilingual):
         reader.text_tokenizer = tokenizer
     assert tokenizer.decode(by_tables).strip() == "北京是中国的首都吗？"  # the same text (a leading space too)...
     assert by_tables != tokenizer("北京是中国的首都吗？", add_special_tokens=False)["input_ids"]  # ...spelled otherwise
+
+
+def test_the_bilingual_base_reads_chinese_as_its_whisper_does(bilingual):
+    """The multilingual Whisper base reads Chinese from full 30 s windows as Whisper itself does: the base's processor
+    pads (`pad_to_window`), and the reader's words equal Whisper's own `generate` transcript (script aside)."""
+    from modeling_llasm import LlasmProcessor
+    from modeling_llasm.data.eval_clips import zh_eval_clips
+    from modeling_llasm.evaluation.cascade import WhisperTranscriber
+    from modeling_llasm.evaluation.understanding import adaptor_transcripts
+    from modeling_llasm.metrics import character_error_rate
+    from modeling_llasm.processing_llasm import load_audio
+
+    base, model, _ = bilingual
+    processor = LlasmProcessor.from_pretrained(base)
+    assert processor.pad_to_window
+    clips = [load_audio(row["path"]) for row in zh_eval_clips("zh")[:4]]
+    with torch.no_grad():
+        read, _ = adaptor_transcripts(model, processor, clips)
+    whisper = WhisperTranscriber.from_pretrained(json.loads((base / BUILD_MANIFEST).read_text())["whisper"])(clips)
+    assert all(read) and character_error_rate(whisper, read, normalize="zh") == 0.0
