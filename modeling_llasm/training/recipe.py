@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -117,9 +118,9 @@ def language_mix(languages: str | Sequence[str] | Mapping[str, float]) -> dict[s
         raise RecipeSettingsError(f"--languages {shown!r}: unknown language(s) {unknown}; the recipe's data has {list(LANGUAGES)}.")
     if len(set(codes)) != len(codes):
         raise RecipeSettingsError(f"--languages {shown!r}: each language once, got {codes}.")
-    bad = [(code, weight) for code, weight in pairs if not isinstance(weight, (int, float)) or not weight > 0]
+    bad = [(code, weight) for code, weight in pairs if not isinstance(weight, (int, float)) or not 0 < weight < math.inf]
     if bad:
-        raise RecipeSettingsError(f"--languages {shown!r}: weights must be positive numbers, got {bad}.")
+        raise RecipeSettingsError(f"--languages {shown!r}: weights must be positive finite numbers, got {bad}.")
     total = sum(weight for _, weight in pairs)
     return {code: weight / total for code, weight in pairs}
 

@@ -41,7 +41,8 @@ def test_language_mix_gives_shares_in_the_order_asked():
     [
         ("en,fr", r"unknown language\(s\) \['fr'\]; the recipe's data has \['en', 'zh'\]"),
         ("en,en", r"each language once, got \['en', 'en'\]"),
-        ("en=0,zh=1", r"weights must be positive numbers, got \[\('en', 0.0\)\]"),
+        ("en=0,zh=1", r"weights must be positive finite numbers, got \[\('en', 0.0\)\]"),
+        ("en=inf,zh=1", r"weights must be positive finite numbers, got \[\('en', inf\)\]"),
         ("en=lots", r"the weight of 'en' must be a number, got 'lots'"),
         ("en,", r"expected comma-separated language codes"),
         ([], r"give at least one language"),
