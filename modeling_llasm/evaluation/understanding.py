@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..data.text_sources import eval_questions, text_skill_prompts
+from ..data.text_sources import eval_questions, retention_prompts, text_skill_prompts
 from ..files import atomic_write_json
 from ..metrics._error_rate import error_rate
 from ..processing_llasm import TRANSCRIPTION_INSTRUCTION
@@ -301,7 +301,9 @@ def evaluate_understanding(
         results["heldout_recognition"] = timed("heldout_recognition", lambda: _recognition(model, processor, asr_set(recognition_manifest), batch_size))
     if base_model is not None:
         log("[understanding] text-skill retention ...")
-        results["text_skills"] = timed("text_skills", lambda: _text_retention(model, processor, base_model, text_prompts, gen))
+        # the English prompts, and the Chinese ones too when the set holds Chinese or mixed questions
+        prompts = retention_prompts([s["language"] for s in samples]) if text_prompts is None else text_prompts
+        results["text_skills"] = timed("text_skills", lambda: _text_retention(model, processor, base_model, prompts, gen))
     results["timing_seconds"] = timing
     results["samples"] = samples
     if output is not None:
@@ -453,7 +455,11 @@ def _text_retention(model, processor, base_model, prompts: Sequence[str] | None,
     answers = generate_answers(model, processor, conversations, **gen)
     base_answers = generate_answers(base, processor, conversations, **gen)
     scores = [rouge_l(b, a)["f1"] for a, b in zip(answers, base_answers)]
-    return {"num_prompts": len(prompts), "retention_rougeL": _mean(scores),
+    languages = [text_language(p) or "en" for p in prompts]
+    by_language = {language: {"num_prompts": languages.count(language),
+                              "retention_rougeL": _mean([s for s, l in zip(scores, languages) if l == language])}
+                   for language in sorted(set(languages))}  # fmt: skip
+    return {"num_prompts": len(prompts), "retention_rougeL": _mean(scores), "by_language": by_language,
             "samples": [{"prompt": p, "answer": a, "base_answer": b, "rougeL": s}
                         for p, a, b, s in zip(prompts, answers, base_answers, scores)]}  # fmt: skip
 

