@@ -8,8 +8,8 @@ merge_adapter("~/.cache/llasm/llasm-tiny-base", "run/adapter", "run/merged")   #
 ```
 
 Only the LLM is quantized: `llm_int8_skip_modules` lists the encoder, the adaptor and the LM head (any explicit list
-replaces transformers' default lm_head exclusion, and `lm_head` matches `language_model.lm_head` by module-name
-component). The merge never merges into 4-bit weights: it loads the base in full precision, applies the adapter and
+replaces transformers' default lm_head exclusion; `lm_head` sits beside `model.language_model`). The merge never
+merges into 4-bit weights: it loads the base in full precision, applies the adapter and
 folds it in (`merge_and_unload`), so the merged checkpoint equals "fp32 base + adapter" exactly; it differs from the
 4-bit training model by the 4-bit quantization error of the base weights.
 """
