@@ -1080,14 +1080,15 @@ class LlasmPreTrainedModel(PreTrainedModel):
         (`set_reader_tokenizer`), when there is one. Checkpoints of the layout before `LlasmModel` held the towers
         (`audio_tower.*`, `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head.*`) load through
         the checkpoint conversion mapping registered below (`save_pretrained` still writes that layout)."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded
         if model.config.adaptor_type == "whisper_reader" and model.base_model.multi_modal_projector.text_tokenizer is None:
             hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
             try:
                 model.set_reader_tokenizer(AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub))
             except (OSError, ValueError) as error:  # no tokenizer saved there: the reader spells with its tables
                 logger.info(f"No tokenizer beside the weights ({error}); the whisper_reader spells with its tables.")
-        return model
+        return loaded
 
     @torch.no_grad()
     def set_ctc_vocabulary(self, token_ids) -> None:
