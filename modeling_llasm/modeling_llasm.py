@@ -1336,7 +1336,7 @@ class LlasmModel(LlasmPreTrainedModel):
             audio_encoder_hidden_states, language, **kwargs,
         )  # fmt: skip
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                      cache=cache, return_dict=True, **kwargs)  # fmt: skip
+                                      cache=cache, **{**kwargs, "return_dict": True})  # fmt: skip
         return LlasmModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             cache=getattr(outputs, "cache", None),
@@ -1368,6 +1368,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: LlasmConfig):
         super().__init__(config)
@@ -1428,8 +1429,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             audio_encoder_hidden_states=audio_encoder_hidden_states,
             language=language,
-            return_dict=True,
-            **kwargs,
+            **{**kwargs, "return_dict": True},
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None

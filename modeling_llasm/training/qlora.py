@@ -24,7 +24,7 @@ import torch
 from .stages import apply_stage, default_lora_config
 
 
-QLORA_SKIP_MODULES = ["audio_tower", "multi_modal_projector", "lm_head"]
+QLORA_SKIP_MODULES = ["model.audio_tower", "model.multi_modal_projector", "lm_head"]
 
 
 def qlora_config(compute_dtype: torch.dtype = torch.bfloat16, skip_modules: list[str] | None = None):

@@ -119,6 +119,7 @@ def test_qlora_bf16_compute_under_bf16_autocast(adaptor, tmp_path):
     if adaptor == "whisper_reader":
         model, processor = reader_llasm()
         model.model.language_model = type(model.model.language_model)(text_config)  # the reader's tables fit: ids < vocab
+        model.lm_head = torch.nn.Linear(64, text_config.vocab_size, bias=False)
         model.config.text_config = text_config
         model.model.multi_modal_projector.state_proj = torch.nn.Linear(16, 64)
     else:
