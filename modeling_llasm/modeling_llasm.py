@@ -1376,6 +1376,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self._no_split_modules = self.model._no_split_modules
         self.post_init()
+        # the placeholder is never an answer: never generated, never a prompt-lookup or assistant candidate either
+        self.generation_config.suppress_tokens = suppressed_audio_tokens(self.generation_config, config.audio_token_id)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

@@ -136,3 +136,26 @@ def multilingual_reader(seed: int = 0):
     config.reader_language_ids, config.reader_task_id = {"en": EN, "zh": ZH}, TRANSCRIBE
     config.reader_prompt_ids = [61, NO_TIMESTAMPS]
     return model, processor
+
+
+def run_without_the_package(body: str, tmp_path) -> None:
+    """Run python `body` in a fresh process where `modeling_llasm` cannot be imported (a checkpoint's own
+    `trust_remote_code` copy must serve); it must print REMOTE-CODE-OK."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    block = textwrap.dedent(
+        """
+        import sys
+        class BlockPackage:  # the checkpoint's own code must be used, not the installed package
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "modeling_llasm":
+                    raise ImportError("modeling_llasm is blocked in this test")
+        sys.meta_path.insert(0, BlockPackage())
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", block + textwrap.dedent(body)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "REMOTE-CODE-OK" in result.stdout, result.stderr[-3000:]
