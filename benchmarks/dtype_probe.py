@@ -14,6 +14,7 @@ import warnings
 
 import torch
 
+from modeling_llasm.modeling_llasm import text_causal_lm
 from modeling_llasm.conversion.build_base import default_base_dir
 from modeling_llasm.training.loading import load_llasm
 
@@ -37,7 +38,7 @@ def bench(llm, name: str, ids: torch.Tensor) -> None:
 
 def main() -> None:
     torch.set_num_threads(2)
-    llm = load_llasm(sys.argv[1] if len(sys.argv) > 1 else default_base_dir()).eval().language_model
+    llm = text_causal_lm(load_llasm(sys.argv[1] if len(sys.argv) > 1 else default_base_dir()).eval())
     ids = torch.randint(100, 1000, (1, 62), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         bench(llm, "float32", ids)

@@ -13,13 +13,19 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
 from modeling_llasm import LlasmProcessor
 from modeling_llasm.conversion.build_base import default_base_dir
 from modeling_llasm.training.loading import load_llasm
 
 PROMPTS = Path(__file__).resolve().parents[1] / "modeling_llasm" / "data" / "text_skill_prompts_en.txt"
+
+
+def llm_linears(model, qconfig) -> dict:
+    """`quantize_dynamic`'s spec for the LLM's linear layers and its LM head (the audio side stays float32)."""
+    return {name: qconfig for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and (name.startswith("model.language_model.") or name == "lm_head")}  # fmt: skip
 
 
 def main() -> None:
@@ -47,9 +53,9 @@ def main() -> None:
 
     print("float32 batch 8 vs batch 1: identical %d/16, shared leading tokens %.1f" % agreement(answers(model, 8)))
     variants = {
-        "per-tensor, all linear layers": lambda m: quantize_dynamic(m.language_model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True),
-        "per-channel, all linear layers": lambda m: quantize_dynamic(m.language_model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True),
-        "per-channel, LM head float32": lambda m: quantize_dynamic(m.language_model.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True),
+        "per-tensor, all linear layers": lambda m: quantize_dynamic(m, llm_linears(m, default_dynamic_qconfig), dtype=torch.qint8, inplace=True),
+        "per-channel, all linear layers": lambda m: quantize_dynamic(m, llm_linears(m, per_channel_dynamic_qconfig), inplace=True),
+        "per-channel, LM head float32": lambda m: quantize_dynamic(m.model.language_model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True),
     }
     for name, quantize in variants.items():
         quantized = copy.deepcopy(model)

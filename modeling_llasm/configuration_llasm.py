@@ -156,6 +156,10 @@ class LlasmConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        # The LM head sits beside the LLM (`LlasmForConditionalGeneration.lm_head`): it is tied to the input embeddings
+        # when the LLM ties them, which checkpoints record in `text_config` (as `LlavaConfig` does).
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
         if self.adaptor_type not in ADAPTOR_TYPES:
             raise ValueError(f"Unknown adaptor_type {self.adaptor_type!r}; expected one of {ADAPTOR_TYPES}.")
         if self.stack_factor < 1:

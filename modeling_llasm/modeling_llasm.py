@@ -25,9 +25,13 @@ from transformers import (
 )
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
-from transformers.utils import logging
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llasm import LlasmConfig, encoder_frame_mask, reader_language_code
@@ -282,7 +286,7 @@ class LlasmWhisperResamplerAdaptor(nn.Module):
 
     Training note: in the original LLaSM the Whisper decoder was *frozen* in both stages (only `linear` and the
     LLM were trained). Here it belongs to the adaptor (`multi_modal_projector.decoder`), so to reproduce the
-    original stages freeze `model.multi_modal_projector.decoder` and train `model.multi_modal_projector.linear`.
+    original stages freeze `model.model.multi_modal_projector.decoder` and train `model.model.multi_modal_projector.linear`.
     Self-attention uses an explicit causal mask: use the `eager` or `sdpa` attention implementation.
     """
 
@@ -901,9 +905,24 @@ def set_inference_dtype(model: LlasmForConditionalGeneration, dtype: str) -> Lla
 
     with warnings.catch_warnings():  # torch.ao points to torchao, whose int8 CPU kernels were slower here (docs)
         warnings.simplefilter("ignore")
-        torch.ao.quantization.quantize_dynamic(model.language_model.float(), {nn.Linear}, dtype=torch.qint8, inplace=True)
+        model.model.language_model.float(), model.lm_head.float()
+        llm_linears = {name: torch.ao.quantization.default_dynamic_qconfig for name, module in model.named_modules()
+                       if isinstance(module, nn.Linear) and (name.startswith("model.language_model.") or name == "lm_head")}  # fmt: skip
+        torch.ao.quantization.quantize_dynamic(model, llm_linears, dtype=torch.qint8, inplace=True)
     model.inference_dtype = "int8"
     return model
+
+
+def text_causal_lm(model: LlasmForConditionalGeneration) -> PreTrainedModel:
+    """The LLM of `model` as the causal LM it was built from (`AutoModelForCausalLM` of `config.text_config`), sharing
+    `model`'s weights (its `model.language_model` and `lm_head`): for text-only baselines such as the bench's bare-LLM
+    rows and the cascade."""
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(model.config.text_config)
+    setattr(llm, llm.base_model_prefix, model.model.language_model)
+    llm.set_output_embeddings(model.lm_head)
+    llm.generation_config = model.generation_config
+    return llm.train(model.training)
 
 
 AudioRow = tuple[bytes, int]  # an audio token of the prompt: (its window's key, row within the window)
@@ -1005,7 +1024,7 @@ class LlasmConversationCache:
         keys, ids, embeds = self.prompt(model, input_ids, attention_mask, audio)
         start = self.reuse(keys, keep_last=False)
         if start < len(keys):
-            model.language_model(inputs_embeds=embeds[None, start:], cache=self.cache, use_cache=True, logits_to_keep=1)
+            model.model.language_model(inputs_embeds=embeds[None, start:], cache=self.cache, use_cache=True)
         self.keys = keys
         return self
 
@@ -1106,7 +1125,7 @@ class LlasmConversationCache:
 class LlasmPreTrainedModel(PreTrainedModel):
     config: LlasmConfig
     config_class = LlasmConfig
-    base_model_prefix = ""
+    base_model_prefix = "model"
     main_input_name = "input_ids"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
@@ -1117,38 +1136,12 @@ class LlasmPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["cache"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Sub-models (Whisper encoder, LLM) initialize themselves; only the adaptor is LLaSM's own.
+        # Sub-models (Whisper encoder, LLM) initialize themselves; the adaptor (and a fresh `lm_head`) are LLaSM's own.
         if isinstance(module, nn.Linear) and not getattr(module, "_is_hf_initialized", False):
             std = getattr(self.config.text_config, "initializer_range", 0.02)
             module.weight.data.normal_(mean=0.0, std=std)
             if module.bias is not None:
                 module.bias.data.zero_()
-
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_input_embeddings(value)
-
-    def get_audio_features(
-        self,
-        input_features: torch.Tensor | None,
-        input_features_mask: torch.Tensor | None = None,
-        audio_encoder_hidden_states: torch.Tensor | None = None,
-        language: str | None = None,
-        **kwargs,
-    ) -> LlasmAudioFeaturesOutput:
-        """Encode audio windows `(windows, n_mels, frames)`; `pooler_output` holds the audio tokens of all windows,
-        concatenated in window order `(total_audio_tokens, hidden)`, `last_hidden_state` the encoder output,
-        `audio_token_counts` the tokens of each window (see `LlasmAudioFeaturesOutput`). `audio_encoder_hidden_states`
-        `(windows, ceil(frames / 2), d_model)`: precomputed `audio_tower` outputs (a frozen-encoder cache) used
-        instead of running the encoder; `input_features_mask` is then required. Other keyword arguments
-        (`output_hidden_states`, `output_attentions`) go to the encoder. `language` (`whisper_reader`): read every
-        window in this Whisper language (`"en"`, `"zh"`, ...) instead of `config.reader_language` / detecting it."""
-        token_embeddings = self.get_input_embeddings().weight if self.config.variable_audio_tokens else None
-        return audio_window_tokens(self.audio_tower, self.multi_modal_projector, self.config, input_features,
-                                   input_features_mask, audio_encoder_hidden_states, token_embeddings, language, **kwargs)  # fmt: skip
 
     def set_reader_tokenizer(self, tokenizer) -> None:
         """Give the `whisper_reader` the LLM's tokenizer (the processor's), so that what it reads reaches the LLM
@@ -1156,20 +1149,23 @@ class LlasmPreTrainedModel(PreTrainedModel):
         tokenizer; `LlasmProcessor` saves it there."""
         if self.config.adaptor_type != "whisper_reader":
             raise ValueError(f"The {self.config.adaptor_type!r} adaptor reads no text: it takes no tokenizer.")
-        self.multi_modal_projector.text_tokenizer = tokenizer
+        self.base_model.multi_modal_projector.text_tokenizer = tokenizer
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`; a `whisper_reader` model also gets the tokenizer saved beside its weights
-        (`set_reader_tokenizer`), when there is one."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if model.config.adaptor_type == "whisper_reader" and model.multi_modal_projector.text_tokenizer is None:
+        (`set_reader_tokenizer`), when there is one. Checkpoints of the layout before `LlasmModel` held the towers
+        (`audio_tower.*`, `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head.*`) load through
+        the checkpoint conversion mapping registered below (`save_pretrained` still writes that layout)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded
+        if model.config.adaptor_type == "whisper_reader" and model.base_model.multi_modal_projector.text_tokenizer is None:
             hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
             try:
                 model.set_reader_tokenizer(AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub))
             except (OSError, ValueError) as error:  # no tokenizer saved there: the reader spells with its tables
                 logger.info(f"No tokenizer beside the weights ({error}); the whisper_reader spells with its tables.")
-        return model
+        return loaded
 
     @torch.no_grad()
     def set_ctc_vocabulary(self, token_ids) -> None:
@@ -1178,7 +1174,7 @@ class LlasmPreTrainedModel(PreTrainedModel):
         (`modeling_llasm.training.ctc_vocabulary`)."""
         if self.config.adaptor_type != "ctc_compress":
             raise ValueError(f"The {self.config.adaptor_type!r} adaptor has no CTC vocabulary.")
-        head = self.multi_modal_projector
+        head = self.base_model.multi_modal_projector
         ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=head.ctc_token_ids.device)
         vocab_size = self.get_input_embeddings().weight.shape[0]
         if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= vocab_size or ids.unique().numel() != ids.numel():
@@ -1195,7 +1191,7 @@ class LlasmPreTrainedModel(PreTrainedModel):
         token, and whole-word respellings. `config.reader_max_pieces` / `reader_num_spellings` follow."""
         if self.config.adaptor_type != "whisper_reader":
             raise ValueError(f"The {self.config.adaptor_type!r} adaptor has no reader tables.")
-        reader = self.multi_modal_projector
+        reader = self.base_model.multi_modal_projector
         rows = reader.llm_pieces.shape[0]
         vocab_size = self.get_input_embeddings().weight.shape[0]
         if len(pieces) > rows:
@@ -1226,13 +1222,94 @@ class LlasmPreTrainedModel(PreTrainedModel):
         reader._lookup = None
         self.config.reader_max_pieces, self.config.reader_num_spellings = width, len(spellings)
 
-    def get_placeholder_mask(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
-        """Boolean mask over `inputs_embeds` of the audio placeholder positions, checked against the features."""
-        if input_ids is None:
-            raise ValueError("Audio features need `input_ids` to locate the audio placeholder tokens.")
+
+
+@dataclass
+class LlasmModelOutputWithPast(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch, sequence, hidden)`): the LLM's last hidden states.
+    cache, hidden_states, attentions: the LLM's (as in `LlasmCausalLMOutputWithPast`).
+    audio_hidden_states, encoder_hidden_states, encoder_attentions: as in `LlasmCausalLMOutputWithPast`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+
+class LlasmModel(LlasmPreTrainedModel):
+    r"""
+    LLaSM without the LM head: Whisper encoder (`audio_tower`) -> adaptor (`multi_modal_projector`) -> the LLM's base
+    model (`language_model`), returning hidden states (for embeddings, probes or a head of your own).
+    `LlasmForConditionalGeneration` holds one as `model`, with the `lm_head` beside it (transformers' v5 layout).
+
+    `AutoModel` maps to `LlasmForConditionalGeneration`, not to this class: LLaSM checkpoints are generative and
+    `AutoModel.from_pretrained(dir).generate(...)` is how people call them (README), so the Auto class keeps working
+    for generation; load this class by name. It reads every LLaSM checkpoint (the `lm_head` is left out).
+
+    Example:
+
+    ```python
+    >>> from modeling_llasm import LlasmModel
+    >>> model = LlasmModel.from_pretrained("path/to/llasm")
+    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
+    >>> model(**inputs).last_hidden_state.shape   # (batch, sequence, hidden)
+    ```
+    """
+
+    def __init__(self, config: LlasmConfig):
+        super().__init__(config)
+        if config.adaptor_type not in LLASM_ADAPTORS:
+            raise ValueError(f"Unknown adaptor_type {config.adaptor_type!r}; expected one of {sorted(LLASM_ADAPTORS)}.")
+        self.audio_tower = LlasmAudioEncoder(config.audio_config)
+        self.multi_modal_projector = LLASM_ADAPTORS[config.adaptor_type](config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self._no_split_modules = ["WhisperEncoderLayer", "WhisperDecoderLayer", *(self.language_model._no_split_modules or [])]
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    @can_return_tuple
+    def get_audio_features(
+        self,
+        input_features: torch.Tensor | None,
+        input_features_mask: torch.Tensor | None = None,
+        audio_encoder_hidden_states: torch.Tensor | None = None,
+        language: str | None = None,
+        **kwargs,
+    ) -> tuple | LlasmAudioFeaturesOutput:
+        """Encode audio windows `(windows, n_mels, frames)`; `pooler_output` holds the audio tokens of all windows,
+        concatenated in window order `(total_audio_tokens, hidden)`, `last_hidden_state` the encoder output,
+        `audio_token_counts` the tokens of each window (see `LlasmAudioFeaturesOutput`). `audio_encoder_hidden_states`
+        `(windows, ceil(frames / 2), d_model)`: precomputed `audio_tower` outputs (a frozen-encoder cache) used
+        instead of running the encoder; `input_features_mask` is then required. Other keyword arguments
+        (`output_hidden_states`, `output_attentions`) go to the encoder. `language` (`whisper_reader`): read every
+        window in this Whisper language (`"en"`, `"zh"`, ...) instead of `config.reader_language` / detecting it."""
+        token_embeddings = self.get_input_embeddings().weight if self.config.variable_audio_tokens else None
+        return audio_window_tokens(self.audio_tower, self.multi_modal_projector, self.config, input_features,
+                                   input_features_mask, audio_encoder_hidden_states, token_embeddings, language, **kwargs)  # fmt: skip
+
+    def get_placeholder_mask(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, audio_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Boolean mask over `inputs_embeds` of the audio placeholder positions (found from `inputs_embeds` when
+        `input_ids` are absent), checked against the features."""
         if self.config.audio_token_id is None:
             raise ValueError("`config.audio_token_id` is not set: the model cannot locate the audio placeholder tokens.")
-        mask = input_ids == self.config.audio_token_id
+        if input_ids is None:
+            placeholder = self.get_input_embeddings()(torch.tensor(self.config.audio_token_id, device=inputs_embeds.device))
+            mask = (inputs_embeds == placeholder.to(inputs_embeds.dtype)).all(-1)
+        else:
+            mask = input_ids == self.config.audio_token_id
         if int(mask.sum()) != audio_features.shape[0]:
             raise ValueError(
                 f"The prompt has {int(mask.sum())} audio placeholder tokens but the audio gives {audio_features.shape[0]} "
@@ -1254,7 +1331,9 @@ class LlasmPreTrainedModel(PreTrainedModel):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, LlasmAudioFeaturesOutput | None]:
         """The LLM's input embeddings with the audio merged in (`merge_audio_features`), the attention mask and
-        positions to use, and the audio features (None without audio). The one path of both forwards."""
+        positions to use, and the audio features (None without audio). Placeholder ids that come without audio are
+        embedded as the ordinary tokens they are (as transformers' audio LLMs do: assisted decoding and later
+        generation steps call the model with ids only); the processor refuses a placeholder typed into text."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
@@ -1263,13 +1342,11 @@ class LlasmPreTrainedModel(PreTrainedModel):
         features = None
         if input_features is not None or audio_encoder_hidden_states is not None:
             recorded = {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if kwargs.get(k)}
-            features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states, language, **recorded)
+            features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states, language,
+                                               return_dict=True, **recorded)  # fmt: skip
             inputs_embeds, attention_mask, position_ids = self.merge_audio_features(
                 input_ids, inputs_embeds, attention_mask, position_ids, features
             )
-        elif input_ids is not None and self.config.audio_token_id is not None and (cache is None or cache.get_seq_length() == 0):
-            if (input_ids == self.config.audio_token_id).any():
-                raise ValueError("The prompt has audio placeholder tokens but no `input_features` were given.")
 
         context = getattr(self.config.text_config, "max_position_embeddings", None)
         if context is not None and (cache is None or cache.get_seq_length() == 0) and inputs_embeds.shape[1] > context:
@@ -1308,68 +1385,15 @@ class LlasmPreTrainedModel(PreTrainedModel):
         mask = self.get_placeholder_mask(input_ids, inputs_embeds, values)
         inputs_embeds = inputs_embeds.masked_scatter(mask, values)
         placeholders = mask[..., 0]
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.clone()
+        attention_mask = torch.ones_like(placeholders, dtype=torch.long) if attention_mask is None else attention_mask.clone()
         attention_mask[placeholders] = filled.to(attention_mask.device, attention_mask.dtype)
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         return inputs_embeds, attention_mask, position_ids
 
 
-@dataclass
-class LlasmModelOutputWithPast(ModelOutput):
-    r"""
-    last_hidden_state (`torch.FloatTensor` of shape `(batch, sequence, hidden)`): the LLM's last hidden states.
-    cache, hidden_states, attentions: the LLM's (as in `LlasmCausalLMOutputWithPast`).
-    audio_hidden_states, encoder_hidden_states, encoder_attentions: as in `LlasmCausalLMOutputWithPast`.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    audio_hidden_states: torch.FloatTensor | None = None
-    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-class LlasmModel(LlasmPreTrainedModel):
-    r"""
-    LLaSM without the LM head: Whisper encoder -> adaptor -> the LLM's base model, returning hidden states (for
-    embeddings, probes or a head of your own).
-
-    It reads the checkpoints `LlasmForConditionalGeneration` writes (the LLM's `model.*` weights; its `lm_head`
-    is left out). `AutoModel` maps to `LlasmForConditionalGeneration`, not to this class: LLaSM checkpoints are
-    generative and `AutoModel.from_pretrained(dir).generate(...)` is how people call them (README), so the Auto
-    class keeps working for generation; load this class by name.
-
-    Example:
-
-    ```python
-    >>> from modeling_llasm import LlasmModel
-    >>> model = LlasmModel.from_pretrained("path/to/llasm")
-    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
-    >>> model(**inputs).last_hidden_state.shape   # (batch, sequence, hidden)
-    ```
-    """
-
-    # `LlasmForConditionalGeneration` nests a causal LM: its base model's weights sit under `language_model.model.`
-    checkpoint_key_mapping = {r"^language_model\.model\.": "language_model."}
-
-    def __init__(self, config: LlasmConfig):
-        super().__init__(config)
-        if config.adaptor_type not in LLASM_ADAPTORS:
-            raise ValueError(f"Unknown adaptor_type {config.adaptor_type!r}; expected one of {sorted(LLASM_ADAPTORS)}.")
-        self.audio_tower = LlasmAudioEncoder(config.audio_config)
-        self.multi_modal_projector = LLASM_ADAPTORS[config.adaptor_type](config)
-        self.language_model = AutoModel.from_config(config.text_config)
-        self._no_split_modules = ["WhisperEncoderLayer", "WhisperDecoderLayer", *(self.language_model._no_split_modules or [])]
-        self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, *args, key_mapping: dict[str, str] | None = None, **kwargs):
-        """`PreTrainedModel.from_pretrained`, reading a `LlasmForConditionalGeneration` checkpoint by default."""
-        return super().from_pretrained(*args, key_mapping=cls.checkpoint_key_mapping if key_mapping is None else key_mapping, **kwargs)
-
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1382,14 +1406,14 @@ class LlasmModel(LlasmPreTrainedModel):
         audio_encoder_hidden_states: torch.FloatTensor | None = None,
         language: str | None = None,
         **kwargs,
-    ) -> LlasmModelOutputWithPast:
+    ) -> tuple | LlasmModelOutputWithPast:
         r"""Inputs as in `LlasmForConditionalGeneration.forward` (no labels)."""
         inputs_embeds, attention_mask, position_ids, features = self.prompt_embeddings(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, input_features, input_features_mask,
             audio_encoder_hidden_states, language, **kwargs,
         )  # fmt: skip
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                      cache=cache, **kwargs)  # fmt: skip
+                                      cache=cache, **{**kwargs, "return_dict": True})  # fmt: skip
         return LlasmModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             cache=getattr(outputs, "cache", None),
@@ -1404,7 +1428,9 @@ class LlasmModel(LlasmPreTrainedModel):
 class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     r"""
     LLaSM: speech windows are encoded by Whisper, mapped by the adaptor into LLM embeddings, and replace the audio
-    placeholder tokens of the prompt. Text-only prompts run the LLM unchanged.
+    placeholder tokens of the prompt. Text-only prompts run the LLM unchanged. `model` is the `LlasmModel` (audio
+    tower, adaptor, the LLM's base model), `lm_head` the LLM's output layer (tied to its input embeddings when the
+    LLM ties them).
 
     Example:
 
@@ -1418,22 +1444,36 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
     ```
     """
 
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
     def __init__(self, config: LlasmConfig):
         super().__init__(config)
-        if config.adaptor_type not in LLASM_ADAPTORS:
-            raise ValueError(f"Unknown adaptor_type {config.adaptor_type!r}; expected one of {sorted(LLASM_ADAPTORS)}.")
-        self.audio_tower = LlasmAudioEncoder(config.audio_config)
-        self.multi_modal_projector = LLASM_ADAPTORS[config.adaptor_type](config)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self._no_split_modules = ["WhisperEncoderLayer", "WhisperDecoderLayer", *(self.language_model._no_split_modules or [])]
+        self.model = LlasmModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self._no_split_modules = self.model._no_split_modules
         self.post_init()
+        # the placeholder is never an answer: never generated, never a prompt-lookup or assistant candidate either
+        self.generation_config.suppress_tokens = suppressed_audio_tokens(self.generation_config, config.audio_token_id)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module:
-        return self.language_model.get_output_embeddings()
+        return self.lm_head
 
     def set_output_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_output_embeddings(value)
+        self.lm_head = value
 
+    def get_audio_features(self, *args, **kwargs) -> tuple | LlasmAudioFeaturesOutput:
+        """`LlasmModel.get_audio_features`."""
+        return self.model.get_audio_features(*args, **kwargs)
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1448,7 +1488,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         audio_encoder_hidden_states: torch.FloatTensor | None = None,
         language: str | None = None,
         **kwargs,
-    ) -> LlasmCausalLMOutputWithPast:
+    ) -> tuple | LlasmCausalLMOutputWithPast:
         r"""
         input_features (`torch.FloatTensor` of shape `(windows, n_mels, frames)`): log-mel windows from the processor.
         input_features_mask (`torch.LongTensor` of shape `(windows, frames)`): 1 for real frames, 0 for padding.
@@ -1458,28 +1498,31 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         language (`str`, *optional*): `whisper_reader`: the Whisper language to read the audio in (`"en"`, `"zh"`);
             default `config.reader_language`, else detected per window.
         """
-        inputs_embeds, attention_mask, position_ids, features = self.prompt_embeddings(
-            input_ids, inputs_embeds, attention_mask, position_ids, cache, input_features, input_features_mask,
-            audio_encoder_hidden_states, language, **kwargs,
-        )  # fmt: skip
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
+        outputs = self.model(
+            input_ids=input_ids,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
+            inputs_embeds=inputs_embeds,
+            audio_encoder_hidden_states=audio_encoder_hidden_states,
+            language=language,
+            **{**kwargs, "return_dict": True},
         )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
         return LlasmCausalLMOutputWithPast(
-            loss=outputs.loss,
-            logits=outputs.logits,
+            loss=loss,
+            logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            audio_hidden_states=features.pooler_output if features is not None else None,
-            encoder_hidden_states=features.hidden_states if features is not None else None,
-            encoder_attentions=features.attentions if features is not None else None,
+            audio_hidden_states=outputs.audio_hidden_states,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
         )
 
     @torch.no_grad()
@@ -1508,8 +1551,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             attention_mask = torch.ones_like(input_ids)
         features = self.get_audio_features(audio.get("input_features"), audio.get("input_features_mask"),
                                            audio.get("audio_encoder_hidden_states"), language)  # fmt: skip
-        embeds, holed_mask, _ = self.merge_audio_features(input_ids, self.get_input_embeddings()(input_ids), attention_mask,
-                                                          None, features)  # fmt: skip
+        embeds, holed_mask, _ = self.model.merge_audio_features(input_ids, self.get_input_embeddings()(input_ids), attention_mask,
+                                                                None, features)  # fmt: skip
         keep = holed_mask.bool()
         length = int(keep.sum(-1).max())
         # left padding is masked out of attention: any id does, the generation config's pad id reads best
@@ -1650,12 +1693,13 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         )
         with torch.device("meta"):
             model = cls(config)
-        model.audio_tower = LlasmAudioEncoder(whisper_config).to(dtype)
-        model.audio_tower.load_state_dict(encoder_state)
-        model.multi_modal_projector = LLASM_ADAPTORS[adaptor_type](config).to(dtype)
+        base = model.model
+        base.audio_tower = LlasmAudioEncoder(whisper_config).to(dtype)
+        base.audio_tower.load_state_dict(encoder_state)
+        base.multi_modal_projector = LLASM_ADAPTORS[adaptor_type](config).to(dtype)
         if decoder_state is not None:  # the resampler / reader run the pretrained Whisper decoder
-            model.multi_modal_projector.decoder.load_state_dict(decoder_state)
-        model.language_model = llm
+            base.multi_modal_projector.decoder.load_state_dict(decoder_state)
+        base.language_model, model.lm_head = llm.base_model, llm.get_output_embeddings()  # shared when the LLM ties them
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         model.generation_config = llm.generation_config
         if model.generation_config.pad_token_id is None:
@@ -1669,8 +1713,8 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             silence = feature_extractor(np.zeros(feature_extractor.n_samples, dtype=np.float32), sampling_rate=feature_extractor.sampling_rate,
                                         return_tensors="pt").input_features  # fmt: skip
             with torch.no_grad():
-                states = model.audio_tower(silence.to(dtype)).last_hidden_state[0]
-            model.multi_modal_projector.silence_states.copy_(states[: model.multi_modal_projector.silence_states.shape[0]])
+                states = base.audio_tower(silence.to(dtype)).last_hidden_state[0]
+            base.multi_modal_projector.silence_states.copy_(states[: base.multi_modal_projector.silence_states.shape[0]])
         processor = LlasmProcessor(
             feature_extractor=feature_extractor,
             tokenizer=tokenizer,
@@ -1680,6 +1724,27 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             num_queries=config.num_queries,
         )
         return model.eval(), processor
+
+
+# Every LLaSM checkpoint is written in the layout from before `LlasmModel` held the towers: `audio_tower.*`,
+# `multi_modal_projector.*`, the causal LM's `language_model.model.*` and `language_model.lm_head.*` (checkpoints saved
+# before the v5 layout, converted original LLaSM checkpoints, the embedded bases, and `save_pretrained` now, which
+# reverts these renamings as it does for transformers' Qwen2-Audio and LLaVA). These are Qwen2-Audio's renamings; a
+# registered mapping also applies to `trust_remote_code` copies of this file. The LLM's base model sits under `model`
+# in its causal LM (Llama, Qwen2, Mistral, ... as `text_config`).
+register_checkpoint_conversion_mapping(
+    "llasm",
+    [
+        WeightRenaming(source_patterns=r"^language_model.lm_head", target_patterns="lm_head"),
+        WeightRenaming(source_patterns=r"^language_model", target_patterns="model.language_model"),
+        WeightRenaming(source_patterns=r"^audio_tower", target_patterns="model.audio_tower"),
+        WeightRenaming(source_patterns=r"^multi_modal_projector", target_patterns="model.multi_modal_projector"),
+    ],
+    overwrite=True,
+)
+register_checkpoint_conversion_mapping(
+    "LlasmModel", [WeightRenaming(source_patterns=r"^language_model.model", target_patterns="language_model")], overwrite=True
+)
 
 
 __all__ = [
@@ -1698,6 +1763,7 @@ __all__ = [
     "audio_window_tokens",
     "common_prefix_length",
     "set_inference_dtype",
+    "text_causal_lm",
     "suppressed_audio_tokens",
     "whisper_token_pieces",
     "whisper_reader_tables",

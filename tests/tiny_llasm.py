@@ -71,10 +71,10 @@ def compress_llasm(seed: int = 0, **overrides):
     model, processor = build_tiny_llasm(seed=seed, **overrides)
     vocab_size = model.get_input_embeddings().weight.shape[0]
     model.set_ctc_vocabulary(range(vocab_size - 48, vocab_size))
-    head = model.multi_modal_projector
+    head = model.model.multi_modal_projector
     with torch.no_grad():  # a random head whose blank wins on about half the frames: runs merge, some are dropped
         inputs = processor(text=processor.audio_token, audio=speechlike(3.0, 99))
-        encoded = model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
+        encoded = model.model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
         frames, _ = head.frame_states(encoded, inputs["input_features_mask"][:, ::2].bool())
         logits = head.ctc_logits(frames, model.get_input_embeddings().weight)
         head.blank_bias.copy_((logits[..., 1:].amax(-1) - logits[..., 0]).median())
@@ -93,10 +93,10 @@ def reader_llasm(seed: int = 0):
     processor = tiny_processor(tokenizer, config)
     vocab_size = model.get_input_embeddings().weight.shape[0]
     model.set_reader_tables([[10 + i] if i % 3 else [10 + i, 20 + i] for i in range(60)] + [[]] * 4)
-    head = model.multi_modal_projector
+    head = model.model.multi_modal_projector
     with torch.no_grad():
         silence = processor(text=processor.audio_token, audio=np.zeros(16000, dtype=np.float32))
-        head.silence_states.copy_(model.audio_tower(silence["input_features"]).last_hidden_state[0])
+        head.silence_states.copy_(model.model.audio_tower(silence["input_features"]).last_hidden_state[0])
         head.decoder.embed_tokens.weight[60] *= 0  # end-of-text: reachable but not first choice
         head.decoder.embed_tokens.weight[60] += head.decoder.embed_tokens.weight[:60].mean(0) * 1.5
     assert vocab_size > 90
@@ -121,7 +121,7 @@ def multilingual_reader(seed: int = 0):
     <|notimestamps|>."""
     model, processor = reader_llasm(seed)
     config = model.config
-    decoder = model.multi_modal_projector.decoder
+    decoder = model.model.multi_modal_projector.decoder
     with torch.no_grad():
         old = decoder.embed_tokens.weight
         grown = torch.nn.Embedding(68, old.shape[1])
@@ -129,10 +129,33 @@ def multilingual_reader(seed: int = 0):
         grown.weight[old.shape[0] :] = torch.randn(68 - old.shape[0], old.shape[1]) * old.std()
     decoder.embed_tokens = grown
     config.audio_config.vocab_size = 68
-    model.multi_modal_projector.llm_pieces = torch.cat([model.multi_modal_projector.llm_pieces,
-                                                        torch.full((4, model.multi_modal_projector.llm_pieces.shape[1]), -1)])  # fmt: skip
-    model.multi_modal_projector.starts_word = torch.cat([model.multi_modal_projector.starts_word, torch.zeros(4, dtype=torch.bool)])
-    model.multi_modal_projector._lookup = None
+    model.model.multi_modal_projector.llm_pieces = torch.cat([model.model.multi_modal_projector.llm_pieces,
+                                                        torch.full((4, model.model.multi_modal_projector.llm_pieces.shape[1]), -1)])  # fmt: skip
+    model.model.multi_modal_projector.starts_word = torch.cat([model.model.multi_modal_projector.starts_word, torch.zeros(4, dtype=torch.bool)])
+    model.model.multi_modal_projector._lookup = None
     config.reader_language_ids, config.reader_task_id = {"en": EN, "zh": ZH}, TRANSCRIBE
     config.reader_prompt_ids = [61, NO_TIMESTAMPS]
     return model, processor
+
+
+def run_without_the_package(body: str, tmp_path) -> None:
+    """Run python `body` in a fresh process where `modeling_llasm` cannot be imported (a checkpoint's own
+    `trust_remote_code` copy must serve); it must print REMOTE-CODE-OK."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    block = textwrap.dedent(
+        """
+        import sys
+        class BlockPackage:  # the checkpoint's own code must be used, not the installed package
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "modeling_llasm":
+                    raise ImportError("modeling_llasm is blocked in this test")
+        sys.meta_path.insert(0, BlockPackage())
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", block + textwrap.dedent(body)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "REMOTE-CODE-OK" in result.stdout, result.stderr[-3000:]

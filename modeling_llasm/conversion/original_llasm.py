@@ -345,6 +345,7 @@ def convert_original_checkpoint(
             tokenizer ids, or a Whisper that does not match the checkpoint.
     """
     from transformers import GenerationConfig, WhisperConfig
+    from transformers.core_model_loading import revert_weight_conversion
     from transformers.dynamic_module_utils import custom_object_save
 
     from ..chat_templates import load_chat_template
@@ -370,7 +371,8 @@ def convert_original_checkpoint(
     config = build_llasm_config(original, whisper_config, tokenizer.convert_tokens_to_ids(AUDIO_PATCH_TOKEN))
     with torch.device("meta"):
         model = LlasmForConditionalGeneration(config)
-    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    # the names a checkpoint holds: `save_pretrained`'s (the layout the checkpoint conversion mapping reads)
+    expected = {key: tuple(tensor.shape) for key, tensor in revert_weight_conversion(model, model.state_dict()).items()}
 
     src_files, src_map = _checkpoint_shards(src, "original LLaSM checkpoint")
     whisper_files, whisper_map = _checkpoint_shards(whisper_dir, "Whisper checkpoint")

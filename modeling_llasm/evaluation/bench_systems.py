@@ -95,14 +95,14 @@ def compose_original(llasm, processor, whisper_dir: str | os.PathLike, num_queri
     )  # fmt: skip
     with torch.device("meta"):
         model = LlasmForConditionalGeneration(config)
-    model.audio_tower = LlasmAudioEncoder(whisper.config)
-    model.audio_tower.load_state_dict(whisper.encoder.state_dict())
+    model.model.audio_tower = LlasmAudioEncoder(whisper.config)
+    model.model.audio_tower.load_state_dict(whisper.encoder.state_dict())
     adaptor = LLASM_ADAPTORS["whisper_resampler"](config)
     adaptor.decoder.load_state_dict(whisper.decoder.state_dict())  # the original used the pretrained decoder
     torch.nn.init.normal_(adaptor.linear.weight, std=0.02)
     torch.nn.init.zeros_(adaptor.linear.bias)
-    model.multi_modal_projector = adaptor
-    model.language_model = llasm.language_model
+    model.model.multi_modal_projector = adaptor
+    model.model.language_model, model.lm_head = llasm.model.language_model, llasm.lm_head
     model.generation_config = copy.deepcopy(llasm.generation_config)
     model.config._attn_implementation = llasm.config._attn_implementation
     original_processor = LlasmProcessor(
@@ -115,7 +115,7 @@ def compose_original(llasm, processor, whisper_dir: str | os.PathLike, num_queri
 
 def build_systems(settings: BenchSettings, work_dir: Path) -> tuple[Systems, Path]:
     """Load / compose the three systems; return them and a saved copy of our model (for the memory probe)."""
-    from ..modeling_llasm import LlasmForConditionalGeneration
+    from ..modeling_llasm import LlasmForConditionalGeneration, text_causal_lm
     from .cascade import WhisperTranscriber
     from .evaluator import load_llasm
 
@@ -154,18 +154,19 @@ def build_systems(settings: BenchSettings, work_dir: Path) -> tuple[Systems, Pat
         )  # fmt: skip
     else:
         transcriber = WhisperTranscriber.from_pretrained(whisper_dir)
+    llm = text_causal_lm(llasm)
     description = {
         "whisper": str(whisper_dir),
         "llm": str(llm_dir) if llm_dir else f"language model of {settings.model_dir}",
         "llasm_model": str(settings.model_dir) if settings.model_dir else "composed: Whisper encoder + fresh stack_mlp adaptor (x8) + LLM",
         "original_model": "composed: Whisper encoder + pretrained Whisper decoder (64 start-token queries) + fresh linear + the same LLM",
-        "llm_parameters_m": round(sum(p.numel() for p in llasm.language_model.parameters()) / 1e6, 1),
-        "whisper_encoder_parameters_m": round(sum(p.numel() for p in llasm.audio_tower.parameters()) / 1e6, 1),
+        "llm_parameters_m": round(sum(p.numel() for p in llm.parameters()) / 1e6, 1),
+        "whisper_encoder_parameters_m": round(sum(p.numel() for p in llasm.model.audio_tower.parameters()) / 1e6, 1),
         "attn_implementation": llasm.config._attn_implementation,
         # the "llasm" row's name: the adaptor benchmarked (the embedded base reads with the Whisper decoder)
         "llasm_label": f"LLaSM ({llasm.config.adaptor_type}, unpadded)",
     }
-    return Systems(llasm, processor, original, original_processor, transcriber, llasm.language_model, description), saved
+    return Systems(llasm, processor, original, original_processor, transcriber, llm, description), saved
 
 
 def find_stage1_script() -> Path | None:

@@ -104,7 +104,7 @@ def ttft_speech(model, processor, clip: np.ndarray, **generate_kwargs) -> dict[s
     start = time.perf_counter()
     inputs = processor.apply_chat_template([_audio_turn(clip)], add_generation_prompt=True)
     features = time.perf_counter() - start
-    timer = StageTimer({"encoder": model.audio_tower, "adaptor": model.multi_modal_projector, "llm_prefill": model.language_model})
+    timer = StageTimer({"encoder": model.model.audio_tower, "adaptor": model.model.multi_modal_projector, "llm_prefill": model.model.language_model})
     with timer, torch.inference_mode():
         model.generate(**inputs, max_new_tokens=1, do_sample=False, **generate_kwargs)
     total = time.perf_counter() - start
@@ -286,17 +286,17 @@ def bench_stage1(systems: Systems, settings: BenchSettings, clips: list[np.ndarr
     forward/backward + AdamW step. Cached step: the same without features and encoder (the encoder outputs were
     computed once, kept in memory; a disk cache adds its read time)."""
     model, processor = systems.llasm, systems.llasm_processor
-    saved_state = {k: v.clone() for k, v in model.multi_modal_projector.state_dict().items()}
+    saved_state = {k: v.clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
     for p in model.parameters():
         p.requires_grad_(False)
-    trainable = list(model.multi_modal_projector.parameters())
+    trainable = list(model.model.multi_modal_projector.parameters())
     for p in trainable:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     model.train()
     batch = stage1_batch(processor, clips)
     with torch.no_grad():
-        cached = model.audio_tower(batch["input_features"], attention_mask=batch["input_features_mask"]).last_hidden_state
+        cached = model.model.audio_tower(batch["input_features"], attention_mask=batch["input_features_mask"]).last_hidden_state
     text_only = {k: v for k, v in batch.items() if k not in ("input_features",)}
 
     def step(use_cache: bool) -> dict[str, float]:
@@ -309,7 +309,7 @@ def bench_stage1(systems: Systems, settings: BenchSettings, clips: list[np.ndarr
             features = time.perf_counter() - start
             t = time.perf_counter()
             with torch.no_grad():  # frozen encoder, as a trainer runs it
-                states = model.audio_tower(inputs.pop("input_features"), attention_mask=inputs["input_features_mask"]).last_hidden_state
+                states = model.model.audio_tower(inputs.pop("input_features"), attention_mask=inputs["input_features_mask"]).last_hidden_state
             encoder = time.perf_counter() - t
             inputs["audio_encoder_hidden_states"] = states
         t = time.perf_counter()
@@ -338,7 +338,7 @@ def bench_stage1(systems: Systems, settings: BenchSettings, clips: list[np.ndarr
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        model.multi_modal_projector.load_state_dict(saved_state)
+        model.model.multi_modal_projector.load_state_dict(saved_state)
     median = {k: _median_dict(v) for k, v in runs.items()}
     per_second = {k: len(clips) / v["total"] for k, v in median.items()}
     uncached = median["uncached"]

@@ -64,7 +64,7 @@ def load_for_training(model_dir: str, mode: str):
     if mode == "qlora":
         quantization = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["audio_tower", "multi_modal_projector", "lm_head"],
+            bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["model.audio_tower", "model.multi_modal_projector", "lm_head"],
         )  # fmt: skip
         model = LlasmForConditionalGeneration.from_pretrained(
             model_dir, config=config, quantization_config=quantization, device_map="cpu", dtype=torch.float32

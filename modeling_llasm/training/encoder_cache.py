@@ -63,7 +63,7 @@ class EncoderCache:
 
     def __init__(self, model, processor, cache_dir: str | os.PathLike | None = None, dtype: torch.dtype = torch.float16,
                  keep_in_memory: bool = False):  # fmt: skip
-        self.audio_tower = model.audio_tower
+        self.audio_tower = model.model.audio_tower
         self.processor = processor
         self.dtype = dtype
         self.fingerprint = encoder_fingerprint(self.audio_tower, processor)

@@ -75,7 +75,7 @@ def calibrate_adaptor(model: nn.Module, batches, target_norm: float | None = Non
     embeddings (directions unchanged); returns the factor applied. Used after CTC pre-alignment, whose
     norm-invariant head leaves the output norm arbitrary. `batches`: collated batches with audio."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    last = [m for m in base.multi_modal_projector.modules() if isinstance(m, nn.Linear)][-1]
+    last = [m for m in base.model.multi_modal_projector.modules() if isinstance(m, nn.Linear)][-1]
     if target_norm is None:
         target_norm = float(base.get_input_embeddings().weight.float().norm(dim=-1).mean())
     norms = []
@@ -114,8 +114,8 @@ class LlasmCtcAligner(nn.Module):
         super().__init__()
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.config = base.config
-        self.audio_tower = base.audio_tower
-        self.multi_modal_projector = base.multi_modal_projector
+        self.audio_tower = base.model.audio_tower
+        self.multi_modal_projector = base.model.multi_modal_projector
         embeddings = base.get_input_embeddings().weight.detach()
         self.register_buffer("token_embeddings", embeddings, persistent=False)
         self.adaptor_head = base.config.adaptor_type == "ctc_compress"  # its own CTC head and vocabulary

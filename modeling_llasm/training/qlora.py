@@ -8,8 +8,8 @@ merge_adapter("~/.cache/llasm/llasm-tiny-base", "run/adapter", "run/merged")   #
 ```
 
 Only the LLM is quantized: `llm_int8_skip_modules` lists the encoder, the adaptor and the LM head (any explicit list
-replaces transformers' default lm_head exclusion, and `lm_head` matches `language_model.lm_head` by module-name
-component). The merge never merges into 4-bit weights: it loads the base in full precision, applies the adapter and
+replaces transformers' default lm_head exclusion; `lm_head` sits beside `model.language_model`). The merge never
+merges into 4-bit weights: it loads the base in full precision, applies the adapter and
 folds it in (`merge_and_unload`), so the merged checkpoint equals "fp32 base + adapter" exactly; it differs from the
 4-bit training model by the 4-bit quantization error of the base weights.
 """
@@ -24,7 +24,7 @@ import torch
 from .stages import apply_stage, default_lora_config
 
 
-QLORA_SKIP_MODULES = ["audio_tower", "multi_modal_projector", "lm_head"]
+QLORA_SKIP_MODULES = ["model.audio_tower", "model.multi_modal_projector", "lm_head"]
 
 
 def qlora_config(compute_dtype: torch.dtype = torch.bfloat16, skip_modules: list[str] | None = None):

@@ -361,9 +361,9 @@ class Recipe:
         elif self.done("stage1_lm").get("saved", True):
             model = load_llasm(stage1_dir)
             if cache is not None:
-                cache.audio_tower = model.audio_tower
+                cache.audio_tower = model.model.audio_tower
             if self.kind == "whisper_reader":
-                model.multi_modal_projector.read_cache = {}
+                model.model.multi_modal_projector.read_cache = {}
         self.summary["stage1_heldout_wer"] = self.done("stage1_lm").get("heldout_wer")
         if self.done("stage1_ctc"):
             self.summary["ctc_heldout_wer"] = self.done("stage1_ctc").get("heldout_ctc_wer")
@@ -507,7 +507,7 @@ class Recipe:
     def prefill_reader(self, model, processor, records, cache) -> None:
         """Read every training clip once with the Whisper decoder (memoized, see `LlasmWhisperReaderAdaptor.read`):
         training steps then never decode."""
-        reader = model.multi_modal_projector
+        reader = model.model.multi_modal_projector
         reader.read_cache = {}
         started = time.monotonic()
         collator = LlasmDataCollator(processor, "align", encoder_cache=cache)  # every clip as an ASR exchange
@@ -538,7 +538,7 @@ class Recipe:
                 return
         self.log(f"understanding: spoken vs typed vs cascade answers on {manifest}")
         if self.kind == "whisper_reader":
-            model.multi_modal_projector.read_cache = None  # held-out clips: read them as at inference
+            model.model.multi_modal_projector.read_cache = None  # held-out clips: read them as at inference
         heldout = None
         if not self.s.smoke:
             heldout = self.phase_dir("understanding") / "heldout_asr.jsonl"

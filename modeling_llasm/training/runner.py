@@ -72,7 +72,7 @@ def ctc_align(
     train_encoder: bool = False,
     train_encoder_layers: int = 0,
 ):
-    """CTC training of the adaptor (the LLM never runs): trains `model.multi_modal_projector` in place. For a
+    """CTC training of the adaptor (the LLM never runs): trains `model.model.multi_modal_projector` in place. For a
     `ctc_compress` adaptor this trains its recognizer (`vocabulary`: its `SubVocabulary`, else rebuilt from the
     model and the processor's tokenizer); for other adaptors it is a pre-alignment, after which (`calibrate`) the
     output is scaled to the LLM's embedding norm (`calibrate_adaptor`).
@@ -177,13 +177,13 @@ def resolve_resume(resume: bool | str | None, output_dir: str | os.PathLike) -> 
 
 
 def save_adaptor(model, path: str | os.PathLike) -> Path:
-    """Save the adaptor (`multi_modal_projector`) weights alone as safetensors, atomically."""
+    """Save the adaptor (`model.multi_modal_projector`) weights alone as safetensors, atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous() for k, v in model.multi_modal_projector.state_dict().items()}, str(tmp))
+    save_file({k: v.detach().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
     return path
 
@@ -192,7 +192,7 @@ def load_adaptor(model, path: str | os.PathLike) -> None:
     """Load adaptor weights written by `save_adaptor` (strict: every tensor must match)."""
     from safetensors.torch import load_file
 
-    model.multi_modal_projector.load_state_dict(load_file(str(path)))
+    model.model.multi_modal_projector.load_state_dict(load_file(str(path)))
 
 
 # ---------------------------------------------------------------------- generation-based evaluation

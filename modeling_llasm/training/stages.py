@@ -7,7 +7,7 @@
 
 `train_encoder=True` trains the whole Whisper encoder; `train_encoder_layers=N` only its top N transformer layers and
 its final layer norm (the encoder's input convolutions and lower layers stay frozen). The Whisper decoder of the
-`"whisper_resampler"` adaptor (`multi_modal_projector.decoder`) stays frozen like the
+`"whisper_resampler"` adaptor (`model.multi_modal_projector.decoder`) stays frozen like the
 encoder. With `llm_mode="lora"` only the LoRA matrices of the LLM learn (the model must be a peft model;
 `prepare_stage` wraps it).
 
@@ -65,7 +65,7 @@ def is_trainable(
         if "decoder" in below:  # the whisper_resampler's Whisper decoder: frozen like the encoder
             return train_encoder
         return True
-    if "language_model" in parts:
+    if "language_model" in parts or "lm_head" in parts:  # the LLM: its base model and its head (untied)
         if mode == "full":
             return True
         if mode == "lora":

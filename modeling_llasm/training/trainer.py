@@ -307,8 +307,8 @@ class LlasmTrainer(Trainer):
         if self.teacher_model is None and hasattr(unwrapped, "disable_adapter"):
             context = unwrapped.disable_adapter()  # the base LLM, without this run's LoRA
         elif self.teacher_model is None and not self._warned_moving_teacher:
-            language_model = getattr(unwrapped, "language_model", None)
-            if language_model is not None and any(p.requires_grad for p in language_model.parameters()):
+            llm = [getattr(getattr(unwrapped, "model", None), "language_model", None), getattr(unwrapped, "lm_head", None)]
+            if any(p.requires_grad for module in llm if module is not None for p in module.parameters()):
                 logger.warning("Distilling from the LLM being trained (a moving teacher); pass teacher_model= to fix it.")
             self._warned_moving_teacher = True
         with context:

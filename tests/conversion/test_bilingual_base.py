@@ -34,7 +34,7 @@ def test_the_bilingual_base_records_its_components_and_languages(bilingual):
     assert config.text_config.model_type == "qwen2" and config.audio_config.d_model == 512
     assert {"en", "zh"} <= set(config.reader_language_ids) and config.reader_task_id is not None
     assert config.reader_chinese_script == "simplified"
-    assert model.multi_modal_projector.text_tokenizer is not None  # loaded from beside the weights
+    assert model.model.multi_modal_projector.text_tokenizer is not None  # loaded from beside the weights
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_the_bilingual_base_records_its_components_and_languages(bilingual):
 )
 def test_a_reading_reaches_the_llm_spelled_as_typed(bilingual, whisper_text, language, typed):
     _, model, whisper_tokenizer = bilingual
-    reader = model.multi_modal_projector
+    reader = model.model.multi_modal_projector
     whisper_ids = whisper_tokenizer(whisper_text, add_special_tokens=False)["input_ids"]
     spelled, owner = reader.spell(whisper_ids, language=language)
     assert spelled == reader.text_tokenizer(typed, add_special_tokens=False)["input_ids"]
@@ -61,7 +61,7 @@ def test_a_reading_reaches_the_llm_spelled_as_typed(bilingual, whisper_text, lan
 def test_the_tables_alone_miss_chinese_spelling(bilingual):
     """Why the tokenizer is needed: piece-by-piece spelling differs from typing for Chinese text."""
     _, model, whisper_tokenizer = bilingual
-    reader = model.multi_modal_projector
+    reader = model.model.multi_modal_projector
     tokenizer, reader.text_tokenizer = reader.text_tokenizer, None
     try:
         whisper_ids = whisper_tokenizer(" 北京是中国的首都吗？", add_special_tokens=False)["input_ids"]

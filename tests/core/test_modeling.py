@@ -1,8 +1,3 @@
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import torch
@@ -10,7 +5,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
 
 import modeling_llasm  # noqa: F401  (registers the Auto classes)
 from modeling_llasm import LlasmForConditionalGeneration
-from tiny_llasm import build_tiny_llasm, compress_llasm, reader_llasm, tone
+from modeling_llasm.modeling_llasm import text_causal_lm
+from tiny_llasm import build_tiny_llasm, compress_llasm, reader_llasm, run_without_the_package, tone
 
 
 def audio_messages(seconds: float, seed: int, text: str = "transcribe the speech"):
@@ -42,14 +38,8 @@ def test_trust_remote_code_loads_without_the_package(tiny_llasm, tmp_path, adapt
     inputs = processor(text="hello <|audio|> world", audio=tone(1.3))
     with torch.no_grad():
         torch.save(model(**inputs).logits, tmp_path / "reference.pt")
-    script = textwrap.dedent(
+    run_without_the_package(
         f"""
-        import sys
-        class BlockPackage:  # the checkpoint's own code must be used, not the installed package
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "modeling_llasm":
-                    raise ImportError("modeling_llasm is blocked in this test")
-        sys.meta_path.insert(0, BlockPackage())
         import numpy as np, torch
         from transformers import AutoModel, AutoProcessor
         model = AutoModel.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True, dtype=torch.float32)
@@ -61,11 +51,9 @@ def test_trust_remote_code_loads_without_the_package(tiny_llasm, tmp_path, adapt
             logits = model(**processor(text="hello <|audio|> world", audio=clip)).logits
         assert torch.equal(logits, torch.load({str(tmp_path / 'reference.pt')!r}, weights_only=True))
         print("REMOTE-CODE-OK")
-        """
+        """,
+        tmp_path,
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert "REMOTE-CODE-OK" in result.stdout, result.stderr[-3000:]
 
 
 def test_batched_greedy_generation_equals_one_by_one(tiny_llasm):
@@ -86,7 +74,7 @@ def test_batched_greedy_generation_equals_one_by_one(tiny_llasm):
 def test_encoder_runs_once_per_generate_call(tiny_llasm):
     model, processor = tiny_llasm
     calls = []
-    model.audio_tower.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    model.model.audio_tower.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
     inputs = processor.apply_chat_template([audio_messages(2.5, 0), audio_messages(0.7, 1)], add_generation_prompt=True)
     model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert len(calls) == 1 and calls[0][0] == 4  # one call for all 3 + 1 windows
@@ -119,9 +107,28 @@ def test_placeholder_feature_mismatch_is_a_clear_error(tiny_llasm):
     cut["input_ids"], cut["attention_mask"] = inputs["input_ids"][:, keep], inputs["attention_mask"][:, keep]
     with pytest.raises(ValueError, match=f"has {len(audio_positions) - 3} audio placeholder tokens but the audio gives {len(audio_positions)}"):
         model(**cut)
+    # without audio, placeholder ids are ordinary tokens to the model, as in transformers' audio LLMs (assisted
+    # decoding calls it with ids only); a user who types the placeholder is stopped by the processor (below)
     no_audio = {k: v for k, v in inputs.items() if not k.startswith("input_features")}
-    with pytest.raises(ValueError, match="no `input_features`"):
-        model(**no_audio)
+    with torch.no_grad():
+        as_tokens = model(inputs_embeds=model.get_input_embeddings()(no_audio["input_ids"]), attention_mask=no_audio["attention_mask"])
+        assert torch.equal(model(**no_audio).logits, as_tokens.logits)
+
+
+def test_a_typed_audio_placeholder_is_refused_where_the_user_types_it(tiny_llasm):
+    from transformers import pipeline
+
+    model, processor = tiny_llasm
+    typed = f"what is {processor.audio_token} here?"
+    with pytest.raises(ValueError, match="contains the audio placeholder"):
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": typed}]}], add_generation_prompt=True)
+    with pytest.raises(ValueError, match="contains the audio placeholder"):
+        processor.apply_chat_template([{"role": "user", "content": typed}], add_generation_prompt=True)
+    with pytest.raises(ValueError, match="placeholder"):
+        processor(text=typed)
+    chat = pipeline("llasm-chat", model=model, processor=processor)
+    with pytest.raises(ValueError, match="contains the audio placeholder"):
+        chat({"text": typed}, max_new_tokens=2)
 
 
 def test_loss_uses_only_labelled_positions(tiny_llasm):
@@ -143,12 +150,13 @@ def test_loss_uses_only_labelled_positions(tiny_llasm):
 def test_frozen_encoder_gets_no_gradients(tiny_llasm):
     model, processor = tiny_llasm
     model.train()
-    model.audio_tower.requires_grad_(False)
-    model.language_model.requires_grad_(False)
+    model.model.audio_tower.requires_grad_(False)
+    model.model.language_model.requires_grad_(False)
+    model.lm_head.requires_grad_(False)
     inputs = processor.apply_chat_template(audio_messages(1.0, 0), add_generation_prompt=True)
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
     for name, parameter in model.named_parameters():
-        if name.startswith("multi_modal_projector"):
+        if name.startswith("model.multi_modal_projector"):
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
         else:
             assert parameter.grad is None, name
@@ -160,8 +168,8 @@ def test_sdpa_eager_and_gradient_checkpointing_agree(tmp_path):
     model.save_pretrained(tmp_path)
     eager = LlasmForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager", dtype=torch.float32)
     sdpa = LlasmForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa", dtype=torch.float32)
-    assert sdpa.language_model.config._attn_implementation == "sdpa"
-    assert sdpa.audio_tower.config._attn_implementation == "sdpa"
+    assert sdpa.model.language_model.config._attn_implementation == "sdpa"
+    assert sdpa.model.audio_tower.config._attn_implementation == "sdpa"
     with torch.no_grad():
         mask = inputs["attention_mask"].bool()
         assert torch.allclose(eager(**inputs).logits[mask], sdpa(**inputs).logits[mask], atol=1e-5)
@@ -174,7 +182,7 @@ def test_sdpa_eager_and_gradient_checkpointing_agree(tmp_path):
     sdpa.train()
     plain = grads(sdpa)
     sdpa.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    assert sdpa.language_model.model.gradient_checkpointing
+    assert sdpa.model.language_model.gradient_checkpointing
     checkpointed = grads(sdpa)
     assert plain.keys() == checkpointed.keys()
     assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
@@ -218,7 +226,7 @@ def test_beam_search_gives_every_beam_its_own_multi_window_audio(tiny_llasm):
 
     gen = dict(max_new_tokens=6, min_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False)
     ours = model.generate(**inputs, **gen)[:, inputs["input_ids"].shape[1] :]
-    reference = model.language_model.generate(
+    reference = text_causal_lm(model).generate(
         inputs_embeds=_merged_embeddings(model, inputs), attention_mask=inputs["attention_mask"], **gen
     )
     assert ours.shape == (4, 6)
@@ -229,7 +237,7 @@ def test_generation_from_cached_encoder_outputs(tiny_llasm):
     model, processor = tiny_llasm
     inputs = processor.apply_chat_template([audio_messages(1.7, 0), audio_messages(0.6, 2, "hello")], add_generation_prompt=True)
     with torch.no_grad():
-        cached = model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
+        cached = model.model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
     gen = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
     expected = model.generate(**inputs, **gen)
     without_features = {k: v for k, v in inputs.items() if k != "input_features"}
@@ -266,7 +274,7 @@ def test_llasm_model_gives_the_hidden_states_behind_the_generative_models_logits
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     base = LlasmModel.from_pretrained(tmp_path, dtype=torch.float32)
-    assert not hasattr(base.language_model, "lm_head")
+    assert not hasattr(base, "lm_head") and not hasattr(base.language_model, "lm_head")
     inputs = processor.apply_chat_template([audio_messages(1.3, 0), audio_messages(0.6, 1, "hi")], add_generation_prompt=True)
     with torch.no_grad():
         hidden = base(**inputs).last_hidden_state
@@ -295,13 +303,14 @@ def test_encoder_hidden_states_and_attentions_when_asked(tmp_path):
 def test_the_audio_placeholder_is_never_generated(tiny_llasm, tmp_path):
     model, processor = tiny_llasm
     audio_id = model.config.audio_token_id
-    with torch.no_grad():  # make the placeholder the most likely next token everywhere
-        model.get_output_embeddings().weight[audio_id] = model.get_output_embeddings().weight.abs().max() * 50
+    inputs = processor.apply_chat_template(audio_messages(1.0, 0), add_generation_prompt=True)
+    with torch.no_grad():  # make the placeholder by far the most likely next token of the prompt
+        last = model.model(**inputs).last_hidden_state[0, -1]
+        model.get_output_embeddings().weight[audio_id] = last / last.norm() * model.get_output_embeddings().weight.abs().max() * 50
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
     assert audio_id in reloaded.generation_config.suppress_tokens
-    inputs = processor.apply_chat_template(audio_messages(1.0, 0), add_generation_prompt=True)
     out = reloaded.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     assert audio_id not in out.tolist() and len(out) > 0
     with torch.no_grad():  # without the suppression it would have been generated at once

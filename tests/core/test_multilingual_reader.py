@@ -13,7 +13,7 @@ from tiny_llasm import EN, NO_TIMESTAMPS, TRANSCRIBE, ZH, build_tiny_llasm, mult
 def prompts_fed(model, call) -> list[list[int]]:
     """The token rows the reader's decoder embedded before its first read-out (detection step included)."""
     fed = []
-    hook = model.multi_modal_projector.decoder.embed_tokens.register_forward_hook(lambda m, args, out: fed.append(args[0].tolist()))
+    hook = model.model.multi_modal_projector.decoder.embed_tokens.register_forward_hook(lambda m, args, out: fed.append(args[0].tolist()))
     try:
         result = call()
     finally:
@@ -39,7 +39,7 @@ def test_the_language_is_detected_per_window_from_the_language_tokens():
     """Whisper's own language identification: after <|startoftranscript|> the likelier language token wins."""
     model, processor = multilingual_reader()
     inputs = clip_inputs(processor, seconds=2.4)  # three windows
-    embed = model.multi_modal_projector.decoder.embed_tokens.weight
+    embed = model.model.multi_modal_projector.decoder.embed_tokens.weight
     with torch.no_grad():
         embed[ZH] = -embed[EN]  # every state prefers exactly one of the two
     fed, first = prompts_fed(model, lambda: model.get_audio_features(inputs["input_features"], inputs["input_features_mask"]))
@@ -90,7 +90,7 @@ def test_bad_languages_are_refused_clearly():
 def test_the_read_memo_keeps_languages_apart():
     model, processor = multilingual_reader()
     inputs = clip_inputs(processor)
-    reader = model.multi_modal_projector
+    reader = model.model.multi_modal_projector
     reader.read_cache = {}
     with torch.no_grad():
         zh = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"], language="zh")
@@ -108,10 +108,10 @@ def test_a_multilingual_reader_saves_and_reloads_its_languages_and_tokenizer(tmp
     loaded = type(model).from_pretrained(tmp_path)
     assert loaded.config.reader_language_ids == {"en": EN, "zh": ZH} and loaded.config.reader_language == "zh"
     # the tokenizer saved beside the weights spells what the reader reads (see `spell`)
-    assert loaded.multi_modal_projector.text_tokenizer is not None
-    assert len(loaded.multi_modal_projector.text_tokenizer) == len(processor.tokenizer)
+    assert loaded.model.multi_modal_projector.text_tokenizer is not None
+    assert len(loaded.model.multi_modal_projector.text_tokenizer) == len(processor.tokenizer)
     model.save_pretrained(tmp_path / "weights-only")
-    assert type(model).from_pretrained(tmp_path / "weights-only").multi_modal_projector.text_tokenizer is None
+    assert type(model).from_pretrained(tmp_path / "weights-only").model.multi_modal_projector.text_tokenizer is None
 
 
 def test_the_pipeline_reads_in_the_language_it_is_given():
@@ -120,9 +120,9 @@ def test_the_pipeline_reads_in_the_language_it_is_given():
     from modeling_llasm import LlasmChatPipeline
 
     model, processor = multilingual_reader()
-    model.multi_modal_projector.text_tokenizer = None
+    model.model.multi_modal_projector.text_tokenizer = None
     chat = pipeline("llasm-chat", model=model, processor=processor, pipeline_class=LlasmChatPipeline)
-    assert model.multi_modal_projector.text_tokenizer is processor.tokenizer  # the pipeline spells as its processor types
+    assert model.model.multi_modal_projector.text_tokenizer is processor.tokenizer  # the pipeline spells as its processor types
     clip = speechlike(1.4, 0)
     fed, answer = prompts_fed(model, lambda: chat(clip, language="zh", max_new_tokens=4)["generated_text"])
     assert fed[0][0] == [61, ZH, TRANSCRIBE, NO_TIMESTAMPS]

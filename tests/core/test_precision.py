@@ -81,14 +81,14 @@ def test_forward_lm_loss_and_backward(adaptor, precision):
     precision = PRECISIONS[precision]
     model, processor = built(adaptor, precision)
     model.train()
-    head = OutputDtypes(model.language_model.lm_head)
+    head = OutputDtypes(model.lm_head)
     batch = in_dtype(LlasmDataCollator(processor, "instruct")([asr_record(i) for i in range(3)]), precision)
     with precision.context():
         output = model(**batch)
     assert head.seen == {precision.compute}
     assert torch.isfinite(output.loss) and output.loss.item() > 0
     output.loss.backward()
-    grads = {n: p.grad for n, p in model.multi_modal_projector.named_parameters() if p.grad is not None}
+    grads = {n: p.grad for n, p in model.model.multi_modal_projector.named_parameters() if p.grad is not None}
     assert grads, "no gradient reached the adaptor"
     assert all(torch.isfinite(g).all() for g in grads.values()), [n for n, g in grads.items() if not torch.isfinite(g).all()]
     assert any(g.abs().sum() > 0 for g in grads.values())
@@ -151,14 +151,14 @@ def test_the_reader_reads_the_same_words_under_autocast(autocast):
     inputs = processor.apply_chat_template([[{"role": "user", "content": [audio_item(s, i)]}] for i, s in enumerate((1.4, 0.7))],
                                            add_generation_prompt=True)  # fmt: skip
     with torch.no_grad():
-        encoded = model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
+        encoded = model.model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
         reference = model.get_audio_features(None, inputs["input_features_mask"], encoded)
         with torch.autocast("cpu", dtype=autocast):
             under = model.get_audio_features(None, inputs["input_features_mask"], encoded)
-            encoded_under = model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
+            encoded_under = model.model.audio_tower(inputs["input_features"], attention_mask=inputs["input_features_mask"]).last_hidden_state
             windows = encoded_under.shape[0]
             frames = encoder_frame_mask(inputs["input_features_mask"])
-            _, read_states, _ = model.multi_modal_projector.read(encoded_under, frames, [40] * windows)
+            _, read_states, _ = model.model.multi_modal_projector.read(encoded_under, frames, [40] * windows)
     assert windows == 3 and any(reference.recognized_token_ids) and under.recognized_token_ids == reference.recognized_token_ids
     assert encoded_under.dtype == autocast  # the encoder itself did run in the autocast dtype ...
     assert all(s.dtype == torch.float32 for s in read_states)  # ... the reading did not
@@ -168,7 +168,7 @@ def test_the_reader_reads_the_same_words_under_autocast(autocast):
 def test_ctc_scores_are_float32_under_autocast(autocast):
     """The CTC head's scores (which frames merge, which token each segment is) do not depend on a caller's autocast."""
     model, _ = compress_llasm()
-    head = model.multi_modal_projector
+    head = model.model.multi_modal_projector
     frames = torch.randn(2, 7, model.config.text_config.hidden_size)
     embeddings = model.get_input_embeddings().weight
     reference = head.ctc_logits(frames, embeddings)

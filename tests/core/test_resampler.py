@@ -20,13 +20,13 @@ def stock_whisper_reference(model, input_features):
     """The original computation: a stock WhisperModel (encoder + decoder) with `num_queries` copies of the decoder
     start token as decoder input, last_hidden_state -> the adaptor's linear."""
     whisper = WhisperModel(model.config.audio_config).eval()
-    whisper.encoder.load_state_dict(model.audio_tower.state_dict())
-    whisper.decoder.load_state_dict(model.multi_modal_projector.decoder.state_dict())
+    whisper.encoder.load_state_dict(model.model.audio_tower.state_dict())
+    whisper.decoder.load_state_dict(model.model.multi_modal_projector.decoder.state_dict())
     start = model.config.audio_config.decoder_start_token_id
     queries = torch.full((input_features.shape[0], model.config.num_queries), start)
     with torch.no_grad():
         hidden = whisper(input_features=input_features, decoder_input_ids=queries).last_hidden_state
-        return model.multi_modal_projector.linear(hidden)
+        return model.model.multi_modal_projector.linear(hidden)
 
 
 def test_token_count_is_num_queries_per_window():
@@ -39,7 +39,7 @@ def test_token_count_is_num_queries_per_window():
 
 def test_adaptor_structure_and_limits():
     model, _ = resampler_llasm()
-    adaptor = model.multi_modal_projector
+    adaptor = model.model.multi_modal_projector
     assert type(adaptor) is LLASM_ADAPTORS["whisper_resampler"]
     d_model, hidden = model.config.audio_config.d_model, model.config.text_config.hidden_size
     assert (adaptor.linear.in_features, adaptor.linear.out_features, adaptor.linear.bias is not None) == (d_model, hidden, True)
@@ -78,17 +78,17 @@ def test_unpadded_windows_use_the_frame_mask_so_batching_changes_nothing():
             torch.testing.assert_close(together[index * QUERIES : (index + 1) * QUERIES], features, rtol=1e-5, atol=1e-6)
     # and the padding really is masked: without the mask the short clip's tokens change
     with torch.no_grad():
-        encoded = model.audio_tower(batch["input_features"][:1], attention_mask=batch["input_features_mask"][:1]).last_hidden_state
+        encoded = model.model.audio_tower(batch["input_features"][:1], attention_mask=batch["input_features_mask"][:1]).last_hidden_state
         frames = batch["input_features_mask"][:1, ::2].bool()
-        masked = model.multi_modal_projector(encoded, frames)
-        unmasked = model.multi_modal_projector(encoded, torch.ones_like(frames))
+        masked = model.model.multi_modal_projector(encoded, frames)
+        unmasked = model.model.multi_modal_projector(encoded, torch.ones_like(frames))
     assert not torch.allclose(masked, unmasked)
 
 
 def test_side_by_side_with_stack_mlp_and_save_load(tmp_path):
     resampler, resampler_processor = resampler_llasm(seed=1)
     stack, stack_processor = build_tiny_llasm(seed=2)
-    assert not hasattr(stack.multi_modal_projector, "decoder")
+    assert not hasattr(stack.model.multi_modal_projector, "decoder")
     clip = tone(1.3, seed=4)
     with torch.no_grad():
         for model, processor in ((resampler, resampler_processor), (stack, stack_processor)):
@@ -110,11 +110,11 @@ def test_frozen_decoder_like_the_original_trains_only_the_linear():
     model, processor = resampler_llasm()
     model.train()
     model.requires_grad_(False)
-    model.multi_modal_projector.linear.requires_grad_(True)  # the original stage 1: Whisper (incl. decoder) frozen
+    model.model.multi_modal_projector.linear.requires_grad_(True)  # the original stage 1: Whisper (incl. decoder) frozen
     inputs = processor(text="hi <|audio|> the", audio=tone(0.5))
     labels = inputs["input_ids"].clone()
     model(**inputs, labels=labels).loss.backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"multi_modal_projector.linear.weight", "multi_modal_projector.linear.bias"}
-    assert model.multi_modal_projector.linear.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.multi_modal_projector.decoder.parameters())
+    assert trainable == {"model.multi_modal_projector.linear.weight", "model.multi_modal_projector.linear.bias"}
+    assert model.model.multi_modal_projector.linear.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.model.multi_modal_projector.decoder.parameters())

@@ -22,7 +22,7 @@ class EncoderCalls:
 
     def __init__(self, model):
         self.windows = 0
-        model.audio_tower.register_forward_hook(self.hook)
+        model.model.audio_tower.register_forward_hook(self.hook)
 
     def hook(self, module, args, output):
         self.windows += output.last_hidden_state.shape[0]
@@ -117,7 +117,7 @@ def test_pipeline_prefix_cache_is_prefilled_once_and_changes_nothing(adaptor_typ
     model, processor = MODELS[adaptor_type]()
     chat = LlasmChatPipeline(model=model, processor=processor)
     prefills = []
-    model.language_model.register_forward_hook(lambda module, args, kwargs, output: prefills.append(kwargs["inputs_embeds"].shape[1]) if kwargs.get("inputs_embeds") is not None else None, with_kwargs=True)
+    model.model.language_model.register_forward_hook(lambda module, args, kwargs, output: prefills.append(kwargs["inputs_embeds"].shape[1]) if kwargs.get("inputs_embeds") is not None else None, with_kwargs=True)
     questions = [{"audio": {"array": speechlike(0.5 + 0.4 * i, i), "sampling_rate": 16000}, "text": "hi"} for i in range(3)]
     plain = [chat(q, max_new_tokens=5, do_sample=False, prefix_cache=False)["generated_text"] for q in questions]
     full_prefills = [n for n in prefills if n > 1]  # decode steps feed one position
@@ -159,7 +159,7 @@ def test_int8_inference_is_close_and_cannot_be_saved(tmp_path):
     with torch.no_grad():
         reference = model(**inputs).logits
     set_inference_dtype(model, "int8")
-    assert any("quantized" in type(m).__module__ for m in model.language_model.modules())
+    assert any("quantized" in type(m).__module__ for m in model.model.language_model.modules())
     with torch.no_grad():
         quantized = model(**inputs).logits
     # int8 weights: close to, not equal to, float32

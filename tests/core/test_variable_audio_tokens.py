@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModel, AutoProcessor, TextIteratorStreamer
 
 from modeling_llasm import LlasmForConditionalGeneration
+from modeling_llasm.modeling_llasm import text_causal_lm
 from tiny_llasm import build_tiny_llasm, compress_llasm, reader_llasm, speechlike, tone
 
 
@@ -60,10 +61,10 @@ def test_counts_are_bounded_by_the_placeholders_and_at_least_one():
     assert all(1 <= c <= s for c, s in zip(counts, slots)) and sum(counts) < sum(slots)
     assert features.pooler_output.shape == (sum(counts), model.config.text_config.hidden_size)
     assert [len(ids) for ids in features.recognized_token_ids] == counts
-    vocab = set(model.multi_modal_projector.ctc_token_ids.tolist())
+    vocab = set(model.model.multi_modal_projector.ctc_token_ids.tolist())
     assert all(t in vocab for ids in features.recognized_token_ids for t in ids)
     with torch.no_grad():  # silence: every frame blank -> still one token per window
-        model.multi_modal_projector.blank_bias.fill_(1e4)
+        model.model.multi_modal_projector.blank_bias.fill_(1e4)
         silent = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
     assert silent.audio_token_counts.tolist() == [1, 1, 1, 1]
 
@@ -78,7 +79,7 @@ def test_forward_equals_the_prompt_without_unused_slots(adaptor_type):
     assert not all(bool(k.all()) for k in keeps)  # some slots are unused
     for row, (reference, keep) in enumerate(zip(references, keeps)):
         with torch.no_grad():
-            expected = model.language_model(inputs_embeds=reference[None]).logits[0]
+            expected = model(inputs_embeds=reference[None]).logits[0]
         assert torch.allclose(logits[row][keep], expected, atol=1e-5)
 
 
@@ -92,7 +93,7 @@ def test_generate_returns_the_callers_prompt_then_the_answer(adaptor_type):
     assert torch.equal(out[:, :prompt_length], inputs["input_ids"])
     with torch.no_grad():
         reference = packed_reference(model, inputs)[0][0]
-    expected = model.language_model.generate(inputs_embeds=reference[None], attention_mask=torch.ones(1, reference.shape[0], dtype=torch.long), **gen)
+    expected = text_causal_lm(model).generate(inputs_embeds=reference[None], attention_mask=torch.ones(1, reference.shape[0], dtype=torch.long), **gen)
     assert out[0, prompt_length:].tolist() == expected[0, -7:].tolist()
     result = model.generate(**inputs, **gen, return_dict_in_generate=True, output_scores=True)
     assert torch.equal(result.sequences, out) and len(result.scores) == 7
@@ -119,13 +120,14 @@ def test_batched_generation_equals_one_by_one_and_beams(adaptor_type):
 def test_training_loss_reaches_the_adaptor_and_the_head():
     model, processor = compress_llasm()
     model.train()
-    model.audio_tower.requires_grad_(False)
-    model.language_model.requires_grad_(False)
+    model.model.audio_tower.requires_grad_(False)
+    model.model.language_model.requires_grad_(False)
+    model.lm_head.requires_grad_(False)
     inputs = processor.apply_chat_template(conversation(speechlike(1.2, 0)), add_generation_prompt=True, padding_side="right")
     labels = inputs["input_ids"].clone()
     labels[:, :-3] = -100
     model(**inputs, labels=labels).loss.backward()
-    head = model.multi_modal_projector
+    head = model.model.multi_modal_projector
     assert head.linear_1.weight.grad.abs().sum() > 0 and head.log_scale.grad is not None
     assert head.ctc_token_ids.requires_grad is False
 
@@ -137,8 +139,8 @@ def test_save_and_auto_reload_keep_the_vocabulary(adaptor_type, tmp_path):
     processor.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
     assert isinstance(reloaded, LlasmForConditionalGeneration)
-    for name, buffer in model.multi_modal_projector.named_buffers():  # vocabulary / table / silence
-        assert torch.equal(dict(reloaded.multi_modal_projector.named_buffers())[name], buffer), name
+    for name, buffer in model.model.multi_modal_projector.named_buffers():  # vocabulary / table / silence
+        assert torch.equal(dict(reloaded.model.multi_modal_projector.named_buffers())[name], buffer), name
     inputs = AutoProcessor.from_pretrained(tmp_path).apply_chat_template(conversation(speechlike(1.3, 0)), add_generation_prompt=True)
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
@@ -160,7 +162,7 @@ def test_reader_gives_the_llm_its_own_embeddings_of_what_it_read():
         features = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
     ids = [t for window in features.recognized_token_ids for t in window]
     assert len(ids) == features.pooler_output.shape[0] == int(features.audio_token_counts.sum())
-    table = model.multi_modal_projector.llm_pieces
+    table = model.model.multi_modal_projector.llm_pieces
     assert set(ids) <= set(table[table >= 0].tolist())
     # state_proj starts at zero: the audio tokens are exactly the LLM's embeddings of the pieces read
     assert torch.equal(features.pooler_output, model.get_input_embeddings().weight[ids])
@@ -173,7 +175,7 @@ def test_reader_residual_ratio_caps_the_learned_residual(tmp_path):
     model, processor = reader_llasm()
     inputs = processor.apply_chat_template(conversation(speechlike(1.5, 0)), add_generation_prompt=True)
     with torch.no_grad():
-        model.multi_modal_projector.state_proj.bias.fill_(5.0)  # a residual far larger than the embeddings
+        model.model.multi_modal_projector.state_proj.bias.fill_(5.0)  # a residual far larger than the embeddings
 
         def residuals():
             features = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
@@ -194,7 +196,7 @@ def test_reader_residual_ratio_caps_the_learned_residual(tmp_path):
 def test_reader_memo_cache_reads_each_window_once():
     model, processor = reader_llasm()
     inputs = processor.apply_chat_template(conversation(speechlike(2.2, 3)), add_generation_prompt=True)
-    reader = model.multi_modal_projector
+    reader = model.model.multi_modal_projector
     calls = []
     decode = reader._decode
     reader._decode = lambda *args: calls.append(args[0].shape[0]) or decode(*args)
@@ -241,7 +243,7 @@ def test_collator_labels_give_the_loss_of_the_prompt_without_unused_slots(adapto
         losses, counts = [], []
         for row, keep, labels in zip(rows, keeps, batch["labels"]):
             kept = labels[keep]
-            logits = model.language_model(inputs_embeds=row[None]).logits[0]
+            logits = model(inputs_embeds=row[None]).logits[0]
             shifted = kept[1:]
             losses.append(torch.nn.functional.cross_entropy(logits[:-1], shifted, ignore_index=IGNORE_INDEX, reduction="sum"))
             counts.append((shifted != IGNORE_INDEX).sum())

@@ -93,7 +93,7 @@ def test_silent_model_has_wer_one(tiny_llasm, manifest):
     """A model whose LM head is zero always emits token 0 (<pad>, a special token): empty transcripts."""
     model, processor = tiny_llasm
     with torch.no_grad():
-        model.language_model.lm_head.weight.zero_()
+        model.lm_head.weight.zero_()
     results = evaluate_model(model, manifest, processor=processor, cascade=False, max_new_tokens=3)
     assert results["cascade_asr"] is None and "cascade" not in results["asr"]
     llasm = results["asr"]["llasm"]

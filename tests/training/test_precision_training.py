@@ -34,7 +34,7 @@ def trainer_args(tmp_path, precision: str) -> TrainingArguments:
 def lm_head_dtypes(model) -> set:
     seen = set()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.language_model.lm_head.register_forward_hook(lambda _m, _a, output: seen.add(output.dtype))
+    base.lm_head.register_forward_hook(lambda _m, _a, output: seen.add(output.dtype))
     return seen
 
 
@@ -118,9 +118,10 @@ def test_qlora_bf16_compute_under_bf16_autocast(adaptor, tmp_path):
                               eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
     if adaptor == "whisper_reader":
         model, processor = reader_llasm()
-        model.language_model = type(model.language_model)(text_config)  # the reader's tables fit: ids < vocab
+        model.model.language_model = type(model.model.language_model)(text_config)  # the reader's tables fit: ids < vocab
+        model.lm_head = torch.nn.Linear(64, text_config.vocab_size, bias=False)
         model.config.text_config = text_config
-        model.multi_modal_projector.state_proj = torch.nn.Linear(16, 64)
+        model.model.multi_modal_projector.state_proj = torch.nn.Linear(16, 64)
     else:
         model, processor = build_tiny_llasm(text_config=text_config)
     model.save_pretrained(tmp_path / "base")

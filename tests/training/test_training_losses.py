@@ -55,8 +55,8 @@ def test_distillation_gradient_reaches_the_adaptor_only_in_stage_one(tmp_path):
     trainer = LlasmTrainer(model=model, args=args(tmp_path), data_collator=collator, stage="align", distill_weight=1.0)
     loss = trainer.compute_loss(model, collator([spoken_qa_record(0), spoken_qa_record(1)]))
     loss.backward()
-    assert model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.language_model.parameters())
+    assert model.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.model.language_model.parameters())
 
 
 def test_encoder_cache_gives_the_same_loss_and_skips_the_encoder(tiny_llasm, tmp_path, monkeypatch):
@@ -74,7 +74,7 @@ def test_encoder_cache_gives_the_same_loss_and_skips_the_encoder(tiny_llasm, tmp
     def no_encoder(*args, **kwargs):
         raise AssertionError("the encoder ran although its outputs are cached")
 
-    monkeypatch.setattr(model.audio_tower, "forward", no_encoder)
+    monkeypatch.setattr(model.model.audio_tower, "forward", no_encoder)
     again = cached(records)
     assert cache.hits == 3
     with torch.no_grad():
@@ -86,20 +86,20 @@ def test_encoder_cache_gives_the_same_loss_and_skips_the_encoder(tiny_llasm, tmp
 
 def test_ctc_pre_alignment_trains_the_adaptor_without_running_the_llm(tmp_path, monkeypatch):
     model, processor = build_tiny_llasm()
-    llm_before = {k: v.clone() for k, v in model.language_model.state_dict().items()}
-    encoder_before = {k: v.clone() for k, v in model.audio_tower.state_dict().items()}
-    projector_before = model.multi_modal_projector.linear_1.weight.detach().clone()
+    llm_before = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
+    encoder_before = {k: v.clone() for k, v in model.model.audio_tower.state_dict().items()}
+    projector_before = model.model.multi_modal_projector.linear_1.weight.detach().clone()
 
     def no_llm(*args, **kwargs):
         raise AssertionError("the LLM ran during CTC pre-alignment")
 
-    monkeypatch.setattr(model.language_model, "forward", no_llm)
+    monkeypatch.setattr(model.model.language_model, "forward", no_llm)
     records = [spoken_qa_record(i, seconds=0.6 + 0.1 * i) for i in range(4)]
     trainer, output = ctc_align(model, processor, records, args(tmp_path, max_steps=12, learning_rate=1e-2,
                                                                 per_device_train_batch_size=4, logging_steps=1))  # fmt: skip
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 12 and losses[-1] < losses[0]
-    assert not torch.equal(model.multi_modal_projector.linear_1.weight, projector_before)
+    assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, projector_before)
     # the CTC head is norm-invariant; afterwards the adaptor is scaled to the LLM's mean embedding norm
     batch = LlasmDataCollator(processor, "align")(records)
     with torch.no_grad():
@@ -108,8 +108,8 @@ def test_ctc_pre_alignment_trains_the_adaptor_without_running_the_llm(tmp_path, 
     torch.testing.assert_close(audio.norm(dim=-1).mean(), embedding_norm, rtol=1e-4, atol=1e-5)
     references, predictions = ctc_transcribe(trainer.model, processor, records[:2])
     assert references == [r["messages"][0]["content"][0]["transcript"] for r in records[:2]] and len(predictions) == 2
-    assert all(torch.equal(v, model.language_model.state_dict()[k]) for k, v in llm_before.items())
-    assert all(torch.equal(v, model.audio_tower.state_dict()[k]) for k, v in encoder_before.items())
+    assert all(torch.equal(v, model.model.language_model.state_dict()[k]) for k, v in llm_before.items())
+    assert all(torch.equal(v, model.model.audio_tower.state_dict()[k]) for k, v in encoder_before.items())
 
 
 def test_label_smoothing_with_distillation_is_refused(tmp_path):

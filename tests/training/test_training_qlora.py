@@ -43,8 +43,8 @@ def test_qlora_quantizes_only_llm_linears_and_trains_lora_and_adaptor(qlora_base
     quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 2 * 7 and all(".language_model." in n for n in quantized)
     base = model.get_base_model()
-    assert not isinstance(base.language_model.lm_head, bnb.nn.Linear4bit)
-    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in base.audio_tower.modules())
+    assert not isinstance(base.lm_head, bnb.nn.Linear4bit)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in base.model.audio_tower.modules())
     assert base.is_loaded_in_4bit and base.is_activation_checkpointing
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n or ".modules_to_save." in n for n in trainable)

@@ -126,10 +126,10 @@ def test_recipe_with_word_level_adaptors_keeps_the_llm_frozen_and_evaluates_unde
         assert all(summary["phases"][name]["steps"] == 2 for name in ran), summary["phases"]
         assert all(summary["phases"][name]["steps"] == 0 for name in skipped)
         final = load_llasm(run_dir / "final")
-        llm_before = dict(model.language_model.named_parameters())
-        assert all(torch.equal(p, llm_before[n]) for n, p in final.language_model.named_parameters())  # LLM frozen
-        adaptor_before = dict(model.multi_modal_projector.named_parameters())
-        adaptor_same = all(torch.equal(p, adaptor_before[n]) for n, p in final.multi_modal_projector.named_parameters())
+        llm_before = dict(model.model.language_model.named_parameters())
+        assert all(torch.equal(p, llm_before[n]) for n, p in final.model.language_model.named_parameters())  # LLM frozen
+        adaptor_before = dict(model.model.multi_modal_projector.named_parameters())
+        adaptor_same = all(torch.equal(p, adaptor_before[n]) for n, p in final.model.multi_modal_projector.named_parameters())
         # stage 2 keeps its best step on the held-out questions (step 0 = where it started), scored at every step
         kept = summary.get("stage2_kept")
         assert (kept is not None) == ("stage2" in ran)
@@ -161,8 +161,8 @@ def test_recipe_can_train_the_top_encoder_layer(tiny_training_files, tmp_path):
     argv = ["train", "--smoke", "--precision", "fp32", "--base-dir", str(base_dir), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
             "--no-progress", "--no-understanding", "--no-keep-best", "--train-encoder-layers", "1"]  # fmt: skip
     assert main(argv) == 0
-    before = dict(load_llasm(base_dir).audio_tower.named_parameters())
-    after = dict(load_llasm(run_dir / "final").audio_tower.named_parameters())
+    before = dict(load_llasm(base_dir).model.audio_tower.named_parameters())
+    after = dict(load_llasm(run_dir / "final").model.audio_tower.named_parameters())
     changed = {name for name, p in after.items() if not torch.equal(p, before[name])}
     assert changed and all(name.startswith(("layers.1.", "layer_norm.")) for name in changed), changed
     assert not (run_dir / "encoder_cache").exists()
@@ -190,10 +190,10 @@ def test_recipe_can_teach_the_llm_to_copy_behind_the_reader(tiny_training_files,
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stage2_records"]["asr"] > 0 and summary["phases"]["stage2"]["steps"] == 2
     final = load_llasm(run_dir / "final")
-    llm_before = dict(model.language_model.named_parameters())
-    assert not all(torch.equal(p, llm_before[n]) for n, p in final.language_model.named_parameters())  # LoRA merged in
-    assert all(torch.equal(p, dict(model.multi_modal_projector.named_parameters())[n])
-               for n, p in final.multi_modal_projector.named_parameters())  # fmt: skip
+    llm_before = dict(model.model.language_model.named_parameters())
+    assert not all(torch.equal(p, llm_before[n]) for n, p in final.model.language_model.named_parameters())  # LoRA merged in
+    assert all(torch.equal(p, dict(model.model.multi_modal_projector.named_parameters())[n])
+               for n, p in final.model.multi_modal_projector.named_parameters())  # fmt: skip
     assert final.config.reader_residual_ratio == 0.0
 
 
@@ -218,11 +218,11 @@ def test_resumed_stage_2_starts_from_the_stage_1_adaptor_when_stage_1b_saved_no_
     argv = ["train", "--smoke", "--precision", "fp32", "--base-dir", str(base), "--data-dir", str(data_dir), "--run-dir", str(run_dir),
             "--no-progress", "--no-understanding", "--no-keep-best"]  # fmt: skip
     assert main(argv) == 0
-    uninterrupted = dict(load_llasm(run_dir / "final").multi_modal_projector.named_parameters())
+    uninterrupted = dict(load_llasm(run_dir / "final").model.multi_modal_projector.named_parameters())
     for path in ("stage2", "final", "summary.json"):  # killed after stage 1
         target = run_dir / path
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     assert main([*argv, "--resume"]) == 0
-    resumed = dict(load_llasm(run_dir / "final").multi_modal_projector.named_parameters())
+    resumed = dict(load_llasm(run_dir / "final").model.multi_modal_projector.named_parameters())
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
-    assert not all(torch.equal(p, dict(model.multi_modal_projector.named_parameters())[n]) for n, p in resumed.items())
+    assert not all(torch.equal(p, dict(model.model.multi_modal_projector.named_parameters())[n]) for n, p in resumed.items())

@@ -37,14 +37,14 @@ def test_trainer_optimizer_holds_exactly_the_stage_parameters(tmp_path, stage, l
     held = optimizer_parameter_names(trainer, model)
     if llm_mode == "lora":
         prefix = "base_model.model."
-        projector = {n for n in names(model, prefix + "multi_modal_projector.") if ".modules_to_save." in n}
-        expected = projector | names(model, prefix + "language_model.", lora_only=True)
+        projector = {n for n in names(model, prefix + "model.multi_modal_projector.") if ".modules_to_save." in n}
+        expected = projector | names(model, prefix + "model.language_model.", lora_only=True)
         targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
         assert expected - projector and all(any(f".{t}." in n for t in targets) for n in expected - projector)
     elif stage == "align" or llm_mode == "frozen":
-        expected = names(model, "multi_modal_projector.")
+        expected = names(model, "model.multi_modal_projector.")
     else:
-        expected = names(model, "multi_modal_projector.", "language_model.")
+        expected = names(model, "model.multi_modal_projector.", "model.language_model.", "lm_head.")
     assert held == expected
     assert not any("audio_tower" in n for n in held)
 
@@ -53,13 +53,13 @@ def test_whisper_resampler_decoder_stays_frozen_like_the_encoder(tmp_path):
     model, processor = build_tiny_llasm(adaptor_type="whisper_resampler", num_queries=4)
     trainer = LlasmTrainer(model=model, args=make_args(tmp_path), train_dataset=[spoken_qa_record(0)],
                            data_collator=LlasmDataCollator(processor, "align"), stage="align")  # fmt: skip
-    assert optimizer_parameter_names(trainer, model) == names(model, "multi_modal_projector.linear.")
+    assert optimizer_parameter_names(trainer, model) == names(model, "model.multi_modal_projector.linear.")
 
 
 class FreezeAtTrainBegin(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith("multi_modal_projector."))
+            parameter.requires_grad_(name.startswith("model.multi_modal_projector."))
 
 
 def test_stage_callback_acts_before_the_optimizer_exists_unlike_on_train_begin(tmp_path):
@@ -72,7 +72,7 @@ def test_stage_callback_acts_before_the_optimizer_exists_unlike_on_train_begin(t
     model, processor = build_tiny_llasm()
     early = Trainer(model=model, args=make_args(tmp_path), callbacks=[LlasmStageCallback("align")],
                     train_dataset=[spoken_qa_record(0)], data_collator=LlasmDataCollator(processor, "align"))  # fmt: skip
-    assert optimizer_parameter_names(early, model) == names(model, "multi_modal_projector.")
+    assert optimizer_parameter_names(early, model) == names(model, "model.multi_modal_projector.")
 
 
 def test_train_encoder_layers_trains_the_top_layers_and_the_final_norm_only(tmp_path):
@@ -83,11 +83,11 @@ def test_train_encoder_layers_trains_the_top_layers_and_the_final_norm_only(tmp_
     trainer = LlasmTrainer(model=model, args=make_args(tmp_path), train_dataset=[spoken_qa_record(0)],
                            data_collator=LlasmDataCollator(processor, "align"), stage="align", train_encoder_layers=1)  # fmt: skip
     held = optimizer_parameter_names(trainer, model)
-    assert held == names(model, "multi_modal_projector.", "audio_tower.layers.1.", "audio_tower.layer_norm.")
+    assert held == names(model, "model.multi_modal_projector.", "model.audio_tower.layers.1.", "model.audio_tower.layer_norm.")
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed & names(model, "audio_tower.layers.1.") and changed <= held
-    assert not changed & names(model, "audio_tower.conv1.", "audio_tower.conv2.", "audio_tower.layers.0.")
+    assert changed & names(model, "model.audio_tower.layers.1.") and changed <= held
+    assert not changed & names(model, "model.audio_tower.conv1.", "model.audio_tower.conv2.", "model.audio_tower.layers.0.")
 
 
 def test_train_encoder_layers_is_checked(tmp_path):
@@ -111,10 +111,10 @@ def test_train_stage_and_ctc_align_train_the_encoder_when_asked(tmp_path, option
     from modeling_llasm.training.runner import ctc_align, train_stage
 
     model, processor = build_tiny_llasm()
-    layer0 = names(model, "audio_tower.layers.0.")
+    layer0 = names(model, "model.audio_tower.layers.0.")
     for run, extra in ((train_stage, ("align",)), (ctc_align, ())):
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         run(model, processor, [spoken_qa_record(0), spoken_qa_record(1)], make_args(tmp_path / run.__name__), *extra, **option)
         changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-        assert changed & names(model, "audio_tower.layers.1."), run.__name__
+        assert changed & names(model, "model.audio_tower.layers.1."), run.__name__
         assert bool(changed & layer0) == ("train_encoder" in option), run.__name__
