@@ -88,7 +88,7 @@ def main() -> None:
     clips, references, languages = clips[: args.limit], references[: args.limit], languages[: args.limit]
     unit = error_unit(languages)
     model, processor = load_llasm(args.base)
-    reader = model.multi_modal_projector
+    reader = model.model.multi_modal_projector
     whisper = WhisperTranscriber.from_pretrained(whisper_dir_for(args.base))
     conditions = [("clean", None)] + [(f"{k}:{s:g}", (k, s)) for k, s in parse_noise_conditions(args.noise)] if args.noise else [("clean", None)]
     for name, noise in conditions:

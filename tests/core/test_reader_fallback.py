@@ -17,7 +17,7 @@ def features_of(processor, *clips):
 
 
 def temperatures_read(model, call):
-    reader, seen = model.multi_modal_projector, []
+    reader, seen = model.model.multi_modal_projector, []
     decode = reader._decode
 
     def recording(*args):
@@ -47,7 +47,7 @@ def test_greedy_only_unless_temperatures_are_given_and_greedy_is_kept_when_nothi
 
 def test_a_passing_second_reading_replaces_the_greedy_one_and_is_reproducible():
     model, processor = reader_llasm()
-    reader = model.multi_modal_projector
+    reader = model.model.multi_modal_projector
     clip, other = speechlike(2.2, 3), speechlike(1.3, 5)
     greedy_readings = set()
     decode = reader._decode
@@ -68,7 +68,7 @@ def test_a_passing_second_reading_replaces_the_greedy_one_and_is_reproducible():
 
 def test_what_needs_another_reading():
     model, _ = reader_llasm()
-    reader = model.multi_modal_projector
+    reader = model.model.multi_modal_projector
     assert reader.needs_another_reading([5, 5, 5, 5, 5, 5], -0.1, exhausted=True)  # out of budget in a loop
     assert not reader.needs_another_reading([1, 2, 3, 4, 5, 6], -0.1, exhausted=True)
     assert not reader.needs_another_reading([5, 5, 5, 5, 5, 5], -0.1)  # no tokenizer: the ratio cannot be measured
