@@ -21,6 +21,7 @@ results = evaluate_understanding("run/final", manifest, base_model="~/.cache/lla
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -339,7 +340,8 @@ def evaluate_noise_robustness(
     (the typed answers are computed once), and each condition's rates relative to clean: on-topic answers to the
     audio (`audio_on_topic`), ROUGE-L to the typed answers, and recognition error. Other keyword arguments go to
     `evaluate_understanding` (no retention or held-out ASR here). Returns `{"clean", "conditions", "summary"}`,
-    also written as JSON to `output`."""
+    also written as JSON to `output` after every condition; a run interrupted with the same settings and `output`
+    resumes from the conditions it finished."""
     if isinstance(model, (str, os.PathLike)):
         model_name = str(model)
         model, loaded = load_llasm(model)
@@ -352,14 +354,31 @@ def evaluate_noise_robustness(
     if kwargs.get("asr") is None and kwargs.get("cascade", True):  # one Whisper for every condition
         whisper_dir = kwargs.pop("whisper_dir", None) or whisper_dir_for(model_name if Path(model_name).is_dir() else None)
         kwargs["asr"] = WhisperTranscriber.from_pretrained(whisper_dir, batch_size=kwargs.get("batch_size", 8))
-    clean = evaluate_understanding(model, manifest, processor=processor, log=log, **kwargs)
+    settings = {"model": model_name, "manifest": str(manifest),
+                "kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}  # fmt: skip
+    results: dict[str, Any] = {**settings, "clean": None, "conditions": {}}
+    if output is not None and Path(output).is_file():  # resume: keep what an interrupted run of the same settings did
+        done = json.loads(Path(output).read_text(encoding="utf-8"))
+        if {k: done.get(k) for k in settings} == settings:
+            results.update(clean=done.get("clean"), conditions=done.get("conditions", {}))
+            log(f"[understanding] resuming {output}: clean{''.join(', ' + n for n in results['conditions'])} done")
+
+    def save() -> None:
+        if output is not None:
+            atomic_write_json(output, results, indent=1, ensure_ascii=False)
+
+    if results["clean"] is None:
+        results["clean"] = evaluate_understanding(model, manifest, processor=processor, log=log, **kwargs)
+        save()
+    clean = results["clean"]
     typed = [sample["typed_answer"] for sample in clean["samples"]]
-    results: dict[str, Any] = {"model": model_name, "manifest": str(manifest), "clean": clean, "conditions": {}}
     rows = {"clean": clean["spoken"]}
     for kind, snr_db in conditions:
         name = f"{kind}:{snr_db:g}"
-        results["conditions"][name] = evaluate_understanding(model, manifest, processor=processor, noise=(kind, snr_db),
-                                                             typed_answers=typed, log=log, **kwargs)  # fmt: skip
+        if name not in results["conditions"]:
+            results["conditions"][name] = evaluate_understanding(model, manifest, processor=processor, noise=(kind, snr_db),
+                                                                 typed_answers=typed, log=log, **kwargs)  # fmt: skip
+            save()
         rows[name] = results["conditions"][name]["spoken"]
 
     def ratio(value, reference):
@@ -373,8 +392,7 @@ def evaluate_noise_robustness(
                f"adaptor_{unit}": row[f"adaptor_{unit}"], f"whisper_{unit}": row[f"whisper_{unit}"]}
         for name, row in rows.items()
     }  # fmt: skip
-    if output is not None:
-        atomic_write_json(output, results, indent=1, ensure_ascii=False)
+    save()
     return results
 
 

@@ -280,3 +280,12 @@ def test_noise_robustness_answers_noisy_copies_and_reuses_the_typed_answers(tiny
     with pytest.raises(ValueError, match="typed_answers: 2 answers for 6 spoken questions"):
         understanding.evaluate_understanding(model, manifest, processor=processor, asr=asr, typed_answers=["a", "b"], max_new_tokens=1)
     assert "| babble:0 |" in understanding.format_noise_robustness(results)
+    # an interrupted run resumes: finished conditions are kept, only the missing one is answered
+    partial = json.loads(out.read_text())
+    del partial["conditions"]["babble:0"]
+    out.write_text(json.dumps(partial))
+    heard.clear()
+    resumed = understanding.evaluate_noise_robustness(model, manifest, [("white", 10.0), ("babble", 0.0)], processor=processor,
+                                                      asr=asr, max_new_tokens=3, batch_size=8, output=out)  # fmt: skip
+    assert len(heard) == 1 and np.allclose(heard[0][5], noisy_copies(clips, "babble", 0.0)[5])
+    assert resumed["summary"] == json.loads(json.dumps(results["summary"]))
