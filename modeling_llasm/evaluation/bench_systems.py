@@ -164,7 +164,7 @@ def build_systems(settings: BenchSettings, work_dir: Path) -> tuple[Systems, Pat
         "whisper_encoder_parameters_m": round(sum(p.numel() for p in llasm.model.audio_tower.parameters()) / 1e6, 1),
         "attn_implementation": llasm.config._attn_implementation,
         # the "llasm" row's name: the adaptor benchmarked (the embedded base reads with the Whisper decoder)
-        "llasm_label": f"LLaSM ({llasm.config.adaptor_type}, unpadded)",
+        "llasm_label": f"LLaSM ({llasm.config.adaptor_type}, {'30 s windows' if processor.pad_to_window else 'unpadded'})",
     }
     return Systems(llasm, processor, original, original_processor, transcriber, llm, description), saved
 
