@@ -436,7 +436,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         first = self._decode(encoder_hidden_states, encoder_frame_mask, max_pieces,
                              None if language is None else [language] * windows, temperatures[0])  # fmt: skip
         tokens, states, languages, logprobs, exhausted = (list(part) for part in first)
-        failing = [w for w in range(windows) if self.needs_another_reading(tokens[w], logprobs[w], exhausted[w])]
+        failing = [w for w in range(windows) if len(temperatures) > 1 and self.needs_another_reading(tokens[w], logprobs[w], exhausted[w])]
         for temperature in temperatures[1:]:
             if not failing:
                 break
