@@ -97,6 +97,14 @@ def run_understanding(args: argparse.Namespace) -> int:
 
     if args.model is None:
         raise SystemExit("llasm eval --understanding: name the MODEL to evaluate")
+    conditions = None
+    if args.noise is not None:
+        from modeling_llasm.data.noise import parse_noise_conditions
+
+        try:
+            conditions = parse_noise_conditions(args.noise)
+        except ValueError as error:
+            raise SystemExit(f"llasm eval --noise: {error}") from None
     if args.data is not None:
         if args.clips is not None:
             raise SystemExit("llasm eval --understanding: give --data or --clips, not both")
@@ -111,29 +119,18 @@ def run_understanding(args: argparse.Namespace) -> int:
     else:
         manifest = build_understanding_set(llasm_cache_dir() / "eval" / "understanding-en")
     model, processor = load_in_dtype(args.model, args.dtype) if args.dtype != "float32" else (args.model, None)
-    if args.noise is not None:
-        from modeling_llasm.data.noise import parse_noise_conditions
+    common = dict(processor=processor, whisper_dir=args.whisper, max_new_tokens=args.max_new_tokens or 64,
+                  batch_size=args.batch_size, limit=args.limit, log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    if conditions is not None:
         from modeling_llasm.evaluation.understanding import evaluate_noise_robustness, format_noise_robustness
 
-        try:
-            conditions = parse_noise_conditions(args.noise)
-        except ValueError as error:
-            raise SystemExit(f"llasm eval --noise: {error}") from None
         output = Path(args.output) if args.output else Path(args.model) / "understanding-noise.json"
-        results = evaluate_noise_robustness(
-            model, manifest, conditions, processor=processor, whisper_dir=args.whisper, cascade=not args.no_cascade,
-            max_new_tokens=args.max_new_tokens or 64, batch_size=args.batch_size, limit=args.limit, output=output,
-            log=lambda line: print(line, file=sys.stderr),
-        )  # fmt: skip
-        print(format_noise_robustness(results))
-        print(f"\nresults: {output}")
-        return 0
-    output = Path(args.output) if args.output else Path(args.model) / "understanding.json"
-    results = evaluate_understanding(
-        model, manifest, processor=processor, base_model=args.base, asr_manifest=args.asr, whisper_dir=args.whisper,
-        max_new_tokens=args.max_new_tokens or 64, batch_size=args.batch_size, limit=args.limit, output=output,
-        log=lambda line: print(line, file=sys.stderr),
-    )  # fmt: skip
-    print(format_understanding(results))
+        results = evaluate_noise_robustness(model, manifest, conditions, cascade=not args.no_cascade, output=output, **common)
+        report = format_noise_robustness(results)
+    else:
+        output = Path(args.output) if args.output else Path(args.model) / "understanding.json"
+        results = evaluate_understanding(model, manifest, base_model=args.base, asr_manifest=args.asr, output=output, **common)
+        report = format_understanding(results)
+    print(report)
     print(f"\nresults: {output}")
     return 0
