@@ -95,6 +95,9 @@ class LlasmConfig(PreTrainedConfig):
             decoder prompt is then `<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>`, the language
             detected per window as Whisper does (its most likely language token) unless one is given.
         reader_language (`str`, *optional*): the language the reader reads in when a call gives none (`None`: detect).
+        reader_detect_languages (`list[str]`, *optional*): the languages detection chooses among (`None`: every language
+            of `reader_language_ids`). A model that answers in a few languages detects among those only: the
+            bilingual base uses `["zh", "en"]`, so a Mandarin question with an English term is not read as French.
         reader_chinese_script (`str`, *optional*, defaults to `"simplified"`): Whisper often writes Mandarin in
             traditional characters; windows read as `zh` are converted (OpenCC) to `"simplified"` or `"traditional"`
             before the LLM reads them, or kept as read (`None`).
@@ -145,6 +148,7 @@ class LlasmConfig(PreTrainedConfig):
     reader_language_ids: dict[str, int] | None = None
     reader_task_id: int | None = None
     reader_language: str | None = None
+    reader_detect_languages: list[str] | None = None
     reader_chinese_script: str | None = "simplified"
     reader_temperatures: list[float] | None = None
     reader_compression_ratio_threshold: float | None = 2.4
@@ -181,6 +185,11 @@ class LlasmConfig(PreTrainedConfig):
             raise ValueError("reader_language_ids (a multilingual Whisper) need reader_task_id (the <|transcribe|> token).")
         if self.reader_language is not None:
             self.reader_language = reader_language_code(self.reader_language, self.reader_language_ids)
+        if self.reader_detect_languages is not None:
+            if not self.reader_language_ids or not self.reader_detect_languages:
+                raise ValueError("reader_detect_languages needs a multilingual Whisper (reader_language_ids) and at least one "
+                                 f"language, got {self.reader_detect_languages!r}.")  # fmt: skip
+            self.reader_detect_languages = [reader_language_code(code, self.reader_language_ids) for code in self.reader_detect_languages]
         if self.reader_temperatures is not None and (
             not self.reader_temperatures or any(t < 0 for t in self.reader_temperatures)
         ):

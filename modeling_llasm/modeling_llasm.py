@@ -23,6 +23,7 @@ from transformers import (
     WhisperConfig,
     WhisperFeatureExtractor,
 )
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
@@ -415,7 +416,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         keys = []
         for window, length in enumerate(lengths):
             digest = hashlib.blake2b(encoder_hidden_states[window, :length].float().cpu().numpy().tobytes(), digest_size=16)
-            keys.append(f"{digest.hexdigest()}:{max_pieces[window]}:{language}")
+            keys.append(f"{digest.hexdigest()}:{max_pieces[window]}:{language or self.config.reader_detect_languages}")
         missing = [w for w, key in enumerate(keys) if key not in self.read_cache]
         if missing:
             index = torch.tensor(missing, device=encoder_hidden_states.device)
@@ -521,7 +522,8 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         if language_ids:  # multilingual Whisper: <|sot|> <|lang|> <|transcribe|> <|notimestamps|>
             if languages is None:  # detect as Whisper does: its most likely language token after <|startoftranscript|>
                 state = step(torch.full((windows, 1), start, dtype=torch.long, device=device))
-                codes, ids = list(language_ids), torch.tensor(list(language_ids.values()), device=device)
+                codes = config.reader_detect_languages or list(language_ids)
+                ids = torch.tensor([language_ids[code] for code in codes], device=device)
                 languages = [codes[i] for i in (state @ decoder.embed_tokens.weight[ids].T).argmax(-1).tolist()]
                 prompt = [[language_ids[code], config.reader_task_id, *rest] for code in languages]
             else:
@@ -1137,11 +1139,25 @@ class LlasmPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # Sub-models (Whisper encoder, LLM) initialize themselves; the adaptor (and a fresh `lm_head`) are LLaSM's own.
+        # `transformers.initialization` leaves alone what a checkpoint loaded, and a model built on the meta device
+        # gets the values `__init__` gives (the common tests compare both).
         if isinstance(module, nn.Linear) and not getattr(module, "_is_hf_initialized", False):
             std = getattr(self.config.text_config, "initializer_range", 0.02)
-            module.weight.data.normal_(mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
-                module.bias.data.zero_()
+                init.zeros_(module.bias)
+        elif isinstance(module, LlasmCtcCompressAdaptor):
+            init.copy_(module.ctc_token_ids, torch.arange(module.ctc_token_ids.shape[0]))
+            for parameter in (module.blank_embedding, module.blank_bias, module.log_scale):
+                init.zeros_(parameter)
+        elif isinstance(module, LlasmWhisperReaderAdaptor):
+            init.zeros_(module.state_proj.weight)  # a fresh reader passes the words through unchanged
+            init.zeros_(module.state_proj.bias)
+            for table in (module.llm_pieces, module.no_space, module.spelling_keys, module.spelling_values):
+                init.constant_(table, -1)  # -1: no entry
+            for table in (module.starts_word, module.spelling_initial, module.silence_states):
+                init.zeros_(table)
+            module._lookup = None
 
     def set_reader_tokenizer(self, tokenizer) -> None:
         """Give the `whisper_reader` the LLM's tokenizer (the processor's), so that what it reads reaches the LLM
@@ -1328,19 +1344,28 @@ class LlasmModel(LlasmPreTrainedModel):
         input_features_mask: torch.LongTensor | None,
         audio_encoder_hidden_states: torch.FloatTensor | None,
         language: str | None = None,
+        mm_encoder_outputs: dict[str, LlasmAudioFeaturesOutput] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, LlasmAudioFeaturesOutput | None]:
         """The LLM's input embeddings with the audio merged in (`merge_audio_features`), the attention mask and
         positions to use, and the audio features (None without audio). Placeholder ids that come without audio are
         embedded as the ordinary tokens they are (as transformers' audio LLMs do: assisted decoding and later
-        generation steps call the model with ids only); the processor refuses a placeholder typed into text."""
+        generation steps call the model with ids only); the processor refuses a placeholder typed into text.
+        `mm_encoder_outputs={"audio": get_audio_features(...)}`: audio encoded before (as transformers' `generate` passes
+        pre-encoded images), used instead of encoding `input_features` again."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        features = None
-        if input_features is not None or audio_encoder_hidden_states is not None:
+        features = (mm_encoder_outputs or {}).get("audio")
+        if features is not None:
+            if input_features is not None or audio_encoder_hidden_states is not None:
+                raise ValueError("Pass the audio either as input_features / audio_encoder_hidden_states or as mm_encoder_outputs['audio'], not both.")
+            inputs_embeds, attention_mask, position_ids = self.merge_audio_features(
+                input_ids, inputs_embeds, attention_mask, position_ids, features
+            )
+        elif input_features is not None or audio_encoder_hidden_states is not None:
             recorded = {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if kwargs.get(k)}
             features = self.get_audio_features(input_features, input_features_mask, audio_encoder_hidden_states, language,
                                                return_dict=True, **recorded)  # fmt: skip
@@ -1405,12 +1430,13 @@ class LlasmModel(LlasmPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         audio_encoder_hidden_states: torch.FloatTensor | None = None,
         language: str | None = None,
+        mm_encoder_outputs: dict[str, LlasmAudioFeaturesOutput] | None = None,
         **kwargs,
     ) -> tuple | LlasmModelOutputWithPast:
         r"""Inputs as in `LlasmForConditionalGeneration.forward` (no labels)."""
         inputs_embeds, attention_mask, position_ids, features = self.prompt_embeddings(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, input_features, input_features_mask,
-            audio_encoder_hidden_states, language, **kwargs,
+            audio_encoder_hidden_states, language, mm_encoder_outputs, **kwargs,
         )  # fmt: skip
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                                       cache=cache, **{**kwargs, "return_dict": True})  # fmt: skip
@@ -1487,6 +1513,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         audio_encoder_hidden_states: torch.FloatTensor | None = None,
         language: str | None = None,
+        mm_encoder_outputs: dict[str, LlasmAudioFeaturesOutput] | None = None,
         **kwargs,
     ) -> tuple | LlasmCausalLMOutputWithPast:
         r"""
@@ -1497,6 +1524,9 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             `input_features` (see `get_audio_features`).
         language (`str`, *optional*): `whisper_reader`: the Whisper language to read the audio in (`"en"`, `"zh"`);
             default `config.reader_language`, else detected per window.
+        mm_encoder_outputs (`dict[str, LlasmAudioFeaturesOutput]`, *optional*): `{"audio": get_audio_features(...)}`
+            computed before, instead of `input_features` (`generate` passes it for adaptors whose token count is known
+            only after encoding; assisted decoding hands it to the assistant).
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -1508,6 +1538,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             audio_encoder_hidden_states=audio_encoder_hidden_states,
             language=language,
+            mm_encoder_outputs=mm_encoder_outputs,
             **{**kwargs, "return_dict": True},
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
@@ -1544,6 +1575,14 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
                 language = None
             check_language_applies(self.config, language)
         if not (self.config.variable_audio_tokens and set(audio) - {"input_features_mask"}):
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            if (self.config.variable_audio_tokens and kwargs.get("mm_encoder_outputs") is None and cache is not None
+                    and cache.get_seq_length() > 0 and input_ids is not None and bool((input_ids == self.config.audio_token_id).any())):  # fmt: skip
+                raise ValueError(
+                    f"The {self.config.adaptor_type} adaptor gives each audio window as many tokens as it reads, so a cache "
+                    "returned by `generate` holds fewer positions than the returned sequences have placeholders: continue "
+                    "this chat with `conversation_cache=LlasmConversationCache()` (the whole conversation each turn) instead."
+                )
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **audio, **kwargs)  # no reader here
         if input_ids is None or kwargs.get("inputs_embeds") is not None:
             raise ValueError("Generation with audio needs `input_ids` with the audio placeholders (not `inputs_embeds`).")
@@ -1551,21 +1590,27 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
             attention_mask = torch.ones_like(input_ids)
         features = self.get_audio_features(audio.get("input_features"), audio.get("input_features_mask"),
                                            audio.get("audio_encoder_hidden_states"), language)  # fmt: skip
-        embeds, holed_mask, _ = self.model.merge_audio_features(input_ids, self.get_input_embeddings()(input_ids), attention_mask,
-                                                                None, features)  # fmt: skip
-        keep = holed_mask.bool()
+        # the unused placeholders of each window are left out: each window then fills all of its slots
+        used = torch.cat([torch.arange(int(slots), device=input_ids.device) < int(count)
+                          for slots, count in zip(features.audio_token_slots, features.audio_token_counts)])  # fmt: skip
+        keep = attention_mask.bool().clone()
+        placeholders = input_ids == self.config.audio_token_id
+        if int(placeholders.sum()) != used.shape[0]:
+            raise ValueError(f"The prompts have {int(placeholders.sum())} audio placeholder tokens but the audio windows give "
+                             f"{used.shape[0]}; build inputs with LlasmProcessor and do not truncate them.")  # fmt: skip
+        keep[placeholders] = used
         length = int(keep.sum(-1).max())
         # left padding is masked out of attention: any id does, the generation config's pad id reads best
         pad_id = self.generation_config.pad_token_id
         packed_ids = input_ids.new_full((input_ids.shape[0], length), pad_id if pad_id is not None else 0)
         packed_mask = attention_mask.new_zeros((input_ids.shape[0], length))
-        packed_embeds = embeds.new_zeros((input_ids.shape[0], length, embeds.shape[-1]))
         for row in range(input_ids.shape[0]):  # left padding, as the processor pads for generation
             count = int(keep[row].sum())
             packed_ids[row, length - count :] = input_ids[row][keep[row]]
             packed_mask[row, length - count :] = 1
-            packed_embeds[row, length - count :] = embeds[row][keep[row]]
-        output = super().generate(input_ids=packed_ids, inputs_embeds=packed_embeds, attention_mask=packed_mask, **kwargs)
+        features.audio_token_slots = features.audio_token_counts.clone()
+        # ids, not embeddings: assisted and prompt-lookup decoding extend the ids, and the model merges the audio
+        output = super().generate(input_ids=packed_ids, attention_mask=packed_mask, mm_encoder_outputs={"audio": features}, **kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         prompt = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
         sequences = torch.cat([prompt.to(sequences.device), sequences[:, length:]], dim=-1)
@@ -1592,24 +1637,36 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         # Audio tensors have one row per window, not per sample: repeat each sample's windows as a group so that the
         # expanded rows (beams, return sequences) each get their own sample's audio, in placeholder order.
         audio = {key: model_kwargs.pop(key) for key in AUDIO_INPUT_KEYS if model_kwargs.get(key) is not None}
+        encoded = dict(model_kwargs.get("mm_encoder_outputs") or {})
         if expand_size > 1 and audio:
-            index = self._expanded_window_index(input_ids, audio, expand_size)
+            mask = audio.get("input_features_mask")
+            if mask is None:  # as in `audio_window_tokens`: every mel frame is real
+                if "input_features" not in audio:
+                    raise ValueError("`audio_encoder_hidden_states` need `input_features_mask` (mel frames per window).")
+                mask = audio["input_features"].new_ones(audio["input_features"].shape[0], audio["input_features"].shape[-1])
+            index = self._expanded_window_index(input_ids, window_token_counts(self.config, mask), expand_size)
             audio = {key: value.index_select(0, index.to(value.device)) for key, value in audio.items()}
+        if expand_size > 1 and encoded.get("audio") is not None:  # transformers expands pre-encoded images only
+            features = encoded["audio"]
+            index = self._expanded_window_index(input_ids, features.audio_token_slots.tolist(), expand_size)
+            rows = features.pooler_output.split(features.audio_token_counts.tolist())
+            encoded["audio"] = LlasmAudioFeaturesOutput(
+                last_hidden_state=features.last_hidden_state.index_select(0, index.to(features.last_hidden_state.device)),
+                pooler_output=torch.cat([rows[i] for i in index.tolist()]),
+                audio_token_counts=features.audio_token_counts[index], audio_token_slots=features.audio_token_slots[index],
+                recognized_token_ids=None if features.recognized_token_ids is None else [features.recognized_token_ids[i] for i in index.tolist()],
+                audio_languages=None if features.audio_languages is None else [features.audio_languages[i] for i in index.tolist()],
+            )  # fmt: skip
+            model_kwargs["mm_encoder_outputs"] = encoded
         input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
         model_kwargs.update(audio)
         return input_ids, model_kwargs
 
-    def _expanded_window_index(self, input_ids: torch.LongTensor | None, audio: dict, expand_size: int) -> torch.Tensor:
-        """Window indices for `expand_size` copies of every sample, each copy holding that sample's windows."""
+    def _expanded_window_index(self, input_ids: torch.LongTensor | None, tokens: list[int], expand_size: int) -> torch.Tensor:
+        """Window indices for `expand_size` copies of every sample, each copy holding that sample's windows
+        (`tokens`: the audio placeholders of each window)."""
         if input_ids is None:
             raise ValueError("Expanding audio inputs for generation needs `input_ids` to locate the audio placeholders.")
-        mask = audio.get("input_features_mask")
-        if mask is None:  # as in `audio_window_tokens`: every mel frame is real
-            if "input_features" not in audio:
-                raise ValueError("`audio_encoder_hidden_states` need `input_features_mask` (mel frames per window).")
-            features = audio["input_features"]
-            mask = features.new_ones(features.shape[0], features.shape[-1])
-        tokens = window_token_counts(self.config, mask)
         index, window = [], 0
         for row, needed in enumerate((input_ids == self.config.audio_token_id).sum(-1).tolist()):
             first = window

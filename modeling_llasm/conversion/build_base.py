@@ -39,6 +39,10 @@ BASE_COMPONENTS = {
 # itself only from full 30 s windows (CER 0.080 = Whisper's, against 0.115 from unpadded windows + canned silence;
 # docs/bilingual.md), so the bilingual base pads; Whisper tiny.en reads better unpadded (0.80x Whisper's WER).
 BASE_PROCESSOR_SETTINGS = {"tiny": {}, "bilingual": {"pad_to_window": True}}
+# config settings of a base beyond the recipe's adaptor. The bilingual base answers in Chinese and English: its reader
+# detects between those two only (over all 99 Whisper languages it read 4 of 160 held-out clips as French, Korean:
+# benchmarks/language_detection_check.py, docs/bilingual.md).
+BASE_CONFIG_SETTINGS = {"tiny": {}, "bilingual": {"reader_detect_languages": ["zh", "en"]}}
 BUILD_MANIFEST = "llasm_build.json"
 # Bump when the recipe changes so an old build is rebuilt instead of reused.
 BUILD_VERSION = 3  # 2: rebuilt on an LLM conversion without a stale GGUF quantization_config; 3: adaptor variants (reader tables)
@@ -62,7 +66,9 @@ def base_recipe(components: str = "tiny", **adaptor: Any) -> dict[str, Any]:
     if components not in BASE_COMPONENTS:
         raise ValueError(f"Unknown base components {components!r}; expected one of {tuple(BASE_COMPONENTS)}.")
     recipe = {**TINY_BASE_RECIPE, **adaptor}
-    return recipe if components == "tiny" else {**recipe, "components": components, **BASE_PROCESSOR_SETTINGS[components]}
+    if components == "tiny":
+        return recipe
+    return {**recipe, "components": components, **BASE_CONFIG_SETTINGS[components], **BASE_PROCESSOR_SETTINGS[components]}
 
 
 def is_built(directory: str | os.PathLike, components: str = "tiny", **adaptor: Any) -> bool:

@@ -3,7 +3,8 @@ transformers' tests/generation/test_utils.py, is not in the source distribution 
 
 Each check runs every class of `all_generative_model_classes` on `model_tester.prepare_config_and_inputs_for_common()`
 (prompts with audio) and compares a generation method with what it must equal: greedy search with step-by-step argmax,
-a continued cache with one generate call, assisted and prompt-lookup decoding with greedy search, beam search and
+a continued cache with one generate call (for adaptors whose audio-token count is known only after
+encoding: a continued conversation cache), assisted and prompt-lookup decoding with greedy search, beam search and
 several return sequences with each sample generated alone (its own audio windows), sampling with itself.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import copy
 
 import torch
+
+from modeling_llasm import LlasmConversationCache
 
 
 class LlasmGenerationChecks:
@@ -47,6 +50,25 @@ class LlasmGenerationChecks:
         for model_class in self.all_generative_model_classes:
             model, inputs = self.generation_setup(model_class)
             whole = self.greedy(model, inputs)
+            if model.config.variable_audio_tokens:
+                # `generate` returns every placeholder of the prompt but the cache holds only the audio tokens the
+                # adaptor produced (their count is known after encoding): such a chat continues through the
+                # conversation cache, which keeps what each cached position holds
+                for row in range(whole.shape[0]):
+                    single, cache = self.model_tester.sample_inputs(inputs, row), LlasmConversationCache()
+                    with torch.no_grad():
+                        first = model.generate(**single, max_new_tokens=2, do_sample=False, conversation_cache=cache)
+                        held = len(cache)  # the prompt's positions and the first new token (the last was never fed)
+                        mask = torch.cat([single["attention_mask"], torch.ones_like(first[:, single["input_ids"].shape[1] :])], dim=-1)
+                        rest = model.generate(**{**single, "input_ids": first, "attention_mask": mask}, conversation_cache=cache,
+                                              max_new_tokens=self.max_new_tokens - 2, do_sample=False)  # fmt: skip
+                    self.assertEqual(cache.reused_tokens, held)
+                with torch.no_grad():  # the plain cache continuation is refused, not silently misaligned
+                    first = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+                    with self.assertRaisesRegex(ValueError, "continue this chat with `conversation_cache"):
+                        model.generate(input_ids=first.sequences, cache=first.cache, max_new_tokens=1, do_sample=False)
+                    self.assertEqual(rest[0, -self.max_new_tokens :].tolist(), whole[row, -self.max_new_tokens :].tolist())
+                continue
             with torch.no_grad():
                 first = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
                 mask = torch.cat([inputs["attention_mask"], inputs["attention_mask"].new_ones(whole.shape[0], 2)], dim=-1)

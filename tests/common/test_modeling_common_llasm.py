@@ -117,8 +117,49 @@ class LlasmWhisperResamplerModelTest(LlasmCommonTests, unittest.TestCase):
     config_kwargs = {"num_queries": 8}
 
 
-# Not yet here: `ctc_compress` and `whisper_reader` (variable audio-token counts). Against these suites they fail
-# `_init_weights` of their table buffers (`test_can_init_all_missing_weights`, `test_init_weights_can_init_buffers`,
-# `test_all_tensors_are_parameter_or_buffer`), the reader's `test_tied_weights_keys` and cache continuation, and
-# assisted decoding (their `generate` feeds the packed prompt as `inputs_embeds`, which assisted decoding does not
-# extend with its candidates). See docs/STATUS.md.
+class LlasmCtcCompressModelTest(LlasmCommonTests, unittest.TestCase):
+    adaptor_type = "ctc_compress"
+    config_kwargs = {"ctc_vocab_size": 40}
+
+
+class LlasmWhisperReaderModelTest(LlasmCommonTests, unittest.TestCase):
+    adaptor_type = "whisper_reader"
+    # whole-word respellings, as every real reader has (the bases: tens of thousands); with none, the three spelling
+    # tables are empty tensors, whose shared null storage the tied-weights check reads as tied
+    config_kwargs = {"reader_num_spellings": 2}
+
+    def check_training_gradient_checkpointing(self, gradient_checkpointing_kwargs=None):
+        """transformers' check counts the recomputations of the first checkpointing layer, the audio encoder's; the
+        reader's encoder output reaches the LLM only through its greedy (argmax) reading, so no gradient flows back
+        into it and it is never recomputed. The same check on the first layer gradients reach, the LLM's: recomputed
+        in the backward pass, with the loss and every gradient of the run without checkpointing."""
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        config.use_cache = False
+        inputs = self._prepare_for_class(inputs, LlasmForConditionalGeneration, return_labels=True)
+        torch.manual_seed(42)
+        model = LlasmForConditionalGeneration(config).train()
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        loss = model(**inputs).loss
+        loss.backward()
+        expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        layer = model.model.language_model.layers[0]
+        checkpoint, runs = layer._gradient_checkpointing_func, []
+
+        def counted(forward, *args, **kwargs):
+            def run(*a, **k):
+                runs.append(torch.is_grad_enabled())
+                return forward(*a, **k)
+
+            return checkpoint(run, *args, **kwargs)
+
+        layer._gradient_checkpointing_func = counted
+        checkpointed = model(**inputs).loss
+        checkpointed.backward()
+        self.assertGreater(len(runs), 1)  # the forward, and its recomputation in the backward pass
+        torch.testing.assert_close(checkpointed, loss)
+        self.assertEqual(sorted(n for n, p in model.named_parameters() if p.grad is not None), sorted(expected))
+        for name, grad in expected.items():
+            torch.testing.assert_close(model.get_parameter(name).grad, grad, msg=name)

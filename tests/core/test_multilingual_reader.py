@@ -53,6 +53,27 @@ def test_the_language_is_detected_per_window_from_the_language_tokens():
     assert model.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).audio_languages == ["zh"] * 3
 
 
+def test_detection_chooses_only_among_the_languages_the_model_answers_in():
+    """`reader_detect_languages`: a language outside it is never detected, however likely Whisper finds it."""
+    model, processor = multilingual_reader()
+    inputs = clip_inputs(processor, seconds=2.4)
+    features = lambda: model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])  # noqa: E731
+    first = features().audio_languages[0]
+    other = {"en": "zh", "zh": "en"}[first]
+    model.config.reader_detect_languages = [other]
+    fed, restricted = prompts_fed(model, features)
+    assert restricted.audio_languages == [other] * 3
+    assert fed[1] == [[{"en": EN, "zh": ZH}[other], TRANSCRIBE, NO_TIMESTAMPS]] * 3
+    fields = model.config.to_dict()
+    assert type(model.config)(**{**fields, "reader_detect_languages": ["<|ZH|>", "en"]}).reader_detect_languages == ["zh", "en"]
+    with pytest.raises(ValueError, match=r"Unknown reader language 'fr': expected one of \['en', 'zh'\]"):
+        type(model.config)(**{**fields, "reader_detect_languages": ["zh", "fr"]})
+    with pytest.raises(ValueError, match="reader_detect_languages needs a multilingual Whisper"):
+        type(model.config)(**{**fields, "reader_language_ids": None, "reader_task_id": None, "reader_detect_languages": ["en"]})
+    with pytest.raises(ValueError, match="at least one language"):
+        type(model.config)(**{**fields, "reader_detect_languages": []})
+
+
 def test_processor_language_reaches_generate_and_the_conversation_cache():
     model, processor = multilingual_reader()
     inputs = clip_inputs(processor, language="zh")
