@@ -66,7 +66,7 @@ from .bench_timing import (
     ttft_cascade,
     ttft_speech,
 )
-from .bench_fast import bench_dtypes, bench_pipeline, bench_reuse
+from .bench_fast import bench_dtypes, bench_pipeline, bench_prompt_lookup, bench_reuse
 from .clips import speech_clip, speech_source
 from .sysinfo import load_average, machine_info, thread_contention_check
 
@@ -156,6 +156,8 @@ def _run_benchmark(settings: BenchSettings, command: str) -> dict:
              lambda: bench_reuse(systems, settings, [five_seconds, speech_clip(5.0, seed=7), speech_clip(5.0, seed=8)])),
             ("dtype", "inference precision", lambda: bench_dtypes(systems, settings, five_seconds)),
             ("pipeline", "batched pipeline", lambda: bench_pipeline(systems, settings, batch_clips())),
+            ("lookup", "prompt-lookup decoding",
+             lambda: bench_prompt_lookup(systems, settings, [five_seconds, speech_clip(5.0, seed=7)])),
         )  # fmt: skip
         for name, what, run in inference_sections:
             if name in settings.sections:

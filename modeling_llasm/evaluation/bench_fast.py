@@ -14,7 +14,7 @@ from ..modeling_llasm import LlasmConversationCache, set_inference_dtype
 from .bench_systems import BenchSettings, Systems
 from .bench_timing import TokenTimes, _audio_turn, bare_llm_inputs, ttft_speech
 
-__all__ = ["FAST_DTYPES", "bench_dtypes", "bench_pipeline", "bench_reuse"]
+__all__ = ["FAST_DTYPES", "LOOKUP_TOKENS", "bench_dtypes", "bench_pipeline", "bench_prompt_lookup", "bench_reuse"]
 
 FAST_DTYPES = ("float32", "bfloat16", "int8")
 # the precisions that keep float32's answers, among which the goals take the fastest. Measured (docs/inference.md):
@@ -183,3 +183,66 @@ def bench_pipeline(systems: Systems, settings: BenchSettings, clips: list[np.nda
         "outputs_total": len(clips),
         "runs": {k: [round(v, 3) for v in values] for k, values in runs.items()},
     }
+
+
+LOOKUP_TOKENS = 10  # candidate tokens per prompt-lookup step (transformers' documented example value)
+
+
+class _TokenChunks:
+    """A generation streamer recording when each chunk of new tokens arrives and how many it holds (prompt-lookup
+    decoding emits several per step)."""
+
+    def __init__(self):
+        self.chunks: list[tuple[float, int]] = []
+
+    def put(self, value):
+        self.chunks.append((time.perf_counter(), int(value.numel())))
+
+    def end(self):
+        pass
+
+    def decode_rate(self) -> float | None:
+        """New tokens per second after the first chunk of new tokens (the prefill's); None with a single chunk."""
+        new = self.chunks[1:]  # the first chunk is the prompt
+        if len(new) < 2:
+            return None
+        return sum(n for _, n in new[1:]) / (new[-1][0] - new[0][0])
+
+
+def bench_prompt_lookup(systems: Systems, settings: BenchSettings, clips: list[np.ndarray]) -> dict:
+    """Greedy decoding with and without prompt-lookup decoding (`prompt_lookup_num_tokens`) on the same prompts: the
+    transcription request and a spoken question per clip; decode tokens/s, wall time and whether the answers match."""
+    model, processor = systems.llasm, systems.llasm_processor
+    prompts = {}
+    for i, clip in enumerate(clips):
+        prompts[f"transcription request {i + 1}"] = processor.apply_transcription_request(clip)
+        prompts[f"spoken question {i + 1}"] = processor.apply_chat_template([_audio_turn(clip)], add_generation_prompt=True)
+    gen = dict(max_new_tokens=settings.decode_tokens, do_sample=False)
+    answers: dict[tuple[str, str], list[int]] = {}
+
+    def arm(name: str, inputs: dict, **lookup):
+        def run():
+            chunks = _TokenChunks()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(**inputs, streamer=chunks, **gen, **lookup)
+            answers[name, "lookup" if lookup else "greedy"] = out[0, inputs["input_ids"].shape[1] :].tolist()
+            return {"seconds": time.perf_counter() - start, "decode_rate": chunks.decode_rate()}
+
+        return run
+
+    rows = {}
+    for name, inputs in prompts.items():
+        runs = _alternating(settings, {"greedy": arm(name, inputs), "lookup": arm(name, inputs, prompt_lookup_num_tokens=LOOKUP_TOKENS)},
+                            f"prompt lookup: {name}")  # fmt: skip
+        row = {}
+        for mode, values in runs.items():
+            rates = [v["decode_rate"] for v in values if v["decode_rate"] is not None]
+            row[mode] = {"seconds": statistics.median(v["seconds"] for v in values), "decode_rate": statistics.median(rates) if rates else None}
+        row["new_tokens"] = len(answers[name, "greedy"])
+        row["answers_equal"] = answers[name, "greedy"] == answers[name, "lookup"]
+        row["speedup"] = row["greedy"]["seconds"] / row["lookup"]["seconds"]
+        rows[name] = row
+    return {"prompt_lookup_num_tokens": LOOKUP_TOKENS, "max_new_tokens": settings.decode_tokens, "prompts": rows,
+            "answers_equal": all(r["answers_equal"] for r in rows.values())}  # fmt: skip
+

@@ -331,7 +331,7 @@ def markdown_report(results: dict) -> str:
 
 
 def _fast_sections(results: dict) -> list[str]:
-    """Markdown of the issue-12 sections (reuse, dtype, pipeline)."""
+    """Markdown of the issue-12 sections (reuse, dtype, pipeline) and prompt-lookup decoding (issue 26)."""
     lines = []
     if "reuse" in results:
         r = results["reuse"]
@@ -367,6 +367,21 @@ def _fast_sections(results: dict) -> list[str]:
         for k in ("one_by_one", "batch"):
             lines.append(f"| {k.replace('_', ' ')} | {p['seconds'][k]:.2f} | {p['answers_per_second'][k]:.2f} |")
         lines += ["", f"Speedup {p['speedup']:.2f}x; identical answers {p['outputs_equal']}/{p['outputs_total']}.", ""]
+    if "lookup" in results:
+        k = results["lookup"]
+        lines += ["## Prompt-lookup decoding", "",
+                  f"Greedy `generate` vs `prompt_lookup_num_tokens={k['prompt_lookup_num_tokens']}` on the same prompts (5 s clips, "
+                  f"up to {k['max_new_tokens']} new tokens); decode tok/s after the first new token.", "",
+                  "| prompt | new tokens | greedy s | lookup s | speedup | greedy tok/s | lookup tok/s | same answer |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+        def rate(value):
+            return "n/a" if value is None else f"{value:.2f}"
+
+        for name, r in k["prompts"].items():
+            lines.append(f"| {name} | {r['new_tokens']} | {r['greedy']['seconds']:.2f} | {r['lookup']['seconds']:.2f} | {r['speedup']:.2f}x | "
+                         f"{rate(r['greedy']['decode_rate'])} | {rate(r['lookup']['decode_rate'])} | {r['answers_equal']} |")  # fmt: skip
+        lines.append("")
     return lines
 
 

@@ -10,7 +10,7 @@ from modeling_llasm.evaluation.bench import GOALS, BenchSettings, check_goals, e
 def test_bench_smoke_writes_table_json_and_plots(tmp_path):
     settings = BenchSettings(
         output_dir=tmp_path / "out", smoke=True, repeats=1, warmup=0, threads=1, decode_tokens=4, batch_new_tokens=3,
-        stage1_steps=1, stage1_batch=2, sections=("ttft", "decode", "batch", "reuse", "dtype", "pipeline", "stage1"), log=lambda line: None,
+        stage1_steps=1, stage1_batch=2, sections=("ttft", "decode", "batch", "reuse", "dtype", "pipeline", "lookup", "stage1"), log=lambda line: None,
         trainer_benchmark=False,  # benchmarks/stage1_speed.py is the training engineer's, with its own checks
     )  # fmt: skip
     results = run_benchmark(settings)
@@ -34,10 +34,14 @@ def test_bench_smoke_writes_table_json_and_plots(tmp_path):
     assert set(saved["dtype"]["by_dtype"]) == {"float32", "bfloat16", "int8"}
     assert all(row["decode"] > 0 and row["ttft"] > 0 for row in saved["dtype"]["by_dtype"].values())
     assert saved["pipeline"]["outputs_equal"] == saved["pipeline"]["outputs_total"] == 8
+    # issue 26: prompt-lookup decoding beside greedy on the same prompts, the same answers
+    lookup = saved["lookup"]["prompts"]
+    assert set(lookup) == {"transcription request 1", "spoken question 1", "transcription request 2", "spoken question 2"}
+    assert saved["lookup"]["answers_equal"] and all(row["answers_equal"] and row["new_tokens"] > 0 for row in lookup.values())
     assert {g["key"] for g in saved["goals"]} == set(GOALS)
     table = (tmp_path / "out" / "results.md").read_text()
     for heading in ("## Goals", "## Time to first token", "## Decode speed", "## Batch of 8", "## Reusing earlier work",
-                    "## Inference precision", "## Batched pipeline", "## Stage-1 training", "SMOKE RUN"):
+                    "## Inference precision", "## Batched pipeline", "## Prompt-lookup decoding", "## Stage-1 training", "SMOKE RUN"):
         assert heading in table
     if any(not g["met"] for g in saved["goals"]):  # tiny random models miss some goals: profiles explain why
         assert "## Profiles of missed goals" in table and "Self CPU" in table
