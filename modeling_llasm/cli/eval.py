@@ -120,7 +120,7 @@ def run_understanding(args: argparse.Namespace) -> int:
         manifest = build_understanding_set(llasm_cache_dir() / "eval" / "understanding-en")
     model, processor = load_in_dtype(args.model, args.dtype) if args.dtype != "float32" else (args.model, None)
     common = dict(processor=processor, whisper_dir=args.whisper, max_new_tokens=args.max_new_tokens or 64,
-                  batch_size=args.batch_size, limit=args.limit, log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+                  batch_size=args.batch_size, limit=args.limit, log=lambda line: print(line, file=sys.stderr), progress=True)  # fmt: skip
     if conditions is not None:
         from modeling_llasm.evaluation.understanding import evaluate_noise_robustness, format_noise_robustness
 

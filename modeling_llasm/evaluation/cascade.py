@@ -43,14 +43,17 @@ class WhisperTranscriber:
 
     def generate_ids(self, clips: Sequence[np.ndarray]) -> torch.Tensor:
         """Token ids of the transcripts of `clips` (all at most one window long)."""
-        features = self.feature_extractor(
-            list(clips), sampling_rate=self.feature_extractor.sampling_rate, return_tensors="pt"
-        ).input_features.to(self.model.dtype)
+        inputs = self.feature_extractor(
+            list(clips), sampling_rate=self.feature_extractor.sampling_rate, return_tensors="pt", return_attention_mask=True
+        )  # fmt: skip
         kwargs = self._task_kwargs()
         if getattr(self.model.generation_config, "no_timestamps_token_id", None) is not None:
             kwargs["return_timestamps"] = False  # plain transcripts (the real checkpoints have this field)
+        # Whisper's `generate` counts `max_length` after its decoder prompt (it adds the prompt's length), and with
+        # `max_new_tokens` it warns that both are set (its own generation config sets max_length): the budget goes here
         with torch.inference_mode():
-            return self.model.generate(features, max_new_tokens=self.max_new_tokens, do_sample=False, **kwargs)
+            return self.model.generate(inputs.input_features.to(self.model.dtype), attention_mask=inputs.attention_mask,
+                                       max_length=self.max_new_tokens, do_sample=False, **kwargs)  # fmt: skip
 
     def _task_kwargs(self) -> dict:
         """A multilingual Whisper transcribes (as `whisper.transcribe` does by default), in the detected language: without
@@ -69,19 +72,25 @@ class WhisperTranscriber:
             )  # fmt: skip
         return self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
 
-    def __call__(self, clips: Sequence[np.ndarray]) -> list[str]:
+    def __call__(self, clips: Sequence[np.ndarray], progress: str | None = None) -> list[str]:
+        """The transcript of each clip; `progress`: the description of a progress bar (None: none)."""
+        from tqdm.auto import tqdm
+
         texts: list[str | None] = [None] * len(clips)
         # Long-form (> 30 s) transcription needs Whisper's timestamp tokens; a checkpoint without them truncates.
         long_form = getattr(self.model.generation_config, "no_timestamps_token_id", None) is not None
         short = [i for i, c in enumerate(clips) if len(c) <= self.window_samples or not long_form]
-        for start in range(0, len(short), self.batch_size):
-            chunk = short[start : start + self.batch_size]
-            ids = self.generate_ids([clips[i] for i in chunk])
-            for i, text in zip(chunk, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
-                texts[i] = text.strip()
-        for i, clip in enumerate(clips):
-            if texts[i] is None:
-                texts[i] = self._long_form(clip)
+        with tqdm(total=len(clips), desc=progress, unit="clip", disable=progress is None) as bar:
+            for start in range(0, len(short), self.batch_size):
+                chunk = short[start : start + self.batch_size]
+                ids = self.generate_ids([clips[i] for i in chunk])
+                for i, text in zip(chunk, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
+                    texts[i] = text.strip()
+                bar.update(len(chunk))
+            for i, clip in enumerate(clips):
+                if texts[i] is None:
+                    texts[i] = self._long_form(clip)
+                    bar.update(1)
         return texts  # type: ignore[return-value]
 
 

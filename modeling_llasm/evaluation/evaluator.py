@@ -31,18 +31,24 @@ def load_llasm(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32)
 
 
 def generate_answers(
-    model, processor, conversations: Sequence[list[dict]], max_new_tokens: int = 128, batch_size: int = 8, **generate_kwargs
-) -> list[str]:
-    """Greedy answers of `model` to chat `conversations` (batched, left-padded), decoded without special tokens."""
+    model, processor, conversations: Sequence[list[dict]], max_new_tokens: int = 128, batch_size: int = 8,
+    progress: str | None = None, **generate_kwargs,
+) -> list[str]:  # fmt: skip
+    """Greedy answers of `model` to chat `conversations` (batched, left-padded), decoded without special tokens.
+    `progress`: the description of a progress bar (None: none)."""
+    from tqdm.auto import tqdm
+
     answers: list[str] = []
     generate_kwargs.setdefault("do_sample", False)
-    for start in range(0, len(conversations), batch_size):
-        batch = list(conversations[start : start + batch_size])
-        inputs = processor.apply_chat_template(batch, add_generation_prompt=True, padding_side="left")
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
-        new = out[:, inputs["input_ids"].shape[1] :]
-        answers.extend(processor.decode(row, skip_special_tokens=True).strip() for row in new)
+    with tqdm(total=len(conversations), desc=progress, unit="answer", disable=progress is None) as bar:
+        for start in range(0, len(conversations), batch_size):
+            batch = list(conversations[start : start + batch_size])
+            inputs = processor.apply_chat_template(batch, add_generation_prompt=True, padding_side="left")
+            with torch.inference_mode():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+            new = out[:, inputs["input_ids"].shape[1] :]
+            answers.extend(processor.decode(row, skip_special_tokens=True).strip() for row in new)
+            bar.update(len(batch))
     return answers
 
 

@@ -88,24 +88,30 @@ def build_understanding_set(
 
 
 @torch.no_grad()
-def adaptor_transcripts(model, processor, clips: Sequence[Any], batch_size: int = 8, max_new_tokens: int = 48) -> tuple[list[str], str]:
+def adaptor_transcripts(model, processor, clips: Sequence[Any], batch_size: int = 8, max_new_tokens: int = 48,
+                        progress: str | None = None) -> tuple[list[str], str]:  # fmt: skip
     """What the adaptor recognises in each clip, and how it was read out.
 
     Adaptors that recognise words (`ctc_compress`, `whisper_reader`: `get_audio_features(...).recognized_token_ids`)
-    are read directly ("adaptor"); any other adaptor is read through the LLM with the ASR prompt ("llm")."""
+    are read directly ("adaptor"); any other adaptor is read through the LLM with the ASR prompt ("llm").
+    `progress`: the description of a progress bar (None: none)."""
+    from tqdm.auto import tqdm
+
     from ..processing_llasm import load_audio
 
     clips = [load_audio(clip) for clip in clips]
     if model.config.variable_audio_tokens:
         texts = []
-        for start in range(0, len(clips), batch_size):
-            chunk = clips[start : start + batch_size]
-            batch = processor(text=[processor.audio_token] * len(chunk), audio=chunk)
-            features = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
-            texts.extend(_decode_windows(processor, features.recognized_token_ids, [len(processor.audio_windows(c)) for c in chunk]))
+        with tqdm(total=len(clips), desc=progress, unit="clip", disable=progress is None) as bar:
+            for start in range(0, len(clips), batch_size):
+                chunk = clips[start : start + batch_size]
+                batch = processor(text=[processor.audio_token] * len(chunk), audio=chunk)
+                features = model.get_audio_features(batch["input_features"], batch["input_features_mask"])
+                texts.extend(_decode_windows(processor, features.recognized_token_ids, [len(processor.audio_windows(c)) for c in chunk]))
+                bar.update(len(chunk))
         return texts, "adaptor"
     prompts = [[{"role": "user", "content": [{"type": "audio", "audio": clip}, {"type": "text", "text": ASR_PROMPT}]}] for clip in clips]
-    return generate_answers(model, processor, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size), "llm"
+    return generate_answers(model, processor, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress), "llm"
 
 
 def _decode_windows(processor, window_ids: list[list[int]], windows_per_clip: list[int]) -> list[str]:
@@ -184,6 +190,7 @@ def evaluate_understanding(
     typed_answers: Sequence[str] | None = None,
     output: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Spoken-question understanding of `model` on the spoken-question records of `manifest` (see the module
     docstring). `base_model` (a checkpoint directory or a loaded model) gives the base LLM for text-skill retention
@@ -194,7 +201,7 @@ def evaluate_understanding(
     Greedy decoding, `max_new_tokens` for every answer. `noise=("white" | "babble", snr_db)` mixes noise into every
     clip first (`data.noise.noisy_copies`: the model, Whisper and the cascade all hear the noisy copies);
     `typed_answers` (in record order) reuses the answers to the typed questions of an earlier run on the same records.
-    Returns the results dict (also written as JSON to `output`)."""
+    `progress`: progress bars for the long steps. Returns the results dict (also written as JSON to `output`)."""
     from ..processing_llasm import load_audio
 
     log = log or (lambda line: None)
@@ -212,6 +219,9 @@ def evaluate_understanding(
     gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     timing: dict[str, float] = {}
 
+    def bar(description: str) -> str | None:
+        return description if progress else None
+
     def timed(name: str, fn):
         start = time.perf_counter()
         value = fn()
@@ -227,14 +237,16 @@ def evaluate_understanding(
         clips = noisy_copies(clips, *noise)
         audio_prompts = [_with_clip(prompt, clip) for prompt, clip in zip(audio_prompts, clips)]
     log(f"[understanding] {len(records)} spoken questions{f' with {noise[0]} noise at {noise[1]:g} dB SNR' if noise else ''}: answering the audio ...")
-    audio_answers = timed("audio_answers", lambda: generate_answers(model, processor, audio_prompts, **gen))
+    audio_answers = timed("audio_answers", lambda: generate_answers(model, processor, audio_prompts, progress=bar("answers to the audio"), **gen))
     if typed_answers is None:
         log("[understanding] answering the typed transcripts ...")
-        typed_answers = timed("typed_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [g]) for r, g in zip(records, gold)], **gen))
+        typed_answers = timed("typed_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [g]) for r, g in zip(records, gold)],
+                                                                       progress=bar("answers to the typed questions"), **gen))
     elif len(typed_answers) != len(records):
         raise ValueError(f"typed_answers: {len(typed_answers)} answers for {len(records)} spoken questions.")
     log("[understanding] the adaptor's own recognition ...")
-    recognized, readout = timed("adaptor_recognition", lambda: adaptor_transcripts(model, processor, clips, batch_size=batch_size))
+    recognized, readout = timed("adaptor_recognition", lambda: adaptor_transcripts(model, processor, clips, batch_size=batch_size,
+                                                                                                  progress=bar("recognition")))
     if asr is None and (cascade or asr_manifest is not None or recognition_manifest is not None):
         whisper_path = Path(whisper_dir) if whisper_dir is not None else whisper_dir_for(model_name if Path(model_name).is_dir() else None)
         log(f"[understanding] Whisper {whisper_path} (cascade and ASR reference) ...")
@@ -242,8 +254,9 @@ def evaluate_understanding(
     if not cascade:
         whisper_texts, cascade_answers = [None] * len(records), [None] * len(records)
     else:
-        whisper_texts = timed("whisper", lambda: list(asr(clips)))
-        cascade_answers = timed("cascade_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [t]) for r, t in zip(records, whisper_texts)], **gen))
+        whisper_texts = timed("whisper", lambda: list(asr(clips, progress=bar("Whisper")) if isinstance(asr, WhisperTranscriber) else asr(clips)))
+        cascade_answers = timed("cascade_answers", lambda: generate_answers(model, processor, [tasks.text_prompt(r, [t]) for r, t in zip(records, whisper_texts)],
+                                                                            progress=bar("cascade answers"), **gen))
 
     samples = []
     for i, record in enumerate(records):
@@ -354,8 +367,8 @@ def evaluate_noise_robustness(
     if kwargs.get("asr") is None and kwargs.get("cascade", True):  # one Whisper for every condition
         whisper_dir = kwargs.pop("whisper_dir", None) or whisper_dir_for(model_name if Path(model_name).is_dir() else None)
         kwargs["asr"] = WhisperTranscriber.from_pretrained(whisper_dir, batch_size=kwargs.get("batch_size", 8))
-    settings = {"model": model_name, "manifest": str(manifest),
-                "kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}}  # fmt: skip
+    settings = {"model": model_name, "manifest": str(manifest),  # what the results depend on (not `progress`)
+                "kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, type(None))) and k != "progress"}}  # fmt: skip
     results: dict[str, Any] = {**settings, "clean": None, "conditions": {}}
     if output is not None and Path(output).is_file():  # resume: keep what an interrupted run of the same settings did
         done = json.loads(Path(output).read_text(encoding="utf-8"))

@@ -550,7 +550,7 @@ class Recipe:
                                          whisper_dir=whisper_dir_for(base_dir), text_prompts=retention_prompts(list(self.languages)),
                                          asr_manifest=heldout, asr_prompts=("transcription_request",),
                                          recognition_manifest=heldout if model.config.variable_audio_tokens else None,
-                                         max_new_tokens=8 if self.s.smoke else 64, batch_size=16,
+                                         max_new_tokens=8 if self.s.smoke else 64, batch_size=16, progress=self.s.progress,
                                          output=self.phase_dir("understanding") / "results.json")  # fmt: skip
         self.summary["understanding"] = {k: results[k] for k in ("spoken", "by_voice", "by_language", "settings") if k in results}
         for key in ("heldout_asr", "heldout_recognition"):

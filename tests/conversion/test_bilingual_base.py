@@ -34,6 +34,7 @@ def test_the_bilingual_base_records_its_components_and_languages(bilingual):
     assert config.text_config.model_type == "qwen2" and config.audio_config.d_model == 512
     assert {"en", "zh"} <= set(config.reader_language_ids) and config.reader_task_id is not None
     assert config.reader_chinese_script == "simplified"
+    assert config.reader_detect_languages == ["zh", "en"]  # it answers in these two: detection chooses between them
     assert model.model.multi_modal_projector.text_tokenizer is not None  # loaded from beside the weights
 
 

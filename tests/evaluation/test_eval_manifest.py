@@ -289,3 +289,17 @@ def test_noise_robustness_answers_noisy_copies_and_reuses_the_typed_answers(tiny
                                                       asr=asr, max_new_tokens=3, batch_size=8, output=out)  # fmt: skip
     assert len(heard) == 1 and np.allclose(heard[0][5], noisy_copies(clips, "babble", 0.0)[5])
     assert resumed["summary"] == json.loads(json.dumps(results["summary"]))
+
+
+def test_understanding_shows_progress_on_request(tiny_llasm, manifest, capsys):
+    """The long steps of the spoken-understanding evaluation (`llasm eval --understanding`, the recipe's phase) show
+    progress bars, as every other long step does; off by default."""
+    from modeling_llasm.evaluation import understanding
+
+    model, processor = tiny_llasm
+    understanding.evaluate_understanding(model, manifest, processor=processor, asr=stub_asr, max_new_tokens=2, progress=True)
+    shown = capsys.readouterr().err
+    for step in ("answers to the audio", "answers to the typed questions", "recognition", "cascade answers"):
+        assert f"{step}: 100%" in shown, shown
+    understanding.evaluate_understanding(model, manifest, processor=processor, asr=stub_asr, max_new_tokens=2)
+    assert "100%" not in capsys.readouterr().err
