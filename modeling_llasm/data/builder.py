@@ -33,7 +33,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -525,6 +525,9 @@ def _stage2_records(split_name: str, questions) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+SEED_TEXT_SUBSETS = ("stage1/train", "stage1/heldout", "stage2/train", "stage2/heldout")
+
+
 def build_seed_text(
     output_dir: str | os.PathLike,
     *,
@@ -536,6 +539,7 @@ def build_seed_text(
     max_audio_seconds: float = 30.0,
     split: SeedTextSplit | None = None,
     assistant_counts: Mapping[str, int] | None = None,
+    subsets: Collection[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, BuildReport]:
     """The embedded-default datasets from `text_sources`, without any external data.
@@ -544,8 +548,12 @@ def build_seed_text(
     `OUT/stage2/{train,heldout}` (spoken questions: user = audio only; the response is produced later by the
     text LLM reading the transcript). Held-out sets use other texts and voices never used for training.
     `assistant_counts` adds assistant-style training utterances (questions, requests; `seed_text_split`).
-    Other keyword arguments (num_workers, progress, overwrite...) go to `build_dataset`.
+    `subsets`: voice only these of `SEED_TEXT_SUBSETS` (the split is the same: e.g. the held-out sets alone, for a
+    run that trains nothing). Other keyword arguments (num_workers, progress, overwrite...) go to `build_dataset`.
     """
+    unknown = sorted(set(subsets or ()) - set(SEED_TEXT_SUBSETS))
+    if unknown:
+        raise ValueError(f"build_seed_text: unknown subsets {unknown}; expected some of {list(SEED_TEXT_SUBSETS)}.")
     output_dir = Path(output_dir)
     if split is None:
         split = seed_text_split(counts, heldout_fraction=heldout_fraction, question_heldout_fraction=question_heldout_fraction,
@@ -562,6 +570,8 @@ def build_seed_text(
     }
     reports = {}
     for name, (records, voices) in jobs.items():
+        if subsets is not None and name not in subsets:
+            continue
         config = BuildConfig(seed=seed, voices=voices, rates=rates, filters=None, max_audio_seconds=max_audio_seconds)
         reports[name] = build_dataset(
             records, output_dir / name, config=config, source={**source, "subset": name}, total=len(records), **kwargs

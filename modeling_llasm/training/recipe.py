@@ -498,9 +498,12 @@ class Recipe:
         assistant = assistant if self.trains else 0  # they are only ever stage-2 instructions
         counts, assistant_counts = seed_counts(utterances, assistant, self.languages)
         mix = "" if list(counts) == ["en"] else f" ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+        # a run that trains nothing reads only the held-out sets: the same split, the training clips left unvoiced
+        subsets = None if self.trains else ("stage1/heldout", "stage2/heldout")
+        voiced = "" if subsets is None else " (the held-out sets voiced only: nothing is trained)"
         self.log(f"data: {utterances} stage-1 utterances{mix} + {sum(assistant_counts.values())} assistant-style ones + "
-                 f"spoken questions with offline TTS -> {data_dir}")  # fmt: skip
-        build_seed_text(data_dir, counts=counts, assistant_counts=assistant_counts or None,
+                 f"spoken questions with offline TTS -> {data_dir}{voiced}")  # fmt: skip
+        build_seed_text(data_dir, counts=counts, assistant_counts=assistant_counts or None, subsets=subsets,
                         seed=self.s.seed, num_workers=self.s.tts_workers, progress=self.s.progress)  # fmt: skip
         return data_dir
 
@@ -571,7 +574,8 @@ class Recipe:
         limit = 8 if self.s.smoke else None
         limits = {"stage1_train": limit, "stage1_heldout": self.s.eval_clips, "stage2_train": limit,
                   "stage2_heldout": 4 if self.s.smoke else 20}  # fmt: skip
-        full = {name: read_records(data_dir / name.replace("_", "/")) for name in limits}
+        unvoiced = set() if self.trains or self.s.data_dir is not None else {"stage1_train", "stage2_train"}  # see `data`
+        full = {name: [] if name in unvoiced else read_records(data_dir / name.replace("_", "/")) for name in limits}
         found = languages_of([r for split in full.values() for r in split])
         if self.s.data_dir is not None:
             if self.languages is not None and set(found) != set(self.languages):

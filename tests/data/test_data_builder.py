@@ -211,3 +211,18 @@ def test_kill_and_resume(tmp_path, write_jsonl):
         assert (st.st_mtime_ns, st.st_ino) == stamp, path
     assert not list((out / "audio").rglob("*.tmp-*"))
     assert not (out / "skipped.jsonl").read_text()
+
+
+def test_seed_text_voices_only_the_subsets_asked(tmp_path):
+    """A recipe that trains nothing voices the held-out sets alone: the same split as a full build, nothing else."""
+    from modeling_llasm.data.text_sources import seed_text_split
+
+    reports = builder.build_seed_text(tmp_path / "out", counts={"en": 40}, heldout_fraction=0.1, subsets=("stage1/heldout",),
+                                      num_workers=1, progress=False)  # fmt: skip
+    assert list(reports) == ["stage1/heldout"]
+    assert not (tmp_path / "out" / "stage1" / "train").exists() and not (tmp_path / "out" / "stage2").exists()
+    split = seed_text_split({"en": 40}, heldout_fraction=0.1, question_heldout_fraction=0.1, seed=0)
+    voiced = [r["messages"][1]["content"][0]["text"] for r in read_manifest(tmp_path / "out" / "stage1" / "heldout" / "manifest.jsonl")]
+    assert voiced == [u.text for u in split.heldout] and len(voiced) == 4
+    with pytest.raises(ValueError, match=r"unknown subsets \['stage3/train'\]"):
+        builder.build_seed_text(tmp_path / "bad", counts={"en": 40}, subsets=("stage3/train",))

@@ -226,3 +226,26 @@ def test_resumed_stage_2_starts_from_the_stage_1_adaptor_when_stage_1b_saved_no_
     resumed = dict(load_llasm(run_dir / "final").model.multi_modal_projector.named_parameters())
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
     assert not all(torch.equal(p, dict(model.model.multi_modal_projector.named_parameters())[n]) for n, p in resumed.items())
+
+
+def test_a_recipe_that_trains_nothing_voices_only_the_held_out_sets(tmp_path):
+    """The default reader recipe trains no phase: it voices the held-out clips it evaluates on, not the training
+    clips (4,704 of them on the full recipe) that nothing would read."""
+    import pytest
+
+    from modeling_llasm.data.tts import EspeakNGEngine
+    from tiny_llasm import reader_llasm
+
+    if not EspeakNGEngine.is_available():
+        pytest.skip("needs espeak-ng (the data builder's offline TTS)")
+    model, processor = reader_llasm()
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    run_dir = tmp_path / "run"
+    assert main(["train", "--smoke", "--base-dir", str(tmp_path / "base"), "--run-dir", str(run_dir), "--no-progress", "--precision", "fp32"]) == 0
+    data = run_dir / "data"
+    assert (data / "stage1" / "heldout" / "manifest.jsonl").is_file() and (data / "stage2" / "heldout" / "manifest.jsonl").is_file()
+    assert not (data / "stage1" / "train").exists() and not (data / "stage2" / "train").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["records"]["stage1_train"] == summary["records"]["stage2_train"] == 0
+    assert summary["records"]["stage1_heldout"] > 0 and summary["understanding"]["spoken"]["num_questions"] > 0
