@@ -232,4 +232,9 @@ def reader_language_code(language: str, language_ids: dict[str, int] | None) -> 
     return code
 
 
-__all__ = ["LlasmConfig", "READER_CHINESE_SCRIPTS", "reader_language_code", "audio_token_count", "encoder_frame_count", "encoder_frame_mask", "ADAPTOR_TYPES", "VARIABLE_TOKEN_ADAPTORS"]
+def window_token_counts(config: LlasmConfig, input_features_mask: torch.Tensor) -> list[int]:
+    """Audio placeholders of each window, from its real mel frames (`config.num_audio_tokens`)."""
+    return [config.num_audio_tokens(int(n)) for n in input_features_mask.sum(-1).tolist()]
+
+
+__all__ = ["LlasmConfig", "window_token_counts", "READER_CHINESE_SCRIPTS", "reader_language_code", "audio_token_count", "encoder_frame_count", "encoder_frame_mask", "ADAPTOR_TYPES", "VARIABLE_TOKEN_ADAPTORS"]

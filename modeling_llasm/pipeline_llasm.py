@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from transformers import Pipeline, TextIteratorStreamer
 
-from .modeling_llasm import LlasmConversationCache
+from .conversation_cache_llasm import LlasmConversationCache
 from .processing_llasm import collate_model_inputs
 
 AUDIO_TYPES = (str, os.PathLike, bytes, np.ndarray, torch.Tensor)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..modeling_llasm import spell_token
+from ..reading_llasm import spell_token
 
 
 def _frequent_words(count: int) -> list[tuple[str, float]]:

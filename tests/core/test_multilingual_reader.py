@@ -164,6 +164,6 @@ def test_the_pipeline_reads_in_the_language_it_is_given():
     ],
 )
 def test_a_loop_is_found_where_it_starts(tokens, kept):
-    from modeling_llasm.modeling_llasm import loop_start
+    from modeling_llasm.reading_llasm import loop_start
 
     assert loop_start(tokens) == kept

@@ -87,7 +87,8 @@ def test_saved_pipeline_is_hub_ready_and_loads_with_remote_code(chat, tmp_path):
     chat.save_pretrained(tmp_path / "hub")
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
     assert config["custom_pipelines"]["llasm-chat"]["impl"] == "pipeline_llasm.LlasmChatPipeline"
-    for name in ("pipeline_llasm.py", "modeling_llasm.py", "processing_llasm.py", "configuration_llasm.py", "processor_config.json"):
+    for name in ("pipeline_llasm.py", "modeling_llasm.py", "reading_llasm.py", "conversation_cache_llasm.py", "processing_llasm.py",
+                 "configuration_llasm.py", "processor_config.json"):
         assert (tmp_path / "hub" / name).is_file(), name
     expected = chat({"text": "hello"}, **greedy())["generated_text"]
     with pytest.raises(ValueError, match="trust_remote_code"):  # transformers' rule for custom_pipelines entries

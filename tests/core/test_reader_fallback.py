@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modeling_llasm import LlasmConfig
-from modeling_llasm.modeling_llasm import compression_ratio
+from modeling_llasm.reading_llasm import compression_ratio
 from tiny_llasm import reader_llasm, speechlike, tiny_config, tiny_tokenizer
 
 

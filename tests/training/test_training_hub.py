@@ -78,7 +78,7 @@ def test_push_to_hub_uploads_a_loadable_hub_ready_folder(tiny_llasm, tmp_path, f
     assert upload["repo_id"] == "user/llasm-tiny-test"
     files = set(upload["files"])
     expected = {"README.md", "config.json", "generation_config.json", "model.safetensors", "configuration_llasm.py",
-                "modeling_llasm.py", "processing_llasm.py", "pipeline_llasm.py", "processor_config.json",
+                "modeling_llasm.py", "reading_llasm.py", "conversation_cache_llasm.py", "processing_llasm.py", "pipeline_llasm.py", "processor_config.json",
                 "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}  # fmt: skip
     assert expected <= files, expected - files
     assert not any(f.endswith(".bin") and f != "training_args.bin" for f in files)
