@@ -232,15 +232,20 @@ class Engine:
         return len(self._pending)
 
     def full(self) -> bool:
-        return len(self._pending) >= self.max_queue
+        """True when `max_queue` jobs wait behind a running batch. While the worker is between batches, the jobs that
+        its next batch will take do not count as waiting: two requests that arrive together at an idle server with
+        --max-queue 1 --max-batch 1 are both taken, as the admission count promised."""
+        room = self.max_queue + (self.max_batch if self.running == 0 else 0)
+        return len(self._pending) >= room
 
     def submit(self, job: Job) -> None:
         """Queue `job` or raise `QueueFull` at once (never blocks)."""
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("The server is shutting down.")
-            if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"The request queue is full ({self.max_queue} waiting, --max-queue {self.max_queue}).")
+            if self.full():
+                raise QueueFull(f"The request queue is full ({len(self._pending)} waiting, {self.running} generating; "
+                                f"--max-queue {self.max_queue}, --max-batch {self.max_batch}).")  # fmt: skip
             self._pending.append(job)
             self._cond.notify_all()
 
@@ -253,6 +258,7 @@ class Engine:
                 return []
             first = self._pending.popleft()
             batch, key = [first], first.batch_key()
+            self.running = 1  # counted as generating from the moment it leaves the queue (see `full`)
             if key is None or self.max_batch == 1:
                 return batch
             deadline = time.monotonic() + self.batch_wait_s
@@ -263,6 +269,7 @@ class Engine:
                     if job.batch_key() == key:
                         self._pending.remove(job)
                         batch.append(job)
+                        self.running = len(batch)
                 remaining = deadline - time.monotonic()
                 if len(batch) >= self.max_batch or remaining <= 0 or self._stopping:
                     break
@@ -272,13 +279,12 @@ class Engine:
     def _loop(self) -> None:
         while not self._stopping:
             batch = [job for job in self._take() if not job.cancelled.is_set()]
-            if not batch:
-                continue
-            self.running = len(batch)
             try:
-                self._run(batch)
+                if batch:
+                    self._run(batch)
             finally:
-                self.running = 0
+                with self._cond:
+                    self.running = 0
 
     def _run(self, batch: list[Job]) -> None:
         try:

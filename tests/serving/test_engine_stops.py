@@ -59,3 +59,25 @@ def test_each_row_stops_on_its_own_stop_strings_and_max_tokens():
     assert done_at[1] < done_at[0]
     assert done_at[2] == 7
     assert done_at[3] is None
+
+
+def test_queue_room_counts_the_batch_an_idle_worker_is_about_to_take():
+    """Two requests arriving together at an idle engine with one queue place and batches of one are both taken (the
+    admission count let both in); a third waits for none of them and is refused; behind a running batch only
+    `max_queue` may wait."""
+    import pytest
+
+    from modeling_llasm.serving.engine import Engine, QueueFull
+    from tiny_llasm import build_tiny_llasm
+
+    model, processor = build_tiny_llasm()
+    engine = Engine(model, processor, max_queue=1, max_batch=1)  # not started: the worker has not taken anything yet
+    engine.submit(job(()))
+    engine.submit(job(()))
+    with pytest.raises(QueueFull, match="--max-queue 1"):
+        engine.submit(job(()))
+    assert engine.queued == 2 and engine.full()
+    assert len(engine._take()) == 1  # the worker's step: it takes the first, one generating and one waiting
+    assert engine.running == 1 and engine.queued == 1 and engine.full()
+    with pytest.raises(QueueFull):
+        engine.submit(job(()))
