@@ -31,7 +31,7 @@ GOALS = {
     # issue 12: the fastest inference setting (prompt-head cache + the fastest-TTFT dtype) against the same run's baselines
     "fast_ttft_vs_original": ("TTFT 5 s, fastest setting / original method", "<=", 0.25),
     "fast_ttft_vs_cascade": ("TTFT 5 s, fastest setting / cascade", "<=", 0.15),
-    "fast_decode_vs_bare_fp32": ("decode tok/s, fastest answer-keeping dtype / float32 bare LLM", ">=", 1.8),
+    "fast_decode_vs_bare_fp32": ("decode tok/s, fastest task-keeping dtype / float32 bare LLM", ">=", 1.8),
     "turn3_vs_full_prefill": ("TTFT of turn 3: conversation cache / full re-prefill", "<=", 0.3),
     "pipeline_batch_speedup": ("pipeline batch_size=8 throughput / one by one", ">=", 2.5),
 }
@@ -129,12 +129,12 @@ def explain_missed(goals: list[dict], results: dict) -> dict[str, str]:
         key = _ttft_key(med)
         ours = med["llasm"][key]
         head = (results.get("reuse") or {}).get("head_tokens")
-        text = (f"Fastest answer-keeping setting: {d['fastest_ttft_dtype']} with the prompt-head cache, {fast:.3f} s. Without the "
+        text = (f"Fastest task-keeping setting: {d['fastest_ttft_dtype']} with the prompt-head cache, {fast:.3f} s. Without the "
                 f"cache LLaSM's {ours['total']:.3f} s is {pct(ours.get('llm_prefill', 0), ours['total'])} LLM prefill of "
                 f"{ours['prompt_tokens']} tokens and {pct(ours.get('encoder', 0), ours['total'])} encoder; the cache removes "
                 f"{head if head is not None else 'the shared'} of those tokens, the audio tokens and the rest of the turn remain. ")
         text += ", ".join(f"{name}: {row['ttft']:.3f} s" for name, row in d["by_dtype"].items())
-        text += f" (only {', '.join(d.get('quality_dtypes', []))} keep the answers)."
+        text += f" (only {', '.join(d.get('quality_dtypes', []))} keep the task numbers)."
         for goal in ("fast_ttft_vs_original", "fast_ttft_vs_cascade"):
             if goal in missed:
                 out[goal] = text
@@ -144,7 +144,7 @@ def explain_missed(goals: list[dict], results: dict) -> dict[str, str]:
             "Decoding reads every weight once per token, so its speed follows the bytes per weight: "
             + ", ".join(f"{name} {row['decode']:.1f} tok/s ({d['decode_ratio_to_bare_float32'][name]:.2f}x)" for name, row in d["by_dtype"].items())
             + f" against the float32 bare LLM's {d['bare_llm_decode_float32']:.1f}. Only {', '.join(d.get('quality_dtypes', []))} keep "
-            "the answers; bfloat16 without native bf16 matrix units converts in software."
+            "the task numbers; bfloat16 without native bf16 matrix units converts in software."
         )
     if "turn3_vs_full_prefill" in missed and "reuse" in results:
         r = results["reuse"]
@@ -357,7 +357,7 @@ def _fast_sections(results: dict) -> list[str]:
         for name, row in d["by_dtype"].items():
             lines.append(f"| {name} | {_fmt_s(row['ttft'])} | {row['decode']:.2f} | {d['decode_ratio_to_bare_float32'][name]:.2f} |")
         lines += ["", f"float32 bare LLM: {d['bare_llm_decode_float32']:.2f} tok/s. The goals take the fastest of "
-                  f"{', '.join(d.get('quality_dtypes', []))} (the precisions that keep float32's answers; docs/inference.md): "
+                  f"{', '.join(d.get('quality_dtypes', []))} (the precisions that keep the task numbers; docs/inference.md): "
                   f"{d['fastest_ttft_dtype']} for TTFT.", ""]  # fmt: skip
     if "pipeline" in results:
         p = results["pipeline"]
