@@ -23,7 +23,7 @@ import torch
 from modeling_llasm.data.noise import noisy_copies, parse_noise_conditions
 from modeling_llasm.evaluation.cascade import WhisperTranscriber, whisper_dir_for
 from modeling_llasm.evaluation.evaluator import load_llasm
-from modeling_llasm.evaluation.understanding import _error, adaptor_transcripts, error_unit
+from modeling_llasm.evaluation.understanding import adaptor_transcripts, error_unit, recognition_error
 from modeling_llasm.processing_llasm import load_audio
 
 WHISPER_TEMPERATURES = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
@@ -95,7 +95,7 @@ def main() -> None:
         heard = noisy_copies(clips, *noise) if noise else clips
         row = {"base": args.base, "set": args.set, "condition": name, "clips": len(heard), "unit": unit}
         whisper_texts = whisper(heard)
-        row["whisper"] = round(_error(references, whisper_texts, unit), 4)
+        row["whisper"] = round(recognition_error(references, whisper_texts, unit), 4)
         row["whisper_loops"] = sum(bool(_RUN.search(t)) for t in whisper_texts)
         for arm, temperatures in (("greedy", None), ("fallback", WHISPER_TEMPERATURES)):
             model.config.reader_temperatures = temperatures
@@ -104,7 +104,7 @@ def main() -> None:
             with torch.no_grad():
                 texts, _ = adaptor_transcripts(model, processor, heard, batch_size=8)
             probe.remove()
-            row[arm] = {"error": round(_error(references, texts, unit), 4), "loops": sum(bool(_RUN.search(t)) for t in texts),
+            row[arm] = {"error": round(recognition_error(references, texts, unit), 4), "loops": sum(bool(_RUN.search(t)) for t in texts),
                         "windows": probe.windows, "read_again": probe.again, "most_budget_used": round(probe.most, 3),
                         "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
             row[arm]["ratio_to_whisper"] = round(row[arm]["error"] / row["whisper"], 3) if row["whisper"] else None

@@ -405,6 +405,16 @@ def audio_window_tokens(
     )  # fmt: skip
 
 
+def filled_placeholders(features: LlasmAudioFeaturesOutput) -> torch.Tensor:
+    """Per audio placeholder of the prompt, in order, whether its window's audio fills it: a variable-count adaptor
+    fills the first `audio_token_counts` of each window's `audio_token_slots`."""
+    slots, used = features.audio_token_slots, features.audio_token_counts.to(features.audio_token_slots.device)
+    if bool((used > slots).any()) or bool((used < 1).any()):
+        raise ValueError(f"Audio windows produced {used.tolist()} tokens for {slots.tolist()} placeholders.")
+    filled = torch.arange(int(slots.max()), device=slots.device)[None, :] < used[:, None]
+    return torch.cat([row[:count] for row, count in zip(filled, slots.tolist())])
+
+
 def check_language_applies(config: LlasmConfig, language: str | None) -> None:
     """A language is what the `whisper_reader` reads in; other adaptors refuse one instead of ignoring it."""
     if language is not None and config.adaptor_type != "whisper_reader":
@@ -739,12 +749,7 @@ class LlasmModel(LlasmPreTrainedModel):
         if not self.config.variable_audio_tokens:
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio)
             return inputs_embeds.masked_scatter(mask, audio), attention_mask, position_ids
-        slots = features.audio_token_slots.to(audio.device)
-        used = features.audio_token_counts.to(audio.device)
-        if bool((used > slots).any()) or bool((used < 1).any()):
-            raise ValueError(f"Audio windows produced {used.tolist()} tokens for {slots.tolist()} placeholders.")
-        filled = torch.arange(int(slots.max()), device=audio.device)[None, :] < used[:, None]
-        filled = torch.cat([row[:count] for row, count in zip(filled, slots.tolist())])  # per placeholder, in order
+        filled = filled_placeholders(features).to(audio.device)
         values = audio.new_zeros(filled.shape[0], audio.shape[-1]).masked_scatter(filled[:, None], audio)
         mask = self.get_placeholder_mask(input_ids, inputs_embeds, values)
         inputs_embeds = inputs_embeds.masked_scatter(mask, values)
@@ -930,8 +935,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         features = self.get_audio_features(audio.get("input_features"), audio.get("input_features_mask"),
                                            audio.get("audio_encoder_hidden_states"), language)  # fmt: skip
         # the unused placeholders of each window are left out: each window then fills all of its slots
-        used = torch.cat([torch.arange(int(slots), device=input_ids.device) < int(count)
-                          for slots, count in zip(features.audio_token_slots, features.audio_token_counts)])  # fmt: skip
+        used = filled_placeholders(features).to(input_ids.device)
         keep = attention_mask.bool().clone()
         placeholders = input_ids == self.config.audio_token_id
         if int(placeholders.sum()) != used.shape[0]:

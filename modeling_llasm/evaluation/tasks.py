@@ -132,13 +132,14 @@ def gold_transcripts(record: dict[str, Any]) -> list[str]:
     return out
 
 
-def audio_prompt(record: dict[str, Any]) -> list[dict]:
-    """Chat messages for the speech model: system (if any) + the first user turn, audio parts as audio."""
+def audio_prompt(record: dict[str, Any], clip: Any = None) -> list[dict]:
+    """Chat messages for the speech model: system (if any) + the first user turn, audio parts as audio (`clip`: the
+    samples to hear instead of the record's one audio file, e.g. a noisy copy)."""
     before, user, _ = first_user_turn(record)
     content = []
     for part in _parts(user):
         if part.get("type") == "audio":
-            content.append({"type": "audio", "path": part["path"]})
+            content.append({"type": "audio", "path": part["path"]} if clip is None else {"type": "audio", "audio": clip})
         else:
             content.append({"type": "text", "text": part.get("text", "")})
     return [*_clean(before), {"role": "user", "content": content}]

@@ -34,7 +34,7 @@ import torch
 
 from ..data.text_sources import eval_questions, retention_prompts, text_skill_prompts
 from ..files import atomic_write_json
-from ..metrics._error_rate import error_rate
+from ..metrics._error_rate import HAN_CHARACTERS, error_rate
 from ..processing_llasm import TRANSCRIPTION_INSTRUCTION
 from . import tasks
 from .cascade import AsrFunction, WhisperTranscriber, whisper_dir_for
@@ -132,13 +132,14 @@ def error_unit(languages: Sequence[str | None]) -> str:
     return "wer" if all((language or "en") == "en" for language in languages) else "cer"
 
 
-def _error(references: list[str], hypotheses: list[str], unit: str) -> float:
+def recognition_error(references: list[str], hypotheses: list[str], unit: str) -> float:
+    """Corpus recognition error in `unit` (`error_unit`): WER, or CER with Chinese ASR normalisation."""
     if unit == "wer":
         return _wer(references, hypotheses)
     return float(error_rate(references, hypotheses, "char", normalize="zh"))
 
 
-_CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK_CHAR = re.compile(f"[{HAN_CHARACTERS}]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -168,6 +169,22 @@ def committed_clip_manifest(output_dir: str | os.PathLike, kind: str | None = No
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def _loaded(model, processor) -> tuple[Any, Any, str]:
+    """`(model, processor, name)`: a checkpoint directory loaded with its processor, or a loaded model with the
+    processor given."""
+    if isinstance(model, (str, os.PathLike)):
+        loaded, loaded_processor = load_llasm(model)
+        return loaded, processor or loaded_processor, str(model)
+    if processor is None:
+        raise ValueError("Pass `processor` together with a loaded model.")
+    return model, processor, type(model).__name__
+
+
+def _whisper_path(whisper_dir: str | os.PathLike | None, model_name: str) -> Path:
+    """The cascade's Whisper: the one given, else the one the model directory was built from."""
+    return Path(whisper_dir) if whisper_dir is not None else whisper_dir_for(model_name if Path(model_name).is_dir() else None)
 
 
 def evaluate_understanding(
@@ -205,12 +222,7 @@ def evaluate_understanding(
     from ..processing_llasm import load_audio
 
     log = log or (lambda line: None)
-    model_name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
-    if isinstance(model, (str, os.PathLike)):
-        model, loaded = load_llasm(model)
-        processor = processor or loaded
-    elif processor is None:
-        raise ValueError("Pass `processor` together with a loaded model.")
+    model, processor, model_name = _loaded(model, processor)
     records = [r for r in tasks.read_records(manifest) if tasks.classify_record(r) == tasks.SPOKEN][:limit]
     if not records:
         raise ValueError(f"{manifest}: no spoken-question records (audio in the first user turn, no ASR instruction).")
@@ -230,12 +242,12 @@ def evaluate_understanding(
 
     gold = [tasks.gold_transcripts(r)[0] for r in records]
     clips = [load_audio(tasks.audio_paths(r)[0]) for r in records]
-    audio_prompts = [tasks.audio_prompt(r) for r in records]
     if noise is not None:
         from ..data.noise import noisy_copies
 
         clips = noisy_copies(clips, *noise)
-        audio_prompts = [_with_clip(prompt, clip) for prompt, clip in zip(audio_prompts, clips)]
+    # a noisy copy is heard from memory; a clean clip from its file, as the record names it
+    audio_prompts = [tasks.audio_prompt(r, clip if noise is not None else None) for r, clip in zip(records, clips)]
     log(f"[understanding] {len(records)} spoken questions{f' with {noise[0]} noise at {noise[1]:g} dB SNR' if noise else ''}: answering the audio ...")
     audio_answers = timed("audio_answers", lambda: generate_answers(model, processor, audio_prompts, progress=bar("answers to the audio"), **gen))
     if typed_answers is None:
@@ -248,7 +260,7 @@ def evaluate_understanding(
     recognized, readout = timed("adaptor_recognition", lambda: adaptor_transcripts(model, processor, clips, batch_size=batch_size,
                                                                                                   progress=bar("recognition")))
     if asr is None and (cascade or asr_manifest is not None or recognition_manifest is not None):
-        whisper_path = Path(whisper_dir) if whisper_dir is not None else whisper_dir_for(model_name if Path(model_name).is_dir() else None)
+        whisper_path = _whisper_path(whisper_dir, model_name)
         log(f"[understanding] Whisper {whisper_path} (cascade and ASR reference) ...")
         asr = WhisperTranscriber.from_pretrained(whisper_path, batch_size=batch_size)
     if not cascade:
@@ -275,8 +287,8 @@ def evaluate_understanding(
         audio = _mean([s["audio_rougeL"] for s in rows])
         anchor = _mean([s["cascade_rougeL"] for s in rows]) if cascade else None
         unit = error_unit([s["language"] for s in rows])  # English: WER as before; Chinese or mixed: CER
-        adaptor_error = _error([s["question"] for s in rows], [s["adaptor_transcript"] for s in rows], unit)
-        whisper_error = _error([s["question"] for s in rows], [s["whisper_transcript"] for s in rows], unit) if cascade else None
+        adaptor_error = recognition_error([s["question"] for s in rows], [s["adaptor_transcript"] for s in rows], unit)
+        whisper_error = recognition_error([s["question"] for s in rows], [s["whisper_transcript"] for s in rows], unit) if cascade else None
         return {
             "num_questions": len(rows), "rougeL_audio_vs_typed": audio, "rougeL_cascade_vs_typed": anchor,
             "rougeL_ratio_to_cascade": audio / anchor if anchor else None, "error_unit": unit,
@@ -325,17 +337,6 @@ def evaluate_understanding(
     return results
 
 
-def _with_clip(prompt: list[dict], clip) -> list[dict]:
-    """`prompt` with its (one) audio part holding `clip` instead of a file path."""
-    out = []
-    for message in prompt:
-        content = message["content"]
-        if isinstance(content, list):
-            content = [{"type": "audio", "audio": clip} if part.get("type") == "audio" else part for part in content]
-        out.append({**message, "content": content})
-    return out
-
-
 NOISE_CONDITIONS = (("white", 10.0), ("white", 0.0), ("babble", 10.0), ("babble", 0.0))
 
 
@@ -355,18 +356,11 @@ def evaluate_noise_robustness(
     `evaluate_understanding` (no retention or held-out ASR here). Returns `{"clean", "conditions", "summary"}`,
     also written as JSON to `output` after every condition; a run interrupted with the same settings and `output`
     resumes from the conditions it finished."""
-    if isinstance(model, (str, os.PathLike)):
-        model_name = str(model)
-        model, loaded = load_llasm(model)
-        processor = processor or loaded
-    else:
-        model_name = type(model).__name__
-    if processor is None:
-        raise ValueError("Pass `processor` together with a loaded model.")
+    model, processor, model_name = _loaded(model, processor)
     log = log or (lambda line: None)
     if kwargs.get("asr") is None and kwargs.get("cascade", True):  # one Whisper for every condition
-        whisper_dir = kwargs.pop("whisper_dir", None) or whisper_dir_for(model_name if Path(model_name).is_dir() else None)
-        kwargs["asr"] = WhisperTranscriber.from_pretrained(whisper_dir, batch_size=kwargs.get("batch_size", 8))
+        whisper_path = _whisper_path(kwargs.pop("whisper_dir", None), model_name)
+        kwargs["asr"] = WhisperTranscriber.from_pretrained(whisper_path, batch_size=kwargs.get("batch_size", 8))
     settings = {"model": model_name, "manifest": str(manifest),  # what the results depend on (not `progress`)
                 "kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, type(None))) and k != "progress"}}  # fmt: skip
     results: dict[str, Any] = {**settings, "clean": None, "conditions": {}}
@@ -536,5 +530,6 @@ def format_understanding(results: dict[str, Any]) -> str:
 
 __all__ = [
     "ASR_PROMPTS", "DEFAULT_VOICES", "adaptor_transcripts", "build_understanding_set", "committed_clip_manifest", "error_unit",
+    "evaluate_noise_robustness", "format_noise_robustness", "recognition_error",
     "eval_questions", "evaluate_understanding", "format_understanding", "text_language", "text_skill_prompts",
 ]  # fmt: skip

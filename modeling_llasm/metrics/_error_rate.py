@@ -30,6 +30,8 @@ from typing import Any, Literal
 NORMALIZERS = ("basic", "zh")
 # CJK ideographs (unified, extension A, compatibility) and the CJK symbols and kana blocks
 _CJK = "\u2e80-\u9fff\uf900-\ufaff"
+#: Chinese characters (CJK unified ideographs, extension A, compatibility ideographs), for a regex character class
+HAN_CHARACTERS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
 
 

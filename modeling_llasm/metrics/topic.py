@@ -18,12 +18,12 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from ._error_rate import normalize_text
+from ._error_rate import HAN_CHARACTERS, normalize_text
 
 # wordfreq's most frequent words count as function words (Chinese: its 1,000 most frequent include "哪里", "几个",
 # "什么", "介绍", which every answer may say)
 FREQUENT_WORDS = {"en": 300, "zh": 1000}
-_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_CJK_RUN = re.compile(f"[{HAN_CHARACTERS}]+")
 _LATIN_WORD = re.compile(r"[a-z][a-z']*")
 
 

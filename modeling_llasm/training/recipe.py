@@ -39,13 +39,13 @@ from transformers import TrainingArguments
 from ..data.collator import LlasmDataCollator
 from ..data.text_sources import LANGUAGES
 from ..files import atomic_write_json
-from ..metrics import character_error_rate, word_error_rate
+from ..metrics import word_error_rate
 from .encoder_cache import EncoderCache, clips_of
 from .loading import load_llasm
 from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
 from .runner import (
-    ctc_align, ctc_transcribe, evaluate_wer, generate_batch, generate_responses, load_adaptor, read_records,
-    save_adaptor, train_stage, usable_responses,
+    ctc_align, ctc_transcribe, generate_batch, generate_responses, load_adaptor, read_records, save_adaptor, train_stage,
+    transcribe_records, usable_responses, write_transcripts,
 )  # fmt: skip
 from .stages import apply_stage, default_lora_config, prepare_stage
 
@@ -148,12 +148,18 @@ def check_base_languages(base_dir: str | Path, config, languages: Sequence[str])
         )
 
 
-def interleave_languages(records: Sequence[dict], shares: Mapping[str, float]) -> list[dict]:
-    """`records` reordered so that every prefix holds the languages by `shares` (each language's own order kept;
-    when one runs out the others follow); one language: `records` unchanged. Records without a language are English."""
+def group_by_language(records: Sequence[dict]) -> dict[str, list[dict]]:
+    """`{language: its records}` in order of first appearance, each in its own order; no language: English."""
     groups: dict[str, list[dict]] = {}
     for record in records:
         groups.setdefault(record.get("language") or "en", []).append(record)
+    return groups
+
+
+def interleave_languages(records: Sequence[dict], shares: Mapping[str, float]) -> list[dict]:
+    """`records` reordered so that every prefix holds the languages by `shares` (each language's own order kept;
+    when one runs out the others follow); one language: `records` unchanged. Records without a language are English."""
+    groups = group_by_language(records)
     if len(groups) <= 1:
         return list(records)
     weights = {language: shares.get(language, 0.0) or 1.0 / len(groups) for language in groups}
@@ -169,11 +175,7 @@ def interleave_languages(records: Sequence[dict], shares: Mapping[str, float]) -
 
 def languages_of(records: Sequence[dict]) -> dict[str, int]:
     """`{language: records}` (records without a language count as English), in order of first appearance."""
-    counts: dict[str, int] = {}
-    for record in records:
-        language = record.get("language") or "en"
-        counts[language] = counts.get(language, 0) + 1
-    return counts
+    return {language: len(group) for language, group in group_by_language(records).items()}
 
 
 def seed_counts(utterances: int, assistant: int, shares: Mapping[str, float]) -> tuple[dict[str, int], dict[str, int]]:
@@ -774,9 +776,7 @@ class Recipe:
     def instruction_utterances(self, stage1: list[dict]) -> list[dict]:
         """Stage-1 utterances that stage 2 also uses as spoken instructions: the assistant-style ones if the data has
         them (what people ask), else the last quarter; at most `stage2_extra_utterances`."""
-        groups: dict[str, list[dict]] = {}
-        for record in stage1:
-            groups.setdefault(record.get("language") or "en", []).append(record)
+        groups = group_by_language(stage1)
         chosen = []
         for language, group in groups.items():  # each language's own pool, its share of the count (a mix)
             assistant = [r for r in group if r.get("source") == "assistant"]
@@ -818,22 +818,23 @@ class Recipe:
         `heldout_by_language` (WER for English, CER for Chinese, `normalize="zh"`) and the WER of the English clips."""
         self.log(f"evaluate: held-out WER on {len(records)} clips ({name})")
         self.phase_dir(name).mkdir(parents=True, exist_ok=True)
-        path = self.phase_dir(name) / "heldout_transcripts.jsonl"
-        wer = evaluate_wer(model, processor, records, path, batch_size=8, max_new_tokens=8 if self.s.smoke else 48,
-                           progress=self.s.progress)  # fmt: skip
-        if set(languages_of(records)) <= {"en"}:
+        from ..evaluation.understanding import error_unit, recognition_error
+
+        references, predictions = transcribe_records(model, processor, records, batch_size=8,
+                                                     max_new_tokens=8 if self.s.smoke else 48, progress=self.s.progress)  # fmt: skip
+        write_transcripts(self.phase_dir(name) / "heldout_transcripts.jsonl", records, references, predictions)
+        languages = [r.get("language") or "en" for r in records]
+        if set(languages) <= {"en"}:
+            wer = word_error_rate(references, predictions)
             self.log(f"evaluate: {name} held-out WER {wer:.3f}")
             return {"heldout_wer": wer}
-        language = {r.get("id"): r.get("language") or "en" for r in records}
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         by_language = {}
-        for code in languages_of(records):
-            references = [row["reference"] for row in rows if language[row["id"]] == code]
-            predictions = [row["prediction"] for row in rows if language[row["id"]] == code]
-            unit = "wer" if code == "en" else "cer"
-            error = word_error_rate(references, predictions) if unit == "wer" else character_error_rate(references, predictions, normalize="zh")
-            by_language[code] = {"unit": unit, "error": error, "clips": len(references)}
-            self.log(f"evaluate: {name} held-out {unit.upper()} ({code}, {len(references)} clips) {error:.3f}")
+        for code in dict.fromkeys(languages):  # WER for English, CER (Chinese normalisation) otherwise
+            index = [i for i, language in enumerate(languages) if language == code]
+            unit = error_unit([code])
+            error = recognition_error([references[i] for i in index], [predictions[i] for i in index], unit)
+            by_language[code] = {"unit": unit, "error": error, "clips": len(index)}
+            self.log(f"evaluate: {name} held-out {unit.upper()} ({code}, {len(index)} clips) {error:.3f}")
         return {"heldout_wer": by_language["en"]["error"] if "en" in by_language else None, "heldout_by_language": by_language}
 
     def answer_samples(self, model, processor, records) -> None:

@@ -221,12 +221,16 @@ def evaluate_wer(model, processor, records: Sequence[dict], output_path: str | o
     from ..metrics import word_error_rate
 
     references, predictions = transcribe_records(model, processor, records, **kwargs)
-    wer = word_error_rate(references, predictions)
     if output_path is not None:
-        with open(output_path, "w", encoding="utf-8") as handle:
-            for record, reference, prediction in zip(records, references, predictions):
-                handle.write(json.dumps({"id": record.get("id"), "reference": reference, "prediction": prediction}) + "\n")
-    return wer
+        write_transcripts(output_path, records, references, predictions)
+    return word_error_rate(references, predictions)
+
+
+def write_transcripts(path: str | os.PathLike, records: Sequence[dict], references: Sequence[str], predictions: Sequence[str]) -> None:
+    """One JSON line per record: its id, reference and prediction."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for record, reference, prediction in zip(records, references, predictions):
+            handle.write(json.dumps({"id": record.get("id"), "reference": reference, "prediction": prediction}) + "\n")
 
 
 @torch.no_grad()
