@@ -78,10 +78,16 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         # reading (end-of-text) when it reaches the padding after the speech; without it, it repeats the speech.
         self.register_buffer("silence_states", torch.zeros(audio_config.max_source_positions, audio_config.d_model), persistent=True)
         self.read_cache: dict | None = None  # see `read`
+        self._silence_projections: tuple | None = None  # see `silence_projections`
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._lookup = None  # the tables are about to change
         super()._load_from_state_dict(*args, **kwargs)
+
+    #: Project `silence_states` into each layer's cross-attention keys/values once and reuse them (they are constant),
+    #: instead of projecting the whole padded window at every read: the same numbers, a ninth of the work on a 5 s
+    #: window. False: project `with_silence(...)` per read, as Whisper itself does (kept to check the two agree).
+    reuse_silence_projections: bool = True
 
     def with_silence(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> torch.Tensor:
         """Each window's real frames followed by `silence_states` up to the full window, as Whisper reads a window
@@ -93,15 +99,49 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             states[window, :length] = encoder_hidden_states[window, :length]
         return states
 
+    def silence_projections(self, dtype: torch.dtype, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every decoder layer's cross-attention keys and values of `silence_states`, `(frames, d_model)` each, kept
+        until the silence or the projections change (their tensors' versions and storage are checked)."""
+        attentions = [layer.encoder_attn for layer in self.decoder.layers]
+        tensors = [self.silence_states, *(p for a in attentions for p in (*a.k_proj.parameters(), *a.v_proj.parameters()))]
+        key = (dtype, device, tuple((t.data_ptr(), t._version) for t in tensors))
+        if self._silence_projections is None or self._silence_projections[0] != key:
+            silence = self.silence_states.to(device=device, dtype=dtype)
+            projected = [(a.k_proj(silence), a.v_proj(silence)) for a in attentions]
+            self._silence_projections = (key, projected)
+        return self._silence_projections[1]
+
+    def cross_attention_cache(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> EncoderDecoderCache:
+        """A decoder cache holding each layer's cross-attention keys/values over every window padded with silence, as
+        `with_silence` pads it: the real frames are projected here, the silence's projections are reused
+        (`silence_projections`); the layers then read them from the cache instead of projecting the 30 s window."""
+        windows, dtype, device = encoder_hidden_states.shape[0], encoder_hidden_states.dtype, encoder_hidden_states.device
+        lengths = encoder_frame_mask.sum(-1).tolist()
+        cross = DynamicCache()
+        for index, (layer, silence) in enumerate(zip(self.decoder.layers, self.silence_projections(dtype, device))):
+            attention = layer.encoder_attn
+            projected = []
+            for projection, silence_projected in zip((attention.k_proj, attention.v_proj), silence):
+                real = projection(encoder_hidden_states[:, : max(lengths)])
+                full = silence_projected[None].repeat(windows, 1, 1)
+                for window, length in enumerate(lengths):
+                    full[window, :length] = real[window, :length]
+                projected.append(full.view(windows, full.shape[1], attention.num_heads, attention.head_dim).transpose(1, 2).contiguous())
+            cross.update(*projected, index)
+        return EncoderDecoderCache(DynamicCache(), cross)  # cross-attention marked as computed: the layers reuse it
+
     @torch.no_grad()
     @without_autocast
     def read(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int],
-             language: str | None = None) -> tuple[list[list[int]], list[torch.Tensor], list[str | None]]:  # fmt: skip
+             language: str | None = None, drafts: list[list[int] | None] | None = None,
+             ) -> tuple[list[list[int]], list[torch.Tensor], list[str | None]]:  # fmt: skip
         """Greedy Whisper decoding of every window: its Whisper token ids (no special tokens), per token the decoder
         state that chose it `(tokens, d_model)` (a window without tokens: its first state, `(1, d_model)`), and the
         language each window was read in (`None` for an English-only Whisper); a window stops at end-of-text or at
         `max_pieces` LLM tokens. `language`: read every window in it (default `config.reader_language`; `None`:
-        detected per window, as Whisper does).
+        detected per window, as Whisper does). `drafts`: per window, Whisper ids an earlier reading gave (e.g. of the
+        same speech before its last chunk arrived: `LlasmAudioStream`); each is checked in one parallel decoder pass
+        and greedy reading goes on from its first disagreement: the same reading in fewer sequential steps.
 
         With `read_cache` set to a dict (training with a frozen decoder: every epoch reads the same clips), readings
         are memoized by the window's encoder states, so each clip is decoded once.
@@ -115,7 +155,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         if language is not None:
             language = reader_language_code(language, self.config.reader_language_ids)
         if self.read_cache is None:
-            return self._read_windows(encoder_hidden_states, encoder_frame_mask, max_pieces, language)
+            return self._read_windows(encoder_hidden_states, encoder_frame_mask, max_pieces, language, drafts)
         lengths = encoder_frame_mask.sum(-1).tolist()
         keys = []
         for window, length in enumerate(lengths):
@@ -131,7 +171,8 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         return [c[0] for c in cached], [c[1].to(encoder_hidden_states.device) for c in cached], [c[2] for c in cached]
 
     def _read_windows(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int],
-                      language: str | None) -> tuple[list[list[int]], list[torch.Tensor], list[str | None]]:  # fmt: skip
+                      language: str | None, drafts: list[list[int] | None] | None = None,
+                      ) -> tuple[list[list[int]], list[torch.Tensor], list[str | None]]:  # fmt: skip
         """Every window read greedily, then, as Whisper's transcription does, the windows whose reading looks wrong
         (`needs_another_reading`) read again at each next temperature of `config.reader_temperatures` until one
         reading passes; a window that never passes keeps its greedy reading. A reading that ran out of budget in a
@@ -139,7 +180,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         temperatures = self.config.reader_temperatures or [0.0]
         windows = encoder_hidden_states.shape[0]
         first = self._decode(encoder_hidden_states, encoder_frame_mask, max_pieces,
-                             None if language is None else [language] * windows, temperatures[0])  # fmt: skip
+                             None if language is None else [language] * windows, temperatures[0], drafts=drafts)  # fmt: skip
         tokens, states, languages, logprobs, exhausted = (list(part) for part in first)
         failing = [w for w in range(windows) if len(temperatures) > 1 and self.needs_another_reading(tokens[w], logprobs[w], exhausted[w])]
         for temperature in temperatures[1:]:
@@ -195,20 +236,35 @@ class LlasmWhisperReaderAdaptor(nn.Module):
     @torch.no_grad()
     def _decode(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, max_pieces: list[int],
                 languages: list[str | None] | None, temperature: float = 0.0, generators: list[torch.Generator] | None = None,
+                drafts: list[list[int] | None] | None = None,
                 ) -> tuple[list[list[int]], list[torch.Tensor], list[str | None], list[float], list[bool]]:  # fmt: skip
         """One reading of every window: Whisper token ids, decoder states, language (`languages=None`: detected),
         mean token log-probability, and whether the window's budget ran out. Greedy at temperature 0, else sampled
-        from the softmax at `temperature` with each window's generator."""
+        from the softmax at `temperature` with each window's generator. `drafts` (greedy, see `read`): the windows'
+        earlier readings, verified in one pass; windows are then read one at a time (each from its own agreement).
+        """
         decoder, config = self.decoder, self.config
-        encoder_hidden_states = self.with_silence(encoder_hidden_states, encoder_frame_mask)
         windows = encoder_hidden_states.shape[0]
+        if drafts is not None and temperature == 0 and any(drafts):
+            if windows > 1:  # each window verifies its own draft: the windows would stop agreeing on their positions
+                readings = [self._decode(encoder_hidden_states[w : w + 1], encoder_frame_mask[w : w + 1], max_pieces[w : w + 1],
+                                         None if languages is None else languages[w : w + 1], drafts=drafts[w : w + 1])
+                            for w in range(windows)]  # fmt: skip
+                return tuple([reading[part][0] for reading in readings] for part in range(5))
+        else:
+            drafts = None
         device, dtype = encoder_hidden_states.device, decoder.layer_norm.weight.dtype
         encoder_hidden_states = encoder_hidden_states.to(dtype)
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if self.reuse_silence_projections:
+            cache = self.cross_attention_cache(encoder_hidden_states, encoder_frame_mask)
+        else:  # the layers project the padded windows themselves
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            encoder_hidden_states = self.with_silence(encoder_hidden_states, encoder_frame_mask)
         position = 0
 
-        def step(step_input: torch.Tensor) -> torch.Tensor:
-            """Feed `(windows, length)` tokens after what the cache holds; the last position's decoder state."""
+        def step(step_input: torch.Tensor, every_position: bool = False) -> torch.Tensor:
+            """Feed `(windows, length)` tokens after what the cache holds; the last position's decoder state (every
+            position's: `(windows, length, d_model)`)."""
             nonlocal position
             length = step_input.shape[1]
             hidden = decoder.embed_tokens(step_input) + decoder.embed_positions.weight[position : position + length]
@@ -219,7 +275,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             for layer in decoder.layers:
                 hidden = layer(hidden, self_mask, encoder_hidden_states, cache=cache, use_cache=True)
             position += length
-            return decoder.layer_norm(hidden[:, -1])
+            return decoder.layer_norm(hidden if every_position else hidden[:, -1])
 
         start, *rest = config.reader_prompt_ids
         language_ids = config.reader_language_ids or {}
@@ -238,33 +294,47 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         step_input = torch.tensor(prompt, dtype=torch.long, device=device)
 
         eos = config.audio_config.eos_token_id
-        suppress = torch.zeros(decoder.embed_tokens.weight.shape[0], dtype=torch.bool, device=device)
-        suppress[eos + 1 :] = True  # special and timestamp tokens are never text
-        suppress[list(config.reader_suppress_ids or [])] = True
-        pieces_of = (self.llm_pieces >= 0).sum(-1)
-        suppress[: eos][pieces_of[: eos].to(device) == 0] = True  # text the LLM could not be given
-        pieces_of = pieces_of.tolist()  # read per chosen token below: a python list, not a tensor lookup each time
+        # Special and timestamp tokens (all ids after end-of-text) are never text: logits are computed over the text
+        # tokens and end-of-text only; among those, suppressed tokens and text the LLM could not be given never win.
+        vocabulary = decoder.embed_tokens.weight[: eos + 1]
+        pieces_of, unspellable = self._tables()[4:]
+        never = {i for i in config.reader_suppress_ids or [] if i <= eos} | {i for i in unspellable if i < eos}
+        blocked = torch.tensor(sorted(never), dtype=torch.long, device=device)
+        blocked_first = torch.tensor(sorted(never | {eos} | {i for i in config.reader_begin_suppress_ids or [] if i <= eos}),
+                                     dtype=torch.long, device=device)  # as Whisper: no blank or end-of-text first  # fmt: skip
         tokens, states = [[] for _ in range(windows)], [[] for _ in range(windows)]
         used, done, exhausted = [0] * windows, [False] * windows, [False] * windows
         logprob_sums = [0.0] * windows
         limit = decoder.embed_positions.weight.shape[0] - position - step_input.shape[1]
+        following = False  # while the reading follows the draft: states, choices and log-probs come from its pass
+        if drafts is not None:
+            draft = drafts[0][: limit - 1]
+            read_start = position + step_input.shape[1]
+            every = step(torch.cat([step_input, torch.tensor([draft], dtype=torch.long, device=device)], dim=1), every_position=True)
+            verified_states = every[0, step_input.shape[1] - 1 :]  # row i: the state choosing reading token i
+            logits = verified_states @ vocabulary.T  # every position's logits in one product
+            logits[1:].index_fill_(-1, blocked, torch.finfo(logits.dtype).min)
+            logits[:1].index_fill_(-1, blocked_first, torch.finfo(logits.dtype).min)
+            verified_choices = logits.argmax(-1)
+            verified_logprobs = logits.float().log_softmax(-1).gather(-1, verified_choices[:, None])[:, 0].tolist()
+            following = True
         for index in range(limit):
-            state = step(step_input)
+            if following:
+                state, chosen = verified_states[index : index + 1], verified_choices[index : index + 1]
+                logprobs = verified_logprobs[index : index + 1]
+            else:
+                state = step(step_input)
+                logits = state @ vocabulary.T
+                # the logits' own dtype, whatever computed them
+                logits.index_fill_(-1, blocked_first if index == 0 else blocked, torch.finfo(logits.dtype).min)
+                if temperature > 0:
+                    probabilities = (logits.float() / temperature).softmax(-1).cpu()
+                    chosen = torch.cat([torch.multinomial(probabilities[w], 1, generator=generators[w]) for w in range(windows)]).to(device)
+                else:
+                    chosen = logits.argmax(-1)
+                logprobs = logits.float().log_softmax(-1).gather(-1, chosen[:, None])[:, 0].tolist()
             if index == 0:
                 first_states = state
-            logits = state @ decoder.embed_tokens.weight.T
-            lowest = torch.finfo(logits.dtype).min  # the logits' own dtype, whatever computed them
-            logits = logits.masked_fill(suppress, lowest)
-            if index == 0:  # as Whisper: no blank or end-of-text first
-                logits[:, eos] = lowest
-                for token in config.reader_begin_suppress_ids or []:
-                    logits[:, token] = lowest
-            if temperature > 0:
-                probabilities = (logits.float() / temperature).softmax(-1).cpu()
-                chosen = torch.cat([torch.multinomial(probabilities[w], 1, generator=generators[w]) for w in range(windows)]).to(device)
-            else:
-                chosen = logits.argmax(-1)
-            logprobs = logits.float().log_softmax(-1).gather(-1, chosen[:, None])[:, 0].tolist()
             for window, token in enumerate(chosen.tolist()):
                 if done[window]:
                     continue
@@ -280,6 +350,10 @@ class LlasmWhisperReaderAdaptor(nn.Module):
                 used[window] += pieces_of[token]
             if all(done):
                 break
+            if following and (index == len(draft) or token != draft[index]):  # the draft ends or was wrong here
+                following = False
+                position = read_start + index  # the prompt and the tokens read before this one
+                cache.self_attention_cache.crop(position - cache.self_attention_cache.get_seq_length())  # drop the rest
             step_input = chosen[:, None]
         mean_logprobs = [total / (len(t) + 1) for total, t in zip(logprob_sums, tokens)]  # as Whisper: end-of-text counts
         # a window with nothing to read keeps the first decoder state (see `forward`)
@@ -288,11 +362,19 @@ class LlasmWhisperReaderAdaptor(nn.Module):
 
     def forward(
         self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor, token_embeddings: torch.Tensor,
-        max_tokens: list[int], language: str | None = None,
+        max_tokens: list[int], language: str | None = None, drafts: list[list[int] | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], list[str | None]]:  # fmt: skip
         """`(total_tokens, hidden)` audio tokens, `(windows,)` tokens per window, their LLM token ids, and the
-        language each window was read in (see `read`)."""
-        whisper_ids, states, languages = self.read(encoder_hidden_states, encoder_frame_mask, max_tokens, language)
+        language each window was read in (see `read`, then `audio_tokens`)."""
+        whisper_ids, states, languages = self.read(encoder_hidden_states, encoder_frame_mask, max_tokens, language, drafts)
+        tokens, counts, llm_ids = self.audio_tokens(whisper_ids, states, languages, token_embeddings, max_tokens)
+        return tokens, counts, llm_ids, languages
+
+    def audio_tokens(self, whisper_ids: list[list[int]], states: list[torch.Tensor], languages: list[str | None],
+                     token_embeddings: torch.Tensor, max_tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:  # fmt: skip
+        """What the LLM gets from the windows' readings (`read`): `(total_tokens, hidden)` audio tokens (the LLM's
+        embeddings of the words as it spells them, plus the projected decoder states), the tokens per window and their
+        LLM token ids."""
         tokens, counts, llm_ids = [], [], []
         for ids, window_states, limit, window_language in zip(whisper_ids, states, max_tokens, languages):
             spelled, owner = self.spell(ids, language=window_language) if ids else ([], [])
@@ -312,7 +394,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             tokens.append(embedded + projected)
             counts.append(len(spelled))
             llm_ids.append(spelled)
-        return torch.cat(tokens), torch.tensor(counts, dtype=torch.long, device=encoder_hidden_states.device), llm_ids, languages
+        return torch.cat(tokens), torch.tensor(counts, dtype=torch.long, device=tokens[0].device), llm_ids
 
     def _tables(self) -> tuple:
         if self._lookup is None:  # python views of the tables, built once (reset when the tables change)
@@ -320,7 +402,9 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             for key, value, initial in zip(self.spelling_keys.tolist(), self.spelling_values.tolist(), self.spelling_initial.tolist()):
                 spellings[(bool(initial), tuple(k for k in key if k >= 0))] = [v for v in value if v >= 0]
             pieces = [[p for p in row if p >= 0] for row in self.llm_pieces.tolist()]
-            self._lookup = (pieces, spellings, self.starts_word.tolist(), self.no_space.tolist())
+            pieces_of = [len(row) for row in pieces]
+            self._lookup = (pieces, spellings, self.starts_word.tolist(), self.no_space.tolist(), pieces_of,
+                            frozenset(i for i, n in enumerate(pieces_of) if n == 0))  # fmt: skip
         return self._lookup
 
     def spell(self, whisper_ids: list[int], respell: bool = True, language: str | None = None) -> tuple[list[int], list[int]]:
@@ -333,7 +417,7 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         (`config.reader_chinese_script`) of windows read as `zh`. Without it, the tables: whole words found in the
         spelling table are spelled as the LLM spells them (sentence-initial form for the window's first word), the
         rest piece by piece, which matches typing for space-separated words only. `respell=False`: piece by piece."""
-        pieces, spellings, starts, no_space = self._tables()
+        pieces, spellings, starts, no_space = self._tables()[:4]
         if respell and self.text_tokenizer is not None:
             return self._spell_as_typed(whisper_ids, pieces, language)
         if respell and self.config.reader_language_ids:
@@ -452,7 +536,7 @@ def whisper_reader_tables(whisper_tokenizer, llm_tokenizer, max_pieces: int = 8)
             continue
         text = llm_tokenizer.convert_tokens_to_string([token])
         whisper_ids = whisper_tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(whisper_ids) > SPELLING_KEY_LENGTH:
+        if not whisper_ids or len(whisper_ids) > SPELLING_KEY_LENGTH:  # (none: a tokenizer without this text's bytes)
             continue
         if len(whisper_ids) > 1 and piecewise(whisper_ids, False) != [i]:
             spellings.append((False, whisper_ids, [i]))

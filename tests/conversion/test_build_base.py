@@ -99,3 +99,51 @@ def test_the_embedded_base_understands_a_spoken_question_untrained(base_dir, tmp
 
     # Whisper tiny.en itself hears this voice's "of" as "on" at times: one word of six may differ
     assert word_error_rate(["What is the capital of France?"], [transcript]) <= 1 / 6 and "paris" not in transcript.lower(), transcript
+
+
+def test_the_reader_reads_the_same_with_the_silence_projected_once(base_dir, tmp_path):
+    """The real reader's speed-up (the canned silence's cross-attention keys/values computed once) reads every clip
+    exactly as projecting each padded window does: same words, same decoder states, in a batch of several voices."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("needs espeak-ng to speak the clips")
+    clips = []
+    for index, (voice, text) in enumerate([("en-us", "What is the capital of France?"), ("en", "Tell me three ways to save energy at home."),
+                                           ("en-us+f3", "The train to the airport leaves every fifteen minutes.")]):  # fmt: skip
+        path = tmp_path / f"{index}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+        clips.append({"role": "user", "content": [{"type": "audio", "path": str(path)}]})
+    model = AutoModel.from_pretrained(base_dir, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(base_dir)
+    inputs = processor.apply_chat_template([[clip] for clip in clips], add_generation_prompt=True)
+    reader = model.model.multi_modal_projector
+    readings = {}
+    for reuse in (False, True):
+        reader.reuse_silence_projections = reuse
+        with torch.no_grad():
+            readings[reuse] = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+    assert readings[True].recognized_token_ids == readings[False].recognized_token_ids
+    assert "capital" in processor.decode(readings[True].recognized_token_ids[0]).lower()
+    torch.testing.assert_close(readings[True].pooler_output, readings[False].pooler_output, rtol=0, atol=1e-5)
+
+
+def test_a_streamed_question_gets_the_whole_clips_answer(base_dir, tmp_path):
+    """Streaming input on the real default base: chunks of 0.1 / 0.5 / 2 s, read and prefilled while they arrive,
+    give the answer `generate` gives the whole clip (benchmarks/streaming_check.py runs this on held-out clips)."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("needs espeak-ng to speak the question")
+    from modeling_llasm import generate_from_audio_stream, load_audio
+
+    path = tmp_path / "question.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), "How many planets are there in our solar system?"], check=True)
+    model = AutoModel.from_pretrained(base_dir, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(base_dir)
+    samples = load_audio(str(path))  # 16 kHz, as a stream's chunks must be
+    inputs = processor.apply_chat_template([{"role": "user", "content": [{"type": "audio", "array": samples, "sampling_rate": 16000}]}],
+                                           add_generation_prompt=True)  # fmt: skip
+    with torch.no_grad():
+        whole = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    for seconds in (0.1, 0.5, 2.0):
+        size = int(seconds * 16000)
+        chunks = [samples[i : i + size] for i in range(0, len(samples), size)]
+        output, stream = generate_from_audio_stream(model, processor, chunks, update_seconds=0, max_new_tokens=16, do_sample=False)
+        assert torch.equal(output, whole), (seconds, processor.decode(output[0, stream.prompt_length :]))

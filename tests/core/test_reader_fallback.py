@@ -20,9 +20,9 @@ def temperatures_read(model, call):
     reader, seen = model.model.multi_modal_projector, []
     decode = reader._decode
 
-    def recording(*args):
+    def recording(*args, **kwargs):
         seen.append(args[4])
-        return decode(*args)
+        return decode(*args, **kwargs)
 
     reader._decode = recording
     try:
@@ -51,7 +51,7 @@ def test_a_passing_second_reading_replaces_the_greedy_one_and_is_reproducible():
     clip, other = speechlike(2.2, 3), speechlike(1.3, 5)
     greedy_readings = set()
     decode = reader._decode
-    reader._decode = lambda *args: greedy_readings.update(tuple(ids) for ids in decode(*args)[0]) or decode(*args)
+    reader._decode = lambda *args, **kwargs: greedy_readings.update(tuple(ids) for ids in decode(*args, **kwargs)[0]) or decode(*args, **kwargs)
     with torch.no_grad():
         greedy = model.get_audio_features(*features_of(processor, clip)).recognized_token_ids
         del reader._decode

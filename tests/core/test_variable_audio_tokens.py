@@ -8,6 +8,8 @@ import torch
 from transformers import AutoModel, AutoProcessor, TextIteratorStreamer
 
 from modeling_llasm import LlasmForConditionalGeneration
+from modeling_llasm.configuration_llasm import encoder_frame_mask
+from modeling_llasm.modeling_llasm import encode_audio_windows
 from modeling_llasm.modeling_llasm import text_causal_lm
 from tiny_llasm import build_tiny_llasm, compress_llasm, reader_llasm, speechlike, tone
 
@@ -199,7 +201,7 @@ def test_reader_memo_cache_reads_each_window_once():
     reader = model.model.multi_modal_projector
     calls = []
     decode = reader._decode
-    reader._decode = lambda *args: calls.append(args[0].shape[0]) or decode(*args)
+    reader._decode = lambda *args, **kwargs: calls.append(args[0].shape[0]) or decode(*args, **kwargs)
     with torch.no_grad():
         plain = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).pooler_output
         reader.read_cache = {}
@@ -248,3 +250,42 @@ def test_collator_labels_give_the_loss_of_the_prompt_without_unused_slots(adapto
             losses.append(torch.nn.functional.cross_entropy(logits[:-1], shifted, ignore_index=IGNORE_INDEX, reduction="sum"))
             counts.append((shifted != IGNORE_INDEX).sum())
     torch.testing.assert_close(loss, sum(losses) / sum(counts))
+
+
+def test_reader_projects_the_silence_once_and_reads_as_when_it_projects_every_window():
+    """The cross-attention keys/values of the canned silence are computed once and reused: readings (ids and decoder
+    states) equal those of projecting each window padded with silence, as Whisper does; the projections are
+    recomputed when the silence changes."""
+    model, processor = reader_llasm(seed=2)
+    reader = model.model.multi_modal_projector
+    clips = [speechlike(1.5, 0), speechlike(0.4, 1), speechlike(3.1, 2)]  # windows of different lengths
+    inputs = processor.apply_chat_template([conversation(c) for c in clips], add_generation_prompt=True)
+    projected_frames = []
+    hook = reader.decoder.layers[0].encoder_attn.k_proj.register_forward_hook(lambda m, args, out: projected_frames.append(args[0].shape[-2]))
+
+    with torch.no_grad():
+        encoded, mel_mask = encode_audio_windows(model.model.audio_tower, inputs["input_features"], inputs["input_features_mask"])
+    frame_mask = encoder_frame_mask(mel_mask)
+
+    def read():
+        with torch.no_grad():
+            return reader.read(encoded.last_hidden_state, frame_mask, [40] * frame_mask.shape[0])
+
+    reader.reuse_silence_projections = False
+    reference = read()
+    assert set(projected_frames) == {reader.silence_states.shape[0]}  # every read projects whole padded windows
+    projected_frames.clear()
+    reader.reuse_silence_projections = True
+    first, again = read(), read()
+    hook.remove()
+    longest = int(frame_mask.sum(-1).max())
+    assert projected_frames == [reader.silence_states.shape[0], longest, longest]  # the silence once, then speech only
+    assert first[0] == reference[0] and again[0] == reference[0] and any(first[0])
+    for states, expected in zip(first[1], reference[1]):
+        torch.testing.assert_close(states, expected, rtol=1e-5, atol=1e-5)
+    before = reader.silence_projections(torch.float32, torch.device("cpu"))[0][0].clone()
+    with torch.no_grad():
+        reader.silence_states.mul_(0.5)
+    after = reader.silence_projections(torch.float32, torch.device("cpu"))[0][0]
+    torch.testing.assert_close(after, reader.decoder.layers[0].encoder_attn.k_proj(reader.silence_states))
+    assert not torch.allclose(after, before)
