@@ -12,6 +12,7 @@ from .configuration_llasm import LlasmConfig, audio_token_count
 from .modeling_llasm import LlasmConversationCache, LlasmForConditionalGeneration, LlasmModel, LlasmPreTrainedModel
 from .pipeline_llasm import LlasmChatPipeline
 from .processing_llasm import LlasmProcessor, load_audio
+from .streaming_llasm import LlasmAudioStream, generate_from_audio_stream
 
 
 def _register() -> None:
@@ -36,6 +37,7 @@ def _register() -> None:
 _register()
 
 __all__ = [
+    "LlasmAudioStream",
     "LlasmChatPipeline",
     "LlasmConfig",
     "LlasmConversationCache",
@@ -44,5 +46,6 @@ __all__ = [
     "LlasmPreTrainedModel",
     "LlasmProcessor",
     "audio_token_count",
+    "generate_from_audio_stream",
     "load_audio",
 ]

@@ -7,7 +7,7 @@ Part of the model (`modeling_llasm.py` imports it); travels with checkpoints for
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from .processing_llasm import LlasmProcessor
 
 
-AudioRow = tuple[bytes, int]  # an audio token of the prompt: (its window's key, row within the window)
+AudioRow = bytes  # an audio token of the prompt: a digest of its values (`audio_token_key`)
+# (window indices, their features, their mask) -> each window's audio tokens `(tokens, hidden)`
+WindowEncoder = Callable[[list[int], torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
 
 
 def common_prefix_length(a: Sequence, b: Sequence) -> int:
@@ -30,9 +32,18 @@ def common_prefix_length(a: Sequence, b: Sequence) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def audio_window_key(features: torch.Tensor, frames: int) -> bytes:
-    """Identity of an audio window for cache reuse: a digest of its real log-mel frames `(n_mels, frames)`."""
-    return hashlib.blake2b(features[:, :frames].detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
+def audio_window_key(features: torch.Tensor, frames: int, language: str | None = None) -> bytes:
+    """Identity of an audio window for cache reuse: a digest of its real log-mel frames `(n_mels, frames)` and the
+    language it is read in (what the reader reads depends on it)."""
+    digest = hashlib.blake2b(features[:, :frames].detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
+    return digest + (language or "").encode()
+
+
+def audio_token_key(token: torch.Tensor) -> AudioRow:
+    """Identity of one audio token of a prompt: a digest of its values. Two prompts whose positions hold the same
+    tokens and audio-token values up to some point share the LLM's keys/values up to there (e.g. the words a streamed
+    reading had already read: `LlasmAudioStream`)."""
+    return hashlib.blake2b(token.detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
 
 
 class LlasmConversationCache:
@@ -119,10 +130,18 @@ class LlasmConversationCache:
                 **audio) -> LlasmConversationCache:  # fmt: skip
         """Make the cache hold this prompt (e.g. the prompt head every request shares) without generating."""
         keys, ids, embeds = self.prompt(model, input_ids, attention_mask, audio)
+        return self.extend(model, keys, embeds)
+
+    @torch.no_grad()
+    def extend(self, model: LlasmForConditionalGeneration, keys: list[int | AudioRow], embeds: torch.Tensor) -> LlasmConversationCache:
+        """Make the cache hold the prompt whose positions hold `keys` (see `prompt`) with input embeddings `embeds`
+        `(len(keys), hidden)`: keep the common start, prefill the rest."""
+        if len(keys) != embeds.shape[0]:
+            raise ValueError(f"extend: {len(keys)} keys for {embeds.shape[0]} embeddings.")
         start = self.reuse(keys, keep_last=False)
         if start < len(keys):
             model.model.language_model(inputs_embeds=embeds[None, start:], cache=self.cache, use_cache=True)
-        self.keys = keys
+        self.keys = list(keys)
         return self
 
     @torch.no_grad()
@@ -157,7 +176,7 @@ class LlasmConversationCache:
         return common
 
     def prompt(self, model: LlasmForConditionalGeneration, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
-               audio: dict) -> tuple[list[int | AudioRow], torch.LongTensor, torch.Tensor]:  # fmt: skip
+               audio: dict, encode: WindowEncoder | None = None) -> tuple[list[int | AudioRow], torch.LongTensor, torch.Tensor]:  # fmt: skip
         """The prompt as the LLM sees it: what each position holds, its token ids (audio positions keep the
         placeholder id) and its input embeddings. Windows seen before are not encoded again; the unused placeholders
         of a variable-count adaptor are left out (as `generate` does)."""
@@ -165,7 +184,7 @@ class LlasmConversationCache:
             raise ValueError(f"A conversation cache takes one conversation: `input_ids` of shape (1, length), got "
                              f"{None if input_ids is None else tuple(input_ids.shape)}.")  # fmt: skip
         ids = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
-        windows = self.audio_windows(model, audio)
+        windows = self.audio_windows(model, audio, encode)
         placeholder = model.config.audio_token_id
         keys: list[int | AudioRow] = []
         rows: list[torch.Tensor] = []  # audio token embeddings, in order
@@ -182,7 +201,7 @@ class LlasmConversationCache:
                 key, slots, tokens = window
                 remaining, row = slots, 0
             if row < tokens.shape[0]:
-                keys.append((key, row))
+                keys.append(audio_token_key(tokens[row]))
                 rows.append(tokens[row])
             remaining -= 1
             row += 1
@@ -195,8 +214,11 @@ class LlasmConversationCache:
             embeds = embeds.masked_scatter(audio_positions[:, None], torch.stack(rows).to(embeds.dtype))
         return keys, packed_ids, embeds
 
-    def audio_windows(self, model: LlasmForConditionalGeneration, audio: dict) -> list[tuple[bytes, int, torch.Tensor]]:
-        """`(key, placeholder slots, audio tokens)` of each window, encoding only windows this cache has not seen."""
+    def audio_windows(self, model: LlasmForConditionalGeneration, audio: dict, encode: WindowEncoder | None = None,
+                      ) -> list[tuple[bytes, int, torch.Tensor]]:  # fmt: skip
+        """`(key, placeholder slots, audio tokens)` of each window, encoding only windows this cache has not seen
+        (with `encode(indices, features, mask)` when given: the audio tokens of those windows, e.g. a streamed
+        reading that starts from an earlier one; default `model.get_audio_features`)."""
         features, mask = audio.get("input_features"), audio.get("input_features_mask")
         if audio.get("audio_encoder_hidden_states") is not None:
             raise ValueError("A conversation cache recognises windows by their `input_features`; pass those, not encoder outputs.")
@@ -205,15 +227,18 @@ class LlasmConversationCache:
         if mask is None:
             mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long, device=features.device)
         frames = mask.sum(-1).tolist()
-        language = audio.get("language")  # what the reader reads depends on it: part of the window's key
-        keys = [audio_window_key(window, int(n)) + (language or "").encode() for window, n in zip(features, frames)]
+        language = audio.get("language")
+        keys = [audio_window_key(window, int(n), language) for window, n in zip(features, frames)]
         missing = [i for i, key in enumerate(keys) if key not in self.window_tokens]
         if missing:
             index = torch.tensor(missing, device=features.device)
-            encoded = model.get_audio_features(features.index_select(0, index), mask.index_select(0, index), language=language)
-            for i, tokens in zip(missing, encoded.pooler_output.split(encoded.audio_token_counts.tolist())):
+            if encode is not None:
+                encoded_windows = encode(missing, features.index_select(0, index), mask.index_select(0, index))
+            else:
+                encoded = model.get_audio_features(features.index_select(0, index), mask.index_select(0, index), language=language)
+                encoded_windows = encoded.pooler_output.split(encoded.audio_token_counts.tolist())
+            for i, tokens in zip(missing, encoded_windows):
                 self.window_tokens[keys[i]] = tokens
-        seen = set(keys) | {k[0] for k in self.keys if not isinstance(k, int)}
-        self.window_tokens = {k: v for k, v in self.window_tokens.items() if k in seen}
+        self.window_tokens = {k: v for k, v in self.window_tokens.items() if k in keys}  # the conversation's windows
         slots = window_token_counts(model.config, mask)
         return [(key, count, self.window_tokens[key]) for key, count in zip(keys, slots)]

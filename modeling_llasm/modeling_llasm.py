@@ -9,6 +9,9 @@ The model's files, all of which travel with a checkpoint (`trust_remote_code`):
 - `reading_llasm.py`: the `whisper_reader` adaptor (the default) and its spelling tables;
 - `conversation_cache_llasm.py`: `LlasmConversationCache`, reuse of a conversation's prefill across turns;
 - `pipeline_llasm.py`: `pipeline("llasm-chat")`.
+
+Beside them in the package (not copied with checkpoints): `streaming_llasm.py`, `LlasmAudioStream` (audio read and
+prefilled while it arrives).
 """
 
 from __future__ import annotations

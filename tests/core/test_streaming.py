@@ -1,0 +1,135 @@
+"""Streaming input (`LlasmAudioStream`): audio that arrives in chunks is read and prefilled while it arrives, and the
+answer equals the whole clip's. Tiny models: 1-s windows, so a 3.3 s clip spans four windows."""
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_llasm import LlasmAudioStream, LlasmConversationCache, generate_from_audio_stream
+from modeling_llasm.configuration_llasm import encoder_frame_mask, window_token_counts
+from modeling_llasm.modeling_llasm import encode_audio_windows
+from tiny_llasm import TINY_ADAPTORS, reader_llasm, speechlike
+
+GREEDY = {"max_new_tokens": 8, "do_sample": False}
+
+
+def turn(clip, text=None):
+    content = [{"type": "audio", "array": clip, "sampling_rate": 16000}]
+    if text:
+        content.append({"type": "text", "text": text})
+    return {"role": "user", "content": content}
+
+
+def whole_clip_answer(model, processor, messages):
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True)
+    with torch.no_grad():
+        return model.generate(**inputs, **GREEDY)
+
+
+def chunked(clip, seconds):
+    size = int(seconds * 16000)
+    return [clip[i : i + size] for i in range(0, len(clip), size)]
+
+
+@pytest.mark.parametrize("adaptor", sorted(TINY_ADAPTORS))
+@pytest.mark.parametrize("chunk_seconds", [0.1, 0.5, 2.0])
+def test_streamed_answer_equals_the_whole_clip_answer(adaptor, chunk_seconds):
+    model, processor = TINY_ADAPTORS[adaptor]()
+    clip = speechlike(3.3, 2)
+    expected = whole_clip_answer(model, processor, [turn(clip)])
+    output, stream = generate_from_audio_stream(model, processor, chunked(clip, chunk_seconds), update_seconds=0, **GREEDY)
+    assert torch.equal(output, expected)
+    assert stream.prompt_length == expected.shape[1] - GREEDY["max_new_tokens"]
+    assert stream.updates == len(chunked(clip, chunk_seconds)) - 1  # the last chunk is read by generate
+
+
+@pytest.mark.parametrize("chunk_seconds", [0.1, 0.5])
+def test_the_reader_prefills_what_two_readings_agree_on_before_the_end(chunk_seconds):
+    model, processor = reader_llasm(seed=1)
+    clip = speechlike(3.3, 2)
+    stream = LlasmAudioStream(model, processor, update_seconds=0)
+    for chunk in chunked(clip, chunk_seconds):
+        stream.append(chunk)
+    assert any(not isinstance(k, int) for k in stream.cache.keys)  # words were prefilled while the audio arrived
+    output = stream.generate(**GREEDY)
+    assert torch.equal(output, whole_clip_answer(model, processor, [turn(clip)]))
+    # the end reused the prompt head and words read before it (a later reading may still revise agreed words: those
+    # positions are dropped and prefilled again, so the answer stays the whole clip's)
+    first_audio_position = next(i for i, k in enumerate(stream.cache.keys) if not isinstance(k, int))
+    assert stream.cache.reused_tokens > first_audio_position
+
+
+def test_update_seconds_sets_how_often_work_is_done_between_chunks():
+    model, processor = reader_llasm()
+    clip = speechlike(2.0, 0)
+    stream = LlasmAudioStream(model, processor, update_seconds=0.5)
+    for chunk in chunked(clip, 0.1):
+        stream.append(chunk)
+    assert stream.updates == 4
+
+
+def test_a_streamed_turn_continues_a_chat():
+    model, processor = reader_llasm(seed=3)
+    first, second = speechlike(1.4, 0), speechlike(2.1, 1)
+    cache = LlasmConversationCache()
+    inputs = processor.apply_chat_template([turn(first)], add_generation_prompt=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, conversation_cache=cache, **GREEDY)
+    answer = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    history = [turn(first), {"role": "assistant", "content": answer}]
+    expected = whole_clip_answer(model, processor, [*history, turn(second, "and this?")])
+    stream = LlasmAudioStream(model, processor, messages=history, text="and this?", conversation_cache=cache, update_seconds=0)
+    for chunk in chunked(second, 0.3):
+        stream.append(chunk)
+    output = stream.generate(**GREEDY)
+    assert torch.equal(output, expected)
+    assert stream.cache.reused_tokens > inputs["input_ids"].shape[1] // 2  # the first turn was not prefilled again
+
+
+def test_bad_streams_are_refused():
+    model, processor = reader_llasm()
+    with pytest.raises(ValueError, match="16000 Hz"):
+        LlasmAudioStream(model, processor, sampling_rate=8000)
+    stream = LlasmAudioStream(model, processor)
+    with pytest.raises(ValueError, match="No audio"):
+        stream.generate(**GREEDY)
+    with pytest.raises(ValueError, match="1-D mono"):
+        stream.append(np.zeros((2, 1600), dtype=np.float32))
+    stream.append(speechlike(0.6, 0))
+    stream.generate(**GREEDY)
+    with pytest.raises(RuntimeError, match="has ended"):
+        stream.append(speechlike(0.2, 0))
+
+
+def read_windows(model, processor, clip, drafts=None, calls=None):
+    inputs = processor(text=processor.audio_token, audio=clip)
+    with torch.no_grad():
+        encoded, mask = encode_audio_windows(model.model.audio_tower, inputs["input_features"], inputs["input_features_mask"])
+        reader = model.model.multi_modal_projector
+        hook = reader.decoder.layers[0].register_forward_pre_hook(lambda module, args: calls.append(1)) if calls is not None else None
+        reading = reader.read(encoded.last_hidden_state, encoder_frame_mask(mask), window_token_counts(model.config, mask), drafts=drafts)
+    if hook is not None:
+        hook.remove()
+    return reading
+
+
+def test_a_draft_gives_the_same_reading_in_fewer_decoder_steps():
+    """`read(drafts=...)` checks an earlier reading in one pass and reads greedily after the first disagreement: the
+    reading is the one without a draft, whether the draft is right, cut short, wrong in the middle or too long."""
+    model, processor = reader_llasm(seed=0)
+    with torch.no_grad():  # end-of-text less likely: a longer reading
+        model.model.multi_modal_projector.decoder.embed_tokens.weight[60] *= 0.5
+    clip = speechlike(0.9, 1)  # one window
+    plain_calls: list = []
+    ids, states, languages = read_windows(model, processor, clip, calls=plain_calls)
+    reading = ids[0]
+    assert len(reading) >= 4
+    wrong = list(reading)
+    wrong[len(wrong) // 2] = (wrong[len(wrong) // 2] + 1) % 60
+    for draft in (reading, reading[:2], wrong, reading + reading[:3]):
+        calls: list = []
+        again = read_windows(model, processor, clip, drafts=[draft], calls=calls)
+        assert again[0] == ids and again[2] == languages
+        torch.testing.assert_close(again[1][0], states[0], rtol=1e-4, atol=1e-4)
+        if draft is reading:
+            assert len(calls) < len(plain_calls) // 2  # verified at once, not token by token
