@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,8 @@ from typing import Any
 
 # Shown in place of an answer that decoded to nothing (the model ended at once), so a turn never looks lost.
 EMPTY_ANSWER = "*(no answer: the model ended its reply at once)*"
-ELEM_IDS = {"model": "model-info", "chatbot": "chatbot", "audio": "audio-input", "text": "text-input", "send": "send", "clear": "clear"}
+ELEM_IDS = {"model": "model-info", "chatbot": "chatbot", "audio": "audio-input", "text": "text-input", "send": "send", "clear": "clear",
+            "talk": "talk-input", "latency": "first-word"}  # fmt: skip
 
 Conversation = list[dict[str, Any]]
 
@@ -135,6 +138,70 @@ def stream_answer(
     yield conversation, chatbot_messages(conversation)
 
 
+def first_word_note(seconds: float, since: str) -> str:
+    """The line shown under an answer: how long its first word took."""
+    return f"First word {seconds * 1000:.0f} ms after {since}."
+
+
+class SpokenTurn:
+    """A turn spoken into the streaming microphone: its chunks go to a `LlasmAudioStream` (read and prefilled while
+    the user speaks), and the answer streams when they stop. `chat`: the `llasm-chat` pipeline (its model and
+    processor); `generation`: a turn's pipeline arguments (`turn_generation`)."""
+
+    def __init__(self, chat, conversation: Conversation, conversation_cache=None, **generation: Any) -> None:
+        from ..streaming_llasm import LlasmAudioStream
+
+        generation = dict(generation)
+        system_prompt, language = generation.pop("system_prompt", None), generation.pop("language", None)
+        messages = chat.to_messages(conversation, None, system_prompt) if conversation else (
+            [{"role": "system", "content": system_prompt}] if system_prompt else [])  # fmt: skip
+        self.chat, self.conversation, self.generation = chat, conversation, generation
+        self.stream = LlasmAudioStream(chat.model, chat.processor, messages, language=language,
+                                       conversation_cache=conversation_cache, update_seconds=0)  # fmt: skip
+
+    def add(self, sampling_rate: int, samples: Any) -> None:
+        """One chunk from the microphone (any rate, int or float samples, mono or stereo)."""
+        from ..processing_llasm import load_audio
+
+        self.stream.append(load_audio(samples, sampling_rate=sampling_rate))
+
+    def answer(self, clip_path: str | os.PathLike) -> Iterator[tuple[Conversation, list[dict[str, Any]], str]]:
+        """End of speech: saves the clip to `clip_path` (for the conversation view), streams the answer; yields
+        `(conversation, chatbot view, first-word note)`, last with the answer added to the conversation."""
+        import threading
+
+        import soundfile
+        from transformers import TextIteratorStreamer
+
+        end_of_speech = time.perf_counter()
+        soundfile.write(str(clip_path), self.stream.audio, self.stream.sampling_rate)
+        conversation = [*self.conversation, user_message(clip_path, None)]
+        view = chatbot_messages(conversation)
+        streamer = TextIteratorStreamer(self.chat.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.stream.generate(streamer=streamer, **self.generation)
+            except BaseException as error:  # shown to the user by the caller
+                failure.append(error)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        answer, note = "", ""
+        for piece in streamer:
+            if not note and piece:
+                note = first_word_note(time.perf_counter() - end_of_speech, "you stopped speaking")
+            answer += piece
+            yield conversation, [*view, {"role": "assistant", "content": answer}], note
+        worker.join()
+        if failure:
+            raise failure[0]
+        conversation = [*conversation, {"role": "assistant", "content": answer.strip()}]
+        yield conversation, chatbot_messages(conversation), note
+
+
 AUTO_LANGUAGE = "detect"
 
 
@@ -173,8 +240,11 @@ def build_demo(
 
     from .. import LlasmConversationCache
 
+    clip_dir = tempfile.mkdtemp(prefix="llasm-demo-")  # spoken turns' clips, for the conversation view
+
     def respond(audio: str | None, text: str | None, conversation: Conversation, tokens: float, temp: float, session: dict,
                 language: str | None = None):  # fmt: skip
+        sent = time.perf_counter()
         generation = turn_generation(tokens, temp, language, system_prompt)
         # this browser session's KV cache: each turn prefills only itself and encodes only its own audio
         generation["conversation_cache"] = session.setdefault("cache", LlasmConversationCache())
@@ -184,17 +254,41 @@ def build_demo(
         except ValueError as error:  # nothing recorded, uploaded or typed
             raise gr.Error(str(error)) from None
         # clear the inputs; no second submit, and no clearing (the stream would write the old turns back) meanwhile
-        yield updated, view, None, "", gr.Button(interactive=False), gr.Button(interactive=False)
+        yield updated, view, None, "", gr.Button(interactive=False), gr.Button(interactive=False), ""
+        note = ""
         try:
             for updated, view in answers:
-                yield updated, view, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                if not note and view[-1]["role"] == "assistant" and view[-1]["content"]:
+                    note = first_word_note(time.perf_counter() - sent, "you sent the turn")
+                yield updated, view, gr.skip(), gr.skip(), gr.skip(), gr.skip(), note
         except Exception as error:  # e.g. an unreadable upload: give the turn back instead of keeping half of it
-            yield conversation, chatbot_messages(conversation), audio, text or "", gr.skip(), gr.skip()
+            yield conversation, chatbot_messages(conversation), audio, text or "", gr.skip(), gr.skip(), ""
             raise gr.Error(f"The model could not answer: {error}") from error
 
-    def clear(session: dict) -> tuple[Conversation, list, None, str]:
+    def begin_talking(conversation: Conversation, tokens: float, temp: float, session: dict, language: str | None = None) -> str:
+        generation = turn_generation(tokens, temp, language, system_prompt)
+        session["turn"] = SpokenTurn(chat, conversation, session.setdefault("cache", LlasmConversationCache()), **generation)
+        return ""
+
+    def hear(chunk: tuple[int, Any] | None, session: dict) -> None:
+        if chunk is not None and session.get("turn") is not None:
+            session["turn"].add(*chunk)
+
+    def answer_talk(conversation: Conversation, session: dict):
+        turn = session.pop("turn", None)
+        if turn is None or not turn.stream.samples:
+            raise gr.Error("Nothing was heard: allow the microphone and speak, then stop the recording.")
+        try:
+            for updated, view, note in turn.answer(Path(clip_dir) / f"spoken-{time.time_ns()}.wav"):
+                yield updated, view, note
+        except Exception as error:
+            yield conversation, chatbot_messages(conversation), ""
+            raise gr.Error(f"The model could not answer: {error}") from error
+
+    def clear(session: dict) -> tuple[Conversation, list, None, str, str]:
         session.pop("cache", None)
-        return [], [], None, ""
+        session.pop("turn", None)
+        return [], [], None, "", ""
 
     with gr.Blocks(title="LLaSM demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# LLaSM: talk to a speech-language model")
@@ -203,6 +297,11 @@ def build_demo(
         session = gr.State({})  # per browser session (Gradio copies the initial value): the conversation cache
         # no "share" button in the toolbar: it uploads to the Hugging Face Hub
         chatbot = gr.Chatbot(label="Conversation", elem_id=ELEM_IDS["chatbot"], height=420, buttons=["copy", "copy_all"])
+        latency = gr.Markdown("", elem_id=ELEM_IDS["latency"])
+        talk = gr.Audio(
+            sources=["microphone"], streaming=True, type="numpy", elem_id=ELEM_IDS["talk"],
+            label="Talk: answered when you stop (your words are read while you speak)",
+        )  # fmt: skip
         with gr.Row():
             audio = gr.Audio(
                 sources=["microphone", "upload"], type="filepath", label="Speak or upload a clip", elem_id=ELEM_IDS["audio"],
@@ -223,14 +322,17 @@ def build_demo(
 
         submit = dict(
             fn=respond, inputs=[audio, text, conversation, tokens, temp, session, language],
-            outputs=[conversation, chatbot, audio, text, send, clear_button],
+            outputs=[conversation, chatbot, audio, text, send, clear_button, latency],
         )  # fmt: skip
         for trigger in (send.click, text.submit):
             # `then` runs after errors too, so the buttons are always usable again
             trigger(**submit).then(lambda: (gr.Button(interactive=True),) * 2, None, [send, clear_button])
-        clear_button.click(clear, session, [conversation, chatbot, audio, text], queue=False)
+        talk.start_recording(begin_talking, [conversation, tokens, temp, session, language], latency)
+        talk.stream(hear, [talk, session], None, stream_every=0.5, time_limit=120)
+        talk.stop_recording(answer_talk, [conversation, session], [conversation, chatbot, latency])
+        clear_button.click(clear, session, [conversation, chatbot, audio, text, latency], queue=False)
         # the chatbot's own trash icon empties the view: forget the turns too, or the model would still see them
-        chatbot.clear(clear, session, [conversation, chatbot, audio, text], queue=False)
+        chatbot.clear(clear, session, [conversation, chatbot, audio, text, latency], queue=False)
     return demo
 
 

@@ -183,8 +183,11 @@ def test_app_builds_offline_with_analytics_off(monkeypatch):
     demo = build_demo(FakeChat(), describe_model("/models/llasm-tiny-base"), max_new_tokens=32)
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert demo.analytics_enabled is False
-    audio = next(block for block in demo.blocks.values() if isinstance(block, gradio.Audio))
+    audio = next(block for block in demo.blocks.values() if isinstance(block, gradio.Audio) and block.elem_id == "audio-input")
     assert set(audio.sources) == {"microphone", "upload"}
+    # issue 24: a streaming microphone, read while the user speaks
+    talk = next(block for block in demo.blocks.values() if isinstance(block, gradio.Audio) and block.elem_id == "talk-input")
+    assert talk.streaming and talk.sources == ["microphone"]
     notices = [block.value for block in demo.blocks.values() if isinstance(block, gradio.Markdown)]
     assert any("untrained base" in notice for notice in notices)
 
@@ -203,3 +206,36 @@ def test_a_multilingual_reader_offers_its_languages_and_a_turn_reads_in_the_chos
     chat = FakeChat(["好"])
     run_turn(chat, [], audio="q.wav", **turn_generation(4, 0.0, "zh"))
     assert chat.calls[0][1]["language"] == "zh"  # what the pipeline is asked to read the audio in
+
+
+def test_a_spoken_turn_is_read_while_it_arrives_and_answered_as_the_whole_clip(tmp_path):
+    """The streaming microphone's turn: chunks (48 kHz int16, as browsers record) go to a LlasmAudioStream; at the
+    end the answer streams, equals the pipeline's answer to the same clip, and says how fast its first word came."""
+    import numpy as np
+
+    from modeling_llasm.cli.chat import load_chat_pipeline
+    from modeling_llasm.demo import SpokenTurn
+    from tiny_llasm import reader_llasm, speechlike
+
+    model, processor = reader_llasm(seed=2)
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    chat = load_chat_pipeline(str(tmp_path / "m"))
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    speech = (speechlike(2.0, 1) * 20000).astype(np.int16)
+    recorded = np.repeat(speech, 3)  # 48 kHz, as a browser's microphone
+    turn = SpokenTurn(chat, history, max_new_tokens=6, do_sample=False, system_prompt="Be brief.")
+    for start in range(0, len(recorded), 24000):  # 0.5 s chunks
+        turn.add(48000, recorded[start : start + 24000])
+    assert turn.stream.updates == 4 and len(turn.stream.cache) > 0  # read and prefilled while "speaking"
+    updates = list(turn.answer(tmp_path / "spoken.wav"))
+    conversation, view, note = updates[-1]
+    heard = turn.stream.audio
+    np.testing.assert_allclose(soundfile.read(tmp_path / "spoken.wav", dtype="float32")[0], heard, atol=1e-4)
+    assert conversation[:2] == history and conversation[2] == {"role": "user", "content": [{"type": "audio", "path": str(tmp_path / "spoken.wav")}]}
+    expected = chat([*history, {"role": "user", "content": [{"type": "audio", "array": heard, "sampling_rate": 16000}]}],
+                    system_prompt="Be brief.", max_new_tokens=6, do_sample=False)["generated_text"]  # fmt: skip
+    assert conversation[-1] == {"role": "assistant", "content": expected.strip()}
+    assert note.startswith("First word ") and "after you stopped speaking" in note
+    assert view[-1]["role"] == "assistant"
+    assert abs(len(heard) - len(speech)) <= 8  # resampled to 16 kHz chunk by chunk

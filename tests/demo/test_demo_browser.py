@@ -210,3 +210,17 @@ def test_sending_nothing_shows_an_error(browser, demo_url):
     browser.find_element(By.CSS_SELECTOR, "#send").click()
     wait_for(browser, lambda d: "Record or upload" in d.find_element(By.TAG_NAME, "body").text, "no error was shown")
     assert bot_texts(browser) == []
+
+
+def test_talk_into_the_streaming_microphone_and_see_the_first_word_time(browser, demo_url):
+    """The streaming microphone: the speech is sent in chunks while it is recorded, the answer comes when the
+    recording stops, and the page says how long after the end of speech the first word came."""
+    open_demo(browser, demo_url)
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#talk-input button.record-button"), "no streaming microphone")
+    browser.find_element(By.CSS_SELECTOR, "#talk-input button.record-button").click()
+    time.sleep(3)  # speak for a while: the length of the recording, not an assertion on speed
+    browser.find_element(By.CSS_SELECTOR, "#talk-input button.stop-button").click()
+    wait_for(browser, lambda d: "after you stopped speaking" in d.find_element(By.CSS_SELECTOR, "#first-word").text,
+             "no answer with its first-word time")  # fmt: skip
+    wait_for(browser, lambda d: bot_texts(d) and bot_texts(d)[-1], "the answer did not appear")
+    assert user_audio_count(browser) == 1
