@@ -36,12 +36,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..configuration_llasm import reader_language_code
 from ..processing_llasm import load_audio
 from .engine import Completion, Engine, Job, QueueFull, Sampling, ShuttingDown, stop_index
-from .protocol import ChatCompletionRequest, RequestError, error_body, validation_error_body
+from .protocol import ChatCompletionRequest, RequestError, chat_completion_body, error_body, error_response, queue_full_response, unavailable_response, usage_body, validation_error_body
+from .spoken import SPOKEN_TURN_PATH, BodyTooLarge, add_spoken_turns
 
 logger = logging.getLogger("modeling_llasm.serving")
+_error = error_response
+
+
+def _queue_full(settings: ServerSettings) -> JSONResponse:
+    return queue_full_response(settings.max_queue)
+
+
+_unavailable = unavailable_response
 
 SAMPLING_RATE = 16000
-GENERATING_PATHS = ("/v1/chat/completions", "/v1/audio/transcriptions")  # requests admitted against the queue's room
+# requests admitted against the queue's room
+GENERATING_PATHS = ("/v1/chat/completions", "/v1/audio/transcriptions", SPOKEN_TURN_PATH)
 TRANSCRIPTION_FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature")
 TRANSCRIPTION_FORMATS = ("json", "text")
 TRANSCRIPT_TOKENS_BASE, TRANSCRIPT_TOKENS_PER_SECOND = 16, 10.0
@@ -80,11 +90,6 @@ class ServerSettings:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
-
-
-def _error(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None, headers: dict | None = None) -> JSONResponse:  # fmt: skip
-    return JSONResponse(error_body(message, type, param, code), status_code=status, headers=headers)
 
 
 class _Admission:
@@ -146,6 +151,19 @@ class _Guard:
                 return
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
+            return
+        if scope["path"].rstrip("/") == SPOKEN_TURN_PATH:  # read as it arrives: counted, not held back
+            received = 0
+
+            async def counted():
+                nonlocal received
+                message = await receive()
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(f"Request body too large: more than {limit} bytes received, over the limit {limit_text}.")
+                return message
+
+            await self.app(scope, counted, send)
             return
         chunks, total = [], 0
         while True:
@@ -354,6 +372,8 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
         except ValueError as error:
             raise RequestError(f"language: {error}", "language", "unsupported_value") from error
 
+    add_spoken_turns(app, engine, settings, check_model, check_language)
+
     @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [model_card()]}
@@ -471,13 +491,7 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
             result = await complete(inputs, max_tokens, sampling, stop)
             if isinstance(result, JSONResponse):
                 return result
-            return {
-                "id": completion_id, "object": "chat.completion", "created": created_at, "model": settings.model_id,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                             "finish_reason": result.finish_reason, "logprobs": None}],
-                "usage": _usage(result),
-            }  # fmt: skip
+            return chat_completion_body(result, settings.model_id)
         events: asyncio.Queue = asyncio.Queue()
         job = Job(inputs, max_tokens, sampling, stop,
                   on_done=lambda r, e: _call_soon(loop, events.put_nowait, ("done", r, e)),
@@ -503,15 +517,6 @@ def _submit(engine: Engine, job: Job, settings: ServerSettings) -> JSONResponse 
     return None
 
 
-def _queue_full(settings: ServerSettings) -> JSONResponse:
-    return _error(429, f"Server busy: the request queue is full (--max-queue {settings.max_queue}); retry later.",
-                  "rate_limit_error", code="queue_full", headers={"Retry-After": "1"})  # fmt: skip
-
-
-def _unavailable(error: Exception) -> JSONResponse:
-    return _error(503, f"{error} Retry later.", "server_error", code="shutting_down", headers={"Retry-After": "5"})
-
-
 def _call_soon(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
     try:
         loop.call_soon_threadsafe(callback, *args)
@@ -528,9 +533,7 @@ def _resolve(future: asyncio.Future, result, error) -> None:
         future.set_result(result)
 
 
-def _usage(result: Completion) -> dict:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}  # fmt: skip
+_usage = usage_body
 
 
 def _visible(raw: str, stop: tuple[str, ...]) -> str:

@@ -11,6 +11,7 @@ Streaming requests and seeded sampling run alone.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -97,6 +98,26 @@ class Job:
         """Requests share a `generate` call only with the same sampling and reading language (one per call)."""
         key = None if self.stream else self.sampling.batch_key()
         return None if key is None else (*key, self.inputs.get("language"))
+
+
+@dataclass
+class Task:
+    """Model work other than a `generate` call (e.g. reading a streamed turn's audio as it arrives), run on the
+    worker thread between batches, alone: the model is only ever used by that thread. `fn`'s result (or error)
+    goes to `future`."""
+
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def batch_key(self) -> None:
+        return None
+
+    def on_done(self, result: Any, error: BaseException | None) -> None:
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
 
 
 class _RowStops(StoppingCriteria):
@@ -238,8 +259,8 @@ class Engine:
         room = self.max_queue + (self.max_batch if self.running == 0 else 0)
         return len(self._pending) >= room
 
-    def submit(self, job: Job) -> None:
-        """Queue `job` or raise `QueueFull` at once (never blocks)."""
+    def submit(self, job: Job | Task) -> None:
+        """Queue `job` (or a `Task`) or raise `QueueFull` at once (never blocks)."""
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("The server is shutting down.")
@@ -286,7 +307,15 @@ class Engine:
                 with self._cond:
                     self.running = 0
 
-    def _run(self, batch: list[Job]) -> None:
+    def _run(self, batch: list[Job | Task]) -> None:
+        if isinstance(batch[0], Task):  # alone (no batch key)
+            try:
+                result = batch[0].fn()
+            except Exception as error:  # noqa: BLE001 -- the task's caller gets it; the worker goes on
+                batch[0].on_done(None, error)
+            else:
+                batch[0].on_done(result, None)
+            return
         try:
             results = self.generate(batch)
         except Exception as error:  # noqa: BLE001 -- never let one request kill the worker
@@ -333,19 +362,24 @@ class Engine:
         return [self._completion(job, tokens, stops.done_at[row]) for row, (job, tokens) in enumerate(zip(jobs, new_tokens))]
 
     def _completion(self, job: Job, tokens: list[int], done_at: int | None) -> Completion:
-        tokens = tokens[: min(job.max_tokens, done_at if done_at is not None else len(tokens))]
-        finish = "length" if len(tokens) >= job.max_tokens else "stop"
+        return self.completion(tokens, job.max_tokens, job.prompt_tokens, job.stop, done_at, job.cancelled.is_set())
+
+    def completion(self, tokens: list[int], max_tokens: int, prompt_tokens: int, stop: tuple[str, ...] = (),
+                   done_at: int | None = None, cancelled: bool = False) -> Completion:  # fmt: skip
+        """A request's answer from the new tokens generated for it: cut at `max_tokens` (or where its row stopped,
+        `done_at`), at end-of-sequence (kept, as counted) and at a stop string. On the worker thread (its tokenizer)."""
+        tokens = tokens[: min(max_tokens, done_at if done_at is not None else len(tokens))]
+        finish = "length" if len(tokens) >= max_tokens else "stop"
         for index, token in enumerate(tokens):
             if token in self.eos_ids:
                 tokens, finish = tokens[: index + 1], "stop"
                 break
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = stop_index(text, job.stop)
+        cut = stop_index(text, stop)
         if cut >= 0:
             text, finish = text[:cut], "stop"
-        elif job.cancelled.is_set():
+        elif cancelled:
             finish = "stop"
-        return Completion(text.strip(), finish, job.prompt_tokens, len(tokens))
+        return Completion(text.strip(), finish, prompt_tokens, len(tokens))
 
-
-__all__ = ["Completion", "ConversationPool", "Engine", "Job", "QueueFull", "Sampling", "ShuttingDown"]
+__all__ = ["Completion", "ConversationPool", "Engine", "Job", "QueueFull", "Sampling", "ShuttingDown", "Task"]

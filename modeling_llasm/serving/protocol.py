@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Annotated, Any, Literal, Union
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")
@@ -70,6 +73,40 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None, headers: dict | None = None) -> JSONResponse:  # fmt: skip
+    """An OpenAI-style error response."""
+    return JSONResponse(error_body(message, type, param, code), status_code=status, headers=headers)
+
+
+def queue_full_response(max_queue: int) -> JSONResponse:
+    """429: the request queue is full."""
+    return error_response(429, f"Server busy: the request queue is full (--max-queue {max_queue}); retry later.",
+                          "rate_limit_error", code="queue_full", headers={"Retry-After": "1"})  # fmt: skip
+
+
+def unavailable_response(error: Exception) -> JSONResponse:
+    """503: the server is shutting down."""
+    return error_response(503, f"{error} Retry later.", "server_error", code="shutting_down", headers={"Retry-After": "5"})
+
+
+def chat_completion_body(completion, model_id: str, **extra: Any) -> dict:
+    """The `chat.completion` object of a finished answer (`engine.Completion`); `extra`: more top-level fields."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": model_id,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
+                     "finish_reason": completion.finish_reason, "logprobs": None}],
+        "usage": usage_body(completion),
+        **extra,
+    }  # fmt: skip
+
+
+def usage_body(completion) -> dict:
+    """OpenAI's `usage` of a finished answer (`engine.Completion`)."""
+    return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens}  # fmt: skip
+
 _BRANCH_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
@@ -129,5 +166,5 @@ def validation_error_body(errors: list[dict]) -> dict:
 
 __all__ = [
     "AUDIO_FORMATS", "AudioPart", "ChatCompletionRequest", "InputAudio", "Message", "RequestError", "StreamOptions",
-    "TextPart", "error_body", "validation_error_body",
+    "TextPart", "chat_completion_body", "error_body", "error_response", "queue_full_response", "unavailable_response", "usage_body", "validation_error_body",
 ]
