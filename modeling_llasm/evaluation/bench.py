@@ -6,6 +6,9 @@ Sections (each reports medians over `repeats` after one warm-up):
   included) for our default adaptor (stack_mlp on unpadded windows), the original LLaSM method (30 s padded window,
   Whisper decoder resampler with 64 queries, linear) and the cascade (Whisper generates the transcript, then the LLM
   prefills the transcript prompt), with a time breakdown (features / encoder / adaptor / LLM prefill).
+- ``stream``: the default base (`whisper_reader`), what users run: TTFT on the whole clip (features / encoder /
+  reading / prefill) and from the end of speech to the first token when the clip arrives in 0.5 s chunks
+  (`LlasmAudioStream`), for 2 / 5 / 15 / 30 s clips, beside the original method and the cascade on the same clips.
 - ``decode``: decode tokens/s after a 5 s clip vs the bare LLM decoding from a text prompt of the same length.
 - ``batch``: 8 mixed-length clips in one batch vs one by one (throughput, and whether the outputs are equal).
 - ``stage1``: adaptor-only (stage-1) training samples/s with cached encoder outputs vs running the encoder.
@@ -67,6 +70,7 @@ from .bench_timing import (
     ttft_speech,
 )
 from .bench_fast import bench_dtypes, bench_pipeline, bench_prompt_lookup, bench_reuse
+from .bench_streaming import bench_streaming
 from .clips import speech_clip, speech_source
 from .sysinfo import load_average, machine_info, thread_contention_check
 
@@ -150,6 +154,7 @@ def _run_benchmark(settings: BenchSettings, command: str) -> dict:
         batch_clips = functools.cache(lambda: [speech_clip(s, seed=i) for i, s in enumerate(BATCH_SECONDS)])  # batch + pipeline
         inference_sections = (
             ("ttft", "time to first token", lambda: bench_ttft(systems, settings, ttft_clips)),
+            ("stream", "the default base: whole clip and streamed", lambda: bench_streaming(systems, settings)),
             ("decode", "decode speed", lambda: bench_decode(systems, settings, five_seconds)),
             ("batch", "batch of 8 vs one by one", lambda: bench_batch(systems, settings, batch_clips())),
             ("reuse", "reuse: prompt-head cache, turn 3 of a chat",

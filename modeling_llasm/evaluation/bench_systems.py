@@ -26,7 +26,7 @@ __all__ = [
     "find_stage1_script",
 ]
 
-SECTIONS = ("ttft", "decode", "batch", "reuse", "dtype", "pipeline", "lookup", "stage1", "memory")
+SECTIONS = ("ttft", "stream", "decode", "batch", "reuse", "dtype", "pipeline", "lookup", "stage1", "memory")
 TTFT_SECONDS = (2.0, 5.0, 20.0)
 BATCH_SECONDS = (1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 9.0, 12.0)
 METHODS = ("llasm", "original", "cascade")

@@ -10,7 +10,7 @@ from modeling_llasm.evaluation.bench import GOALS, BenchSettings, check_goals, e
 def test_bench_smoke_writes_table_json_and_plots(tmp_path):
     settings = BenchSettings(
         output_dir=tmp_path / "out", smoke=True, repeats=1, warmup=0, threads=1, decode_tokens=4, batch_new_tokens=3,
-        stage1_steps=1, stage1_batch=2, sections=("ttft", "decode", "batch", "reuse", "dtype", "pipeline", "lookup", "stage1"), log=lambda line: None,
+        stage1_steps=1, stage1_batch=2, sections=("ttft", "stream", "decode", "batch", "reuse", "dtype", "pipeline", "lookup", "stage1"), log=lambda line: None,
         trainer_benchmark=False,  # benchmarks/stage1_speed.py is the training engineer's, with its own checks
     )  # fmt: skip
     results = run_benchmark(settings)
@@ -38,9 +38,15 @@ def test_bench_smoke_writes_table_json_and_plots(tmp_path):
     lookup = saved["lookup"]["prompts"]
     assert set(lookup) == {"transcription request 1", "spoken question 1", "transcription request 2", "spoken question 2"}
     assert saved["lookup"]["answers_equal"] and all(row["answers_equal"] and row["new_tokens"] > 0 for row in lookup.values())
-    assert {g["key"] for g in saved["goals"]} == set(GOALS)
+    # issue 24: the default base (a tiny whisper_reader here) on the whole clip and streamed, beside the baselines
+    stream = saved["stream"]
+    assert set(stream["median"]) == {"base", "base_head_cached", "streamed", "original", "cascade"}
+    assert all(set(per) == {"2.0", "5.0"} and all(v["total"] > 0 for v in per.values()) for per in stream["median"].values())
+    assert stream["answers_identical"] == len(stream["answers"]) == 2
+    assert all(v["prefilled_before_end"] > 0 and v["work_per_chunk"] > 0 for v in stream["median"]["streamed"].values())
+    assert {g["key"] for g in saved["goals"]} == set(GOALS) - {"stream_flatness"}  # no 30 s clip in a smoke run
     table = (tmp_path / "out" / "results.md").read_text()
-    for heading in ("## Goals", "## Time to first token", "## Decode speed", "## Batch of 8", "## Reusing earlier work",
+    for heading in ("## Goals", "## Time to first token", "## The default base: whole clip and streamed", "## Decode speed", "## Batch of 8", "## Reusing earlier work",
                     "## Inference precision", "## Batched pipeline", "## Prompt-lookup decoding", "## Stage-1 training", "SMOKE RUN"):
         assert heading in table
     if any(not g["met"] for g in saved["goals"]):  # tiny random models miss some goals: profiles explain why
@@ -77,6 +83,13 @@ def test_goal_arithmetic():
     assert goals["fast_ttft_vs_cascade"]["value"] == pytest.approx(0.1 / 0.3) and not goals["fast_ttft_vs_cascade"]["met"]
     assert goals["fast_decode_vs_bare_fp32"]["value"] == pytest.approx(1.9) and goals["fast_decode_vs_bare_fp32"]["met"]
     assert not goals["turn3_vs_full_prefill"]["met"] and goals["pipeline_batch_speedup"]["met"]
+    totals = {"base": (0.3, 0.9), "streamed": (0.08, 0.15), "original": (0.6, 0.6), "cascade": (0.9, 2.0)}
+    results["stream"] = {"median": {m: {"5.0": {"total": five}, "30.0": {"total": thirty}} for m, (five, thirty) in totals.items()}}
+    goals = {g["key"]: g for g in check_goals(results)}
+    assert goals["base_ttft_vs_original"]["value"] == pytest.approx(0.5) and goals["base_ttft_vs_original"]["met"]
+    assert goals["base_ttft_vs_cascade"]["value"] == pytest.approx(1 / 3) and goals["base_ttft_vs_cascade"]["met"]
+    assert goals["stream_vs_original"]["value"] == pytest.approx(0.08 / 0.6) and goals["stream_vs_original"]["met"]
+    assert goals["stream_flatness"]["value"] == pytest.approx(0.15 / 0.08) and not goals["stream_flatness"]["met"]
 
 
 def test_memory_probe_qlora_on_tiny_model(tmp_path):
