@@ -1,4 +1,5 @@
-"""Latency and throughput of `llasm serve` under concurrent clients: micro-batching (max batch 8) vs one at a time.
+"""Latency and throughput of `llasm serve` under concurrent clients: micro-batching (max batch 8) vs one at a time;
+with `--engine vllm`, also vLLM's OpenAI server on the same model and clips (`llasm serve --engine vllm`).
 
 Starts the OpenAI-compatible server in this process (uvicorn on 127.0.0.1, a free port), and for 1, 4 and 16
 concurrent clients, each sending a few chat requests (a spoken question + a short instruction, greedy, `max_tokens`
@@ -7,6 +8,7 @@ JSON to `--out`.
 
     python benchmarks/serve_bench.py                                  # ~/.cache/llasm/llasm-tiny-base (whisper_reader)
     python benchmarks/serve_bench.py --model DIR --out serve.json --clients 1,4,16 --requests 4
+    python benchmarks/serve_bench.py --engines transformers,vllm --max-batch 8 --clients 1,4,16,64 --distinct-audio
 
 Run it on a quiet machine: the numbers are wall-clock times.
 """
@@ -63,8 +65,25 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def run_load(url: str, model_id: str, audio_b64: str, clients: int, requests: int, max_tokens: int) -> dict:
-    """`clients` threads, each sending `requests` chat completions one after another; all start together."""
+def distinct_audio(audio: bytes, count: int) -> list[str]:
+    """`count` base64 WAVs of `audio`, each with its own inaudible dither (1e-4, seeded), so that no request's audio
+    repeats an earlier one's: no engine answers from a cache of processed audio."""
+    import soundfile
+
+    samples, rate = soundfile.read(io.BytesIO(audio), dtype="float32")
+    out = []
+    for seed in range(count):
+        noisy = samples + 1e-4 * np.random.default_rng(seed).standard_normal(samples.shape).astype(np.float32)
+        buffer = io.BytesIO()
+        soundfile.write(buffer, noisy, rate, format="WAV", subtype="FLOAT")
+        out.append(base64.b64encode(buffer.getvalue()).decode())
+    return out
+
+
+def run_load(url: str, model_id: str, audio_b64: str | list[str], clients: int, requests: int, max_tokens: int) -> dict:
+    """`clients` threads, each sending `requests` chat completions one after another; all start together. With a
+    list of clips, request r of client i sends clip `(i * requests + r) % len(clips)`."""
+    clips = [audio_b64] if isinstance(audio_b64, str) else audio_b64
     import httpx
 
     latencies: list[float] = []
@@ -81,7 +100,7 @@ def run_load(url: str, model_id: str, audio_b64: str, clients: int, requests: in
                 body = {
                     "model": model_id, "max_tokens": max_tokens, "temperature": 0,
                     "messages": [{"role": "user", "content": [
-                        {"type": "input_audio", "input_audio": {"data": audio_b64, "format": "wav"}},
+                        {"type": "input_audio", "input_audio": {"data": clips[(index * requests + request) % len(clips)], "format": "wav"}},
                         {"type": "text", "text": instruction},
                     ]}],
                 }  # fmt: skip
@@ -113,12 +132,47 @@ def run_load(url: str, model_id: str, audio_b64: str, clients: int, requests: in
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| max batch | clients | requests | p50 latency (s) | p95 latency (s) | requests/s | tokens/s | mean batch |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| engine | max batch | clients | requests | p50 latency (s) | p95 latency (s) | requests/s | tokens/s | mean batch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['max_batch']} | {r['clients']} | {r['answered']}/{r['requests']} | {r['p50_s']:.3f} | "
+        lines.append(f"| {r.get('engine', 'transformers')} | {r['max_batch']} | {r['clients']} | {r['answered']}/{r['requests']} | {r['p50_s']:.3f} | "
                      f"{r['p95_s']:.3f} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['mean_batch']:.2f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+class Clips:
+    """Hands out the clips in order, each once (one clip: always that clip)."""
+
+    def __init__(self, clips: str | list[str]):
+        self.clips, self.next = clips, 0
+
+    def take(self, count: int) -> str | list[str]:
+        if isinstance(self.clips, str):
+            return self.clips
+        self.next += count
+        return self.clips[self.next - count : self.next]
+
+
+def vllm_rows(directory, model_id: str, audio_b64, client_counts: list[int], args) -> list[dict]:
+    """The same load against vLLM's OpenAI server (float32, eager, its own scheduler: up to 256 sequences)."""
+    from modeling_llasm.serving.vllm_server import VllmServer, vllm_environment
+
+    env = vllm_environment()
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    rows = []
+    log = Path(tempfile.gettempdir()) / "serve_bench_vllm.log"
+    with VllmServer(directory, model_id=model_id, env=env, log_path=log) as server:
+        print(f"[serve_bench] vLLM up at {server.url} (log {log})", file=sys.stderr)
+        clips = Clips(audio_b64)
+        run_load(server.url, model_id, clips.take(args.warmup), 1, args.warmup, args.max_tokens)
+        for clients in client_counts:
+            row = run_load(server.url, model_id, clips.take(clients * args.requests), clients, args.requests, args.max_tokens)
+            row.update(engine="vllm", max_batch=256, generate_calls=None, mean_batch=float("nan"))
+            rows.append(row)
+            print(f"[serve_bench] vllm, {clients} clients: p50 {row['p50_s']:.3f} s, {row['requests_per_s']:.2f} req/s", file=sys.stderr)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed requests per server before measuring")
+    parser.add_argument("--engines", default="transformers", help="comma-separated: transformers (llasm serve), vllm "
+                                                                 "(vLLM's server from scripts/install_vllm.sh's venv)")  # fmt: skip
+    parser.add_argument("--distinct-audio", action="store_true", help="every request its own dithered copy of the clip (no audio cache hits)")
     args = parser.parse_args(argv)
 
     import torch
@@ -148,27 +205,35 @@ def main(argv: list[str] | None = None) -> int:
     model_id = model_id_of(directory)
     audio, audio_source = question_audio()
     audio_b64 = base64.b64encode(audio).decode()
+    if args.distinct_audio:  # warm-up clips first, then one per timed request of every load (no clip is sent twice)
+        audio_b64 = distinct_audio(audio, args.warmup + sum(int(c) for c in args.clients.split(",")) * args.requests)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
     batch_sizes = [int(b) for b in args.max_batch.split(",") if b.strip()]
     print(f"[serve_bench] {directory} ({audio_source} question, max_tokens {args.max_tokens}, "
           f"{torch.get_num_threads()} torch threads)", file=sys.stderr)  # fmt: skip
 
     rows = []
-    for max_batch in batch_sizes:
+    for max_batch in batch_sizes if "transformers" in engines else []:
         settings = ServerSettings(model_id=model_id, max_batch=max_batch, max_queue=max(256, max(client_counts) * 2),
                                   batch_wait_ms=args.batch_wait_ms, max_tokens_limit=max(1024, args.max_tokens))  # fmt: skip
         app = create_app(model, processor, settings)
         engine = app.state.engine
         with BackgroundServer(app) as server:
-            run_load(server.url, model_id, audio_b64, 1, args.warmup, args.max_tokens)  # warm-up: untimed
+            clips = Clips(audio_b64)
+            run_load(server.url, model_id, clips.take(args.warmup), 1, args.warmup, args.max_tokens)  # warm-up: untimed
             for clients in client_counts:
                 calls, served = engine.stats["generate_calls"], engine.stats["requests"]
-                row = run_load(server.url, model_id, audio_b64, clients, args.requests, args.max_tokens)
+                row = run_load(server.url, model_id, clips.take(clients * args.requests), clients, args.requests, args.max_tokens)
                 calls, served = engine.stats["generate_calls"] - calls, engine.stats["requests"] - served
-                row.update(max_batch=max_batch, generate_calls=calls, mean_batch=served / calls if calls else float("nan"))
+                row.update(engine="transformers", max_batch=max_batch, generate_calls=calls,
+                           mean_batch=served / calls if calls else float("nan"))  # fmt: skip
                 rows.append(row)
                 print(f"[serve_bench] max_batch {max_batch}, {clients} clients: p50 {row['p50_s']:.3f} s, "
                       f"{row['requests_per_s']:.2f} req/s, mean batch {row['mean_batch']:.2f}", file=sys.stderr)  # fmt: skip
+
+    if "vllm" in engines:
+        rows += vllm_rows(directory, model_id, audio_b64, client_counts, args)
 
     table = markdown(rows)
     print(table)

