@@ -167,6 +167,21 @@ def committed_clip_manifest(output_dir: str | os.PathLike, kind: str | None = No
     return manifest
 
 
+def understanding_manifest(english_manifest: str | os.PathLike, languages: Sequence[str], output: str | os.PathLike) -> Path:
+    """The spoken questions of an evaluation in `languages`: the voiced English set (`build_understanding_set`) and,
+    when Chinese is among them, the committed Chinese and code-switched clips (`committed_clip_manifest`), in one
+    manifest at `output` (audio paths absolute). English only: `english_manifest` itself."""
+    from ..data.chat import read_manifest, write_manifest
+
+    if "zh" not in languages:
+        return Path(english_manifest)
+    output = Path(output).expanduser()
+    chinese = committed_clip_manifest(output.parent / "committed_clips")
+    records = [*read_manifest(english_manifest, resolve_paths=True), *read_manifest(chinese, resolve_paths=True)]
+    write_manifest(records, output)
+    return output
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 

@@ -530,7 +530,7 @@ class Recipe:
         from ..data.chat import write_manifest
         from ..data.text_sources import retention_prompts
         from ..evaluation.cascade import whisper_dir_for
-        from ..evaluation.understanding import build_understanding_set, evaluate_understanding, format_understanding
+        from ..evaluation.understanding import build_understanding_set, evaluate_understanding, format_understanding, understanding_manifest
 
         if self.s.smoke:  # the tiny test model: its own held-out questions, no Whisper cascade
             manifest = self.phase_dir("understanding") / "questions.jsonl"
@@ -541,6 +541,8 @@ class Recipe:
             except (RuntimeError, ValueError, OSError) as error:
                 self.log(f"understanding: skipped, the held-out questions could not be voiced ({error})")
                 return
+            # a Chinese mix is judged on Chinese too: the committed Chinese and code-switched clips (held-out voices)
+            manifest = understanding_manifest(manifest, self.languages, self.phase_dir("understanding") / "questions.jsonl")
         self.log(f"understanding: spoken vs typed vs cascade answers on {manifest}")
         if self.kind == "whisper_reader":
             model.model.multi_modal_projector.read_cache = None  # held-out clips: read them as at inference

@@ -1,6 +1,7 @@
 """`evaluate_model` / `llasm eval` on the tiny model with a tiny manifest and a stub cascade ASR."""
 
 import json
+from pathlib import Path
 
 import jiwer
 import numpy as np
@@ -303,3 +304,24 @@ def test_understanding_shows_progress_on_request(tiny_llasm, manifest, capsys):
         assert f"{step}: 100%" in shown, shown
     understanding.evaluate_understanding(model, manifest, processor=processor, asr=stub_asr, max_new_tokens=2)
     assert "100%" not in capsys.readouterr().err
+
+
+def test_an_evaluation_with_chinese_adds_the_committed_chinese_clips(tmp_path):
+    """The recipe's understanding set for a language mix with Chinese: the voiced English questions plus the 40
+    committed Chinese and code-switched clips, in one manifest with resolvable audio; English only: unchanged."""
+    from modeling_llasm.data.chat import audio_part, message, write_manifest
+    from modeling_llasm.evaluation import understanding
+
+    english_dir = tmp_path / "understanding_set"
+    (english_dir / "v").mkdir(parents=True)
+    soundfile.write(english_dir / "v" / "q0.wav", tone(1.0), 16000)
+    english = english_dir / "manifest.jsonl"
+    write_manifest([{"id": "q-0", "language": "en", "task": "spoken_question",
+                     "messages": [message("user", audio_part("What is the capital of France?", "v/q0.wav"))]}], english)  # fmt: skip
+    assert understanding.understanding_manifest(english, ["en"], tmp_path / "out" / "questions.jsonl") == english
+    combined = understanding.understanding_manifest(english, ["en", "zh"], tmp_path / "out" / "questions.jsonl")
+    records = [json.loads(line) for line in combined.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 41 and records[0]["id"] == "q-0"
+    assert {r["language"] for r in records} == {"en", "zh"} and {r.get("kind") for r in records[1:]} == {"zh", "zh_en", "en_zh"}
+    paths = [part["path"] for r in records for part in r["messages"][0]["content"] if part.get("type") == "audio"]
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in paths)
