@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
                         help="transformers: this process (the default); vllm: vLLM's OpenAI server from the venv of "
                              "scripts/install_vllm.sh, with the LLaSM plugin (uses --host, --port, --api-key, --model-id, "
-                             "--dtype, --default-temperature, --max-audio-seconds, --threads; docs/serving.md 'vLLM')")  # fmt: skip
+                             "--dtype, --default-temperature, --threads and the request limits; docs/serving.md 'vLLM')")  # fmt: skip
     parser.add_argument("--vllm-args", default="", help="more flags for vLLM's server, one string: --vllm-args '--tensor-parallel-size 2'")
 
 
@@ -70,17 +70,17 @@ def run_vllm(args: argparse.Namespace) -> int:
     import shlex
 
     from modeling_llasm.serving.models import choose_model_dir, model_id_of
-    from modeling_llasm.serving.vllm_server import run_foreground, vllm_command, vllm_environment
+    from modeling_llasm.serving.vllm_server import run_foreground, server_environment, vllm_command
 
     directory = choose_model_dir(args.model, log=lambda line: print(line, file=sys.stderr))
+    model_id = args.model_id or model_id_of(directory)
     try:
-        command = vllm_command(directory, host=args.host, port=args.port, model_id=args.model_id or model_id_of(directory),
+        command = vllm_command(directory, host=args.host, port=args.port, model_id=model_id,
                                api_key=args.api_key, dtype=args.dtype or "float32", default_temperature=args.default_temperature,
                                extra=shlex.split(args.vllm_args))  # fmt: skip
     except FileNotFoundError as error:
         raise SystemExit(f"llasm serve --engine vllm: {error}")
-    env = vllm_environment()
-    env["LLASM_VLLM_MAX_AUDIO_SECONDS"] = str(args.max_audio_seconds)
+    env = server_environment(directory, settings_of(args, model_id))
     if args.threads:
         env.setdefault("OMP_NUM_THREADS", str(args.threads))
     return run_foreground(command, env)

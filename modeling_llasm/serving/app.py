@@ -92,7 +92,7 @@ class ServerSettings:
         return int(self.max_body_mb * 1024 * 1024)
 
 
-class _Admission:
+class Admission:
     """How many chat requests are in flight, from their first body byte to their last response byte (reading,
     preprocessing, queued, generating, streaming), and how many may be: the queue's room plus one batch. Bounds the
     memory held by bodies and decoded audio, which the engine's queue alone would not (it only sees requests once
@@ -102,12 +102,12 @@ class _Admission:
         self.limit, self.in_flight = limit, 0
 
 
-class _Guard:
+class RequestGuard:
     """ASGI middleware run before any body parsing: Bearer auth on /v1/*, admission of chat requests (429 when too
     many are in flight), and the body-size limit (Content-Length first, then the bytes actually received, so a
     chunked or lying body is cut off too)."""
 
-    def __init__(self, app, settings: ServerSettings, admission: _Admission):
+    def __init__(self, app, settings: ServerSettings, admission: Admission):
         self.app, self.settings, self.admission = app, settings, admission
 
     async def __call__(self, scope, receive, send) -> None:
@@ -191,7 +191,7 @@ class _Guard:
         await self.app(scope, replay, send)
 
 
-def _decode_audio(part, param: str, settings: ServerSettings) -> np.ndarray:
+def decode_audio_part(part, param: str, settings: ServerSettings) -> np.ndarray:
     """base64 -> 16 kHz float32 mono, or `RequestError` naming the problem (and the limit and value if too long)."""
     data = part.data.strip()
     if data.startswith("data:"):  # data URL: data:audio/wav;base64,....
@@ -202,10 +202,10 @@ def _decode_audio(part, param: str, settings: ServerSettings) -> np.ndarray:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as error:
         raise RequestError(f"{param}.data is not valid base64 ({error}).", f"{param}.data", "invalid_base64") from error
-    return _decode_audio_bytes(raw, f"{param}.data", param, f"{part.format} audio", settings)
+    return decode_audio_bytes(raw, f"{param}.data", param, f"{part.format} audio", settings)
 
 
-def _decode_audio_bytes(raw: bytes, param: str, name: str, what: str, settings: ServerSettings) -> np.ndarray:
+def decode_audio_bytes(raw: bytes, param: str, name: str, what: str, settings: ServerSettings) -> np.ndarray:
     """An encoded audio file -> 16 kHz float32 mono, or `RequestError` on `param` (`name` in the message)."""
     if not raw:
         raise RequestError(f"{param} is empty: no audio.", param, "empty_audio")
@@ -233,15 +233,55 @@ def _decode_audio_bytes(raw: bytes, param: str, name: str, what: str, settings: 
     return samples
 
 
+def refuse_audio_placeholder(text: str, param: str, audio_token: str | None) -> None:
+    """`RequestError` when typed text holds the audio placeholder: the processor would take it for a clip."""
+    if audio_token and audio_token in text:
+        raise RequestError(f"{param}: text may not contain the audio placeholder {audio_token!r}; send audio as an "
+                           "input_audio part.", param)  # fmt: skip
+
+
+def add_request_audio(total_seconds: float, samples: np.ndarray, param: str, settings: ServerSettings) -> float:
+    """The request's audio so far plus this clip, or `RequestError` over --max-request-audio-seconds."""
+    total_seconds += len(samples) / SAMPLING_RATE
+    if total_seconds > settings.max_request_audio_seconds:
+        raise RequestError(
+            f"The request's audio adds up to more than {total_seconds:.1f} s, over the limit "
+            f"--max-request-audio-seconds {settings.max_request_audio_seconds:g}.", param, "audio_too_long",
+        )  # fmt: skip
+    return total_seconds
+
+
+def requested_max_tokens(max_tokens: int | None, max_completion_tokens: int | None, settings: ServerSettings) -> int:
+    """The tokens a chat request may generate: what it asks (`max_tokens` or `max_completion_tokens`, which must
+    agree), else --default-max-tokens; `RequestError` over --max-tokens-limit."""
+    if max_tokens is not None and max_completion_tokens is not None and max_tokens != max_completion_tokens:
+        raise RequestError(
+            f"max_tokens ({max_tokens}) and max_completion_tokens ({max_completion_tokens}) disagree; give one.",
+            "max_completion_tokens",
+        )  # fmt: skip
+    requested = max_completion_tokens or max_tokens
+    param = "max_completion_tokens" if max_completion_tokens is not None else "max_tokens"
+    if requested is None:
+        return settings.default_max_tokens
+    if requested > settings.max_tokens_limit:
+        raise RequestError(f"{param} = {requested} exceeds the limit --max-tokens-limit {settings.max_tokens_limit}.",
+                           param, "max_tokens_too_large")  # fmt: skip
+    return requested
+
+
+def transcript_max_tokens(seconds: float, settings: ServerSettings) -> int:
+    """A transcription's token budget: room for fast speech (~5 words/s) and no more, so that a model that loops
+    stops soon after the words run out; at most --max-tokens-limit."""
+    return min(settings.max_tokens_limit, TRANSCRIPT_TOKENS_BASE + int(TRANSCRIPT_TOKENS_PER_SECOND * seconds))
+
+
 def to_messages(request: ChatCompletionRequest, settings: ServerSettings, audio_token: str | None = None) -> list[dict]:
     """OpenAI messages -> `LlasmProcessor` chat messages (audio decoded), checking the audio limits. Text holding
     `audio_token` is refused: the processor would take it for an audio placeholder."""
     messages, total_seconds = [], 0.0
 
     def check_text(text: str, param: str) -> None:
-        if audio_token and audio_token in text:
-            raise RequestError(f"{param}: text may not contain the audio placeholder {audio_token!r}; send audio as an "
-                               "input_audio part.", param)  # fmt: skip
+        refuse_audio_placeholder(text, param, audio_token)
 
     for i, message in enumerate(request.messages):
         role = "system" if message.role == "developer" else message.role
@@ -258,13 +298,8 @@ def to_messages(request: ChatCompletionRequest, settings: ServerSettings, audio_
                 continue
             if role != "user":
                 raise RequestError(f"{param}: audio is only accepted in user messages (this is a {message.role!r} message).", param)
-            samples = _decode_audio(part.input_audio, f"{param}.input_audio", settings)
-            total_seconds += len(samples) / SAMPLING_RATE
-            if total_seconds > settings.max_request_audio_seconds:
-                raise RequestError(
-                    f"The request's audio adds up to more than {total_seconds:.1f} s, over the limit "
-                    f"--max-request-audio-seconds {settings.max_request_audio_seconds:g}.", param, "audio_too_long",
-                )  # fmt: skip
+            samples = decode_audio_part(part.input_audio, f"{param}.input_audio", settings)
+            total_seconds = add_request_audio(total_seconds, samples, param, settings)
             content.append({"type": "audio", "array": samples, "sampling_rate": SAMPLING_RATE})
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "user" for m in messages):
@@ -278,18 +313,7 @@ def _request_options(request: ChatCompletionRequest, settings: ServerSettings) -
         raise RequestError(f"n = {request.n} is not supported: this server returns one choice (n = 1).", "n", "unsupported_value")
     if request.stream_options is not None and not request.stream:
         raise RequestError("stream_options is only allowed with stream: true.", "stream_options")
-    if request.max_tokens is not None and request.max_completion_tokens is not None and request.max_tokens != request.max_completion_tokens:
-        raise RequestError(
-            f"max_tokens ({request.max_tokens}) and max_completion_tokens ({request.max_completion_tokens}) disagree; give one.",
-            "max_completion_tokens",
-        )  # fmt: skip
-    max_tokens = request.max_completion_tokens or request.max_tokens
-    param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
-    if max_tokens is None:
-        max_tokens = settings.default_max_tokens
-    elif max_tokens > settings.max_tokens_limit:
-        raise RequestError(f"{param} = {max_tokens} exceeds the limit --max-tokens-limit {settings.max_tokens_limit}.",
-                           param, "max_tokens_too_large")  # fmt: skip
+    max_tokens = requested_max_tokens(request.max_tokens, request.max_completion_tokens, settings)
     temperature = settings.default_temperature if request.temperature is None else request.temperature
     sampling = Sampling(temperature=temperature, top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed)
     stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
@@ -320,8 +344,8 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
 
     app = FastAPI(title="LLaSM OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.settings = engine, settings
-    admission = _Admission(settings.max_queue + settings.max_batch)
-    app.add_middleware(_Guard, settings=settings, admission=admission)
+    admission = Admission(settings.max_queue + settings.max_batch)
+    app.add_middleware(RequestGuard, settings=settings, admission=admission)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError):
@@ -450,14 +474,13 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
         name = f"file {upload.filename!r}" if upload.filename else "file"
 
         def prepare_transcription() -> tuple[dict[str, Any], float]:
-            samples = _decode_audio_bytes(raw, "file", name, "audio", settings)
+            samples = decode_audio_bytes(raw, "file", name, "audio", settings)
             with preprocess_lock:
                 return (dict(processor.apply_transcription_request(samples, sampling_rate=SAMPLING_RATE, language=language)),
                         len(samples) / SAMPLING_RATE)  # fmt: skip
 
         inputs, seconds = await run_in_threadpool(prepare_transcription)
-        # room for fast speech (~5 words/s) and no more: a model that loops stops soon after the words run out
-        max_tokens = min(settings.max_tokens_limit, TRANSCRIPT_TOKENS_BASE + int(TRANSCRIPT_TOKENS_PER_SECOND * seconds))
+        max_tokens = transcript_max_tokens(seconds, settings)
         if context is not None:
             max_tokens = min(max_tokens, context - int(inputs["attention_mask"].sum()))
             if max_tokens < 1:

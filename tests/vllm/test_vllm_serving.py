@@ -38,7 +38,7 @@ def encode_audio(samples: np.ndarray, sampling_rate: int = 16000) -> str:
 def audio_part(data: str) -> dict:
     return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
 
-MAX_AUDIO_SECONDS = 4.0
+MAX_AUDIO_SECONDS, MAX_BODY_MB = 4.0, 1.0
 ADAPTORS = ["stack_mlp", "linear", "whisper_resampler", "ctc_compress", "whisper_reader"]  # fixed-rate: vLLM runs the audio; variable: read in the processor
 
 # several clips (1-s windows: the 2.5 s ones have three), several turns, text around the audio
@@ -76,11 +76,12 @@ def servers(request, tmp_path_factory):
 
     directory = build(request.param, tmp_path_factory.mktemp(request.param) / MODEL_ID)
     model, processor = load_model(directory)
-    settings = ServerSettings(model_id=MODEL_ID, max_audio_seconds=MAX_AUDIO_SECONDS, max_tokens_limit=64, default_max_tokens=12)
-    env = vllm_environment()
-    env.update(HF_HUB_OFFLINE="1", LLASM_VLLM_MAX_AUDIO_SECONDS=str(MAX_AUDIO_SECONDS))
+    settings = ServerSettings(model_id=MODEL_ID, max_audio_seconds=MAX_AUDIO_SECONDS, max_tokens_limit=64, default_max_tokens=12,
+                              max_body_mb=MAX_BODY_MB, max_request_audio_seconds=2 * MAX_AUDIO_SECONDS)  # fmt: skip
+    env = {**vllm_environment(), "HF_HUB_OFFLINE": "1"}
     log = tmp_path_factory.mktemp("logs") / f"vllm-{request.param}.log"
-    with VllmServer(directory, model_id=MODEL_ID, max_model_len=1024, env=env, log_path=log) as vllm_server:
+    # the same limits for both: vLLM's through the request guard `llasm serve --engine vllm` puts in front of it
+    with VllmServer(directory, model_id=MODEL_ID, max_model_len=1024, env=env, log_path=log, settings=settings) as vllm_server:
         with BackgroundServer(create_app(model, processor, settings)) as reference:
             yield request.param, vllm_server, reference
 
@@ -128,6 +129,17 @@ def test_greedy_by_default(servers):
     assert (same_text(reply.choices[0].message.content), reply.choices[0].finish_reason) == chat(vllm_server.url, messages)
 
 
+def test_default_max_tokens_as_llasm_serve(servers):
+    """A request that names no max_tokens gets --default-max-tokens from both (vLLM's own default: the rest of the
+    context)."""
+    _, vllm_server, reference = servers
+    answers = []
+    for url in (vllm_server.url, reference.url):
+        reply = client(url).chat.completions.create(model=MODEL_ID, messages=conversations()["audio_b"], temperature=0)
+        answers.append((same_text(reply.choices[0].message.content), reply.choices[0].finish_reason, reply.usage.completion_tokens))
+    assert answers[0] == answers[1] and (answers[0][1] == "stop" or answers[0][2] == 12), answers
+
+
 def test_streaming_equals_non_streaming(servers):
     _, vllm_server, _ = servers
     messages = conversations()["turns"]
@@ -137,25 +149,23 @@ def test_streaming_equals_non_streaming(servers):
 
 
 def test_transcriptions_equal_llasm_serve(servers):
-    """/v1/audio/transcriptions asks the checkpoint's own transcription request. vLLM has no duration-based cap (llasm
-    serve stops at 16 + 10 tokens per second), so the test asks for that many tokens."""
-    from modeling_llasm.serving.app import TRANSCRIPT_TOKENS_BASE, TRANSCRIPT_TOKENS_PER_SECOND
-
+    """/v1/audio/transcriptions asks the checkpoint's own transcription request, with `llasm serve`'s duration-based
+    token budget (16 + 10 per second; the guard sets it for vLLM, whose own budget is the rest of the context): the
+    random models' transcripts run to the budget, so equal transcripts show equal budgets."""
     _, vllm_server, reference = servers
     for name, clip in CLIPS.items():
         wav = base64.b64decode(encode_audio(clip))
-        cap = min(64, TRANSCRIPT_TOKENS_BASE + int(TRANSCRIPT_TOKENS_PER_SECOND * len(clip) / 16000))
         language = {"language": "en"} if name == "b" else {}  # reaches the reader (English-only here: "en" is all it reads)
         expected = client(reference.url).audio.transcriptions.create(model=MODEL_ID, file=("clip.wav", wav), **language).text
-        got = client(vllm_server.url).audio.transcriptions.create(
-            model=MODEL_ID, file=("clip.wav", wav), temperature=0, extra_body={"max_completion_tokens": cap}, **language
-        ).text
+        got = client(vllm_server.url).audio.transcriptions.create(model=MODEL_ID, file=("clip.wav", wav), temperature=0, **language).text
         assert same_text(got) == same_text(expected), name
 
 
-@pytest.mark.parametrize("case", ["not_base64", "not_audio", "too_long", "unknown_model", "context_exceeded", "two_placeholders"])
+@pytest.mark.parametrize("case", ["not_base64", "not_audio", "too_long", "unknown_model", "context_exceeded", "two_placeholders",
+                                  "typed_placeholder", "max_tokens_over_limit", "body_too_large", "request_audio_too_long"])
 def test_bad_requests_are_4xx(servers, case):
-    """Requests `llasm serve` refuses are refused by vLLM too, with a 4xx (the messages are vLLM's own)."""
+    """Requests `llasm serve` refuses are refused by vLLM too, with a 4xx (the limits' messages are `llasm serve`'s,
+    from the guard; the rest are vLLM's own)."""
     _, vllm_server, reference = servers
     garbage = base64.b64encode(b"this is not a sound file at all" * 20).decode()
     body = {"model": MODEL_ID, "max_tokens": 4, "messages": [{"role": "user", "content": [audio_part(encode_audio(CLIPS["a"]))]}]}
@@ -171,6 +181,14 @@ def test_bad_requests_are_4xx(servers, case):
         body["max_tokens"] = 100_000
     elif case == "two_placeholders":
         body["messages"][0]["content"].append({"type": "text", "text": "typed <|audio|> placeholder"})
+    elif case == "typed_placeholder":  # text only: vLLM alone would embed it as an ordinary token
+        body["messages"][0]["content"] = "what does <|audio|> mean?"
+    elif case == "max_tokens_over_limit":
+        body["max_tokens"] = 65
+    elif case == "body_too_large":
+        body["messages"][0]["content"] = "x" * int(MAX_BODY_MB * 1024 * 1024 + 10)
+    elif case == "request_audio_too_long":  # each clip within --max-audio-seconds, together over --max-request-audio-seconds
+        body["messages"][0]["content"] = [audio_part(encode_audio(tone(MAX_AUDIO_SECONDS - 0.5, seed=i))) for i in range(3)]
     for url in (reference.url, vllm_server.url):
         with pytest.raises(openai.APIStatusError) as error:
             client(url).chat.completions.create(**body)
@@ -206,7 +224,8 @@ def test_core_files_do_not_import_vllm():
 
 
 def test_llasm_serve_engine_vllm(tmp_path):
-    """`llasm serve MODEL --engine vllm` starts vLLM's server with the plugin; --model-id and --max-audio-seconds reach it."""
+    """`llasm serve MODEL --engine vllm` starts vLLM's server with the plugin; --model-id, --max-audio-seconds and
+    --max-tokens-limit reach it."""
     import os
     import signal
     import sys
@@ -218,7 +237,7 @@ def test_llasm_serve_engine_vllm(tmp_path):
     directory = build("stack_mlp", tmp_path / "model")
     port = free_port()
     command = [sys.executable, "-m", "modeling_llasm.cli", "serve", str(directory), "--engine", "vllm", "--port", str(port),
-               "--model-id", "cli-model", "--max-audio-seconds", "2", "--vllm-args", "--max-model-len 1024"]  # fmt: skip
+               "--model-id", "cli-model", "--max-audio-seconds", "2", "--max-tokens-limit", "8", "--vllm-args", "--max-model-len 1024"]  # fmt: skip
     log = open(tmp_path / "serve.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
@@ -237,8 +256,10 @@ def test_llasm_serve_engine_vllm(tmp_path):
         messages = [{"role": "user", "content": [audio_part(encode_audio(CLIPS["a"]))]}]
         assert api.chat.completions.create(model="cli-model", messages=messages, max_tokens=4).choices[0].finish_reason
         messages = [{"role": "user", "content": [audio_part(encode_audio(CLIPS["b"]))]}]  # 2.5 s > --max-audio-seconds 2
-        with pytest.raises(openai.BadRequestError):
+        with pytest.raises(openai.BadRequestError, match="max-audio-seconds 2"):
             api.chat.completions.create(model="cli-model", messages=messages, max_tokens=4)
+        with pytest.raises(openai.BadRequestError, match="max-tokens-limit 8"):
+            api.chat.completions.create(model="cli-model", messages=[{"role": "user", "content": "hi"}], max_tokens=9)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -261,13 +282,13 @@ def test_transcription_language_reaches_the_reader(tmp_path):
     model, processor = load_model(directory)
     wav = base64.b64decode(encode_audio(CLIPS["d"]))
     env = {**vllm_environment(), "HF_HUB_OFFLINE": "1"}
-    with VllmServer(directory, model_id=MODEL_ID, max_model_len=1024, env=env, log_path=tmp_path / "vllm.log") as vllm_server:
-        with BackgroundServer(create_app(model, processor, ServerSettings(model_id=MODEL_ID, max_tokens_limit=24))) as reference:
+    settings = ServerSettings(model_id=MODEL_ID, max_tokens_limit=24)
+    with VllmServer(directory, model_id=MODEL_ID, max_model_len=1024, env=env, log_path=tmp_path / "vllm.log", settings=settings) as vllm_server:
+        with BackgroundServer(create_app(model, processor, settings)) as reference:
             for language in ("en", "zh"):
                 expected = client(reference.url).audio.transcriptions.create(model=MODEL_ID, file=("d.wav", wav), language=language).text
-                got = client(vllm_server.url).audio.transcriptions.create(
-                    model=MODEL_ID, file=("d.wav", wav), language=language, temperature=0, extra_body={"max_completion_tokens": 24}
-                ).text  # fmt: skip
+                got = client(vllm_server.url).audio.transcriptions.create(model=MODEL_ID, file=("d.wav", wav), language=language,
+                                                                          temperature=0).text  # fmt: skip
                 assert same_text(got) == same_text(expected), language
             for url in (reference.url, vllm_server.url):
                 with pytest.raises(openai.APIStatusError) as error:
