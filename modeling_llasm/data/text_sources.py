@@ -126,6 +126,11 @@ _EN_TEMPLATES = (
     "{phrase} is what {company} promised.",
     "They plan to {bs} next {month}.",
 )
+# month and weekday names drawn from fixed lists: faker's own `month_name` / `day_of_week` draw a date up to *now*, so
+# the seed text would change from day to day
+_EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+              "November", "December")  # fmt: skip
+_EN_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _EN_ALLOWED = re.compile(r"[A-Za-z][A-Za-z ,.'?!-]*")
 
 
@@ -137,7 +142,8 @@ def _english_template(fake, rng: random.Random) -> str:
     slots = {
         "name": fake.name, "first": fake.first_name, "first2": fake.first_name, "city": fake.city,
         "state": fake.state, "country": fake.country, "company": fake.company, "job": lambda: _lower_first(fake.job()),
-        "month": fake.month_name, "weekday": fake.day_of_week, "street": fake.street_name,
+        "month": lambda: fake.random_element(_EN_MONTHS), "weekday": lambda: fake.random_element(_EN_WEEKDAYS),
+        "street": fake.street_name,
         "color": lambda: re.sub(r"(?<=[a-z])(?=[A-Z])", " ", fake.color_name()).lower(),
         "phrase": fake.catch_phrase, "bs": fake.bs,
         "noun": lambda: rng.choice(_EN_NOUNS), "noun2": lambda: rng.choice(_EN_NOUNS),
@@ -190,14 +196,16 @@ _ZH_TEMPLATES = (
     "{noun}旁边有一个{adj}的{noun2}。",
     "{name}问我{noun}能不能等到{weekday}。",
 )
+_ZH_MONTHS = ("一月", "二月", "三月", "四月", "五月", "六月", "七月", "八月", "九月", "十月", "十一月", "十二月")
+_ZH_WEEKDAYS = ("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日")
 _ZH_ALLOWED = re.compile(r"[\u4e00-\u9fff，。？！、]+")
 
 
 def _chinese_template(fake, rng: random.Random) -> str:
     slots = {
         "name": fake.name, "name2": fake.name, "city": fake.city, "province": fake.province,
-        "company": fake.company, "job": fake.job, "country": fake.country, "weekday": fake.day_of_week,
-        "month": fake.month_name, "noun": lambda: rng.choice(_ZH_NOUNS), "noun2": lambda: rng.choice(_ZH_NOUNS),
+        "company": fake.company, "job": fake.job, "country": fake.country,
+        "weekday": lambda: fake.random_element(_ZH_WEEKDAYS), "month": lambda: fake.random_element(_ZH_MONTHS), "noun": lambda: rng.choice(_ZH_NOUNS), "noun2": lambda: rng.choice(_ZH_NOUNS),
         "adj": lambda: rng.choice(_ZH_ADJECTIVES), "time": lambda: rng.choice(_ZH_TIMES),
     }  # fmt: skip
     return fill_template(rng.choice(_ZH_TEMPLATES), slots)

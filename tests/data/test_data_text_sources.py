@@ -105,3 +105,19 @@ def test_deterministic_across_processes():
         for s in (1, 2)
     }  # fmt: skip
     assert digests == {hashlib.md5(json.dumps(here).encode()).hexdigest()}
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_seed_text_does_not_depend_on_the_date(language, monkeypatch):
+    """Months and weekdays come from fixed lists: faker's date providers draw a date up to *now*, which would change
+    the seed text (and every recipe number built on it) from one day to the next."""
+    from faker.providers.date_time import Provider
+
+    def no_dates(*args, **kwargs):
+        raise AssertionError("the seed text drew a date (it depends on today's date)")
+
+    monkeypatch.setattr(Provider, "date", no_dates)
+    monkeypatch.setattr(Provider, "date_time", no_dates)
+    texts = [u.text for u in ts.seed_utterances(language, 400, seed=3)]
+    names = ts._EN_MONTHS + ts._EN_WEEKDAYS if language == "en" else ts._ZH_MONTHS + ts._ZH_WEEKDAYS
+    assert any(name in text for text in texts for name in names)  # the slots were filled, from the lists
