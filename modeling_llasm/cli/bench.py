@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage1-steps", type=int, default=None, help="timed training steps per mode (default 5; 1 with --smoke)")
     parser.add_argument("--no-profile", action="store_true", help="skip torch.profiler tables for missed goals")
     parser.add_argument("--no-trainer-benchmark", action="store_true", help="do not also run benchmarks/stage1_speed.py (the training pipeline's stage-1 benchmark)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                        help="precision of every system compared (default float32; auto: bfloat16 where this machine "
+                             "computes it faster, as `llasm chat` chooses); sections ttft, stream, decode, batch, reuse, "
+                             "pipeline, lookup")  # fmt: skip
     parser.add_argument("--work-dir", default=None, help="keep intermediate files (saved model for the memory probe) here")
 
 
@@ -64,6 +68,7 @@ def settings_from_args(args: argparse.Namespace):
         profile=not args.no_profile,
         trainer_benchmark=not args.no_trainer_benchmark,
         work_dir=args.work_dir,
+        dtype=args.dtype,
     )
 
 

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-DEFAULT_DTYPE = "float32"
+DEFAULT_DTYPE = "auto"
 
 HELP_INTERACTIVE = """Interactive chat. Type a message, or:
   /audio PATH [text]   send an audio file (optionally followed by text in the same turn)
@@ -34,18 +34,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     """`--dtype`, for the commands that answer (chat, demo)."""
-    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16"],
-                        help=f"inference precision (default {DEFAULT_DTYPE}; bfloat16 decodes faster but changes answers a little and is "
-                             "slower to start without native bf16, docs/inference.md)")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["auto", "float32", "bfloat16"],
+                        help="inference precision (default auto: bfloat16 where this machine computes it faster than "
+                             "float32 (a CPU with AVX512-BF16 / AMX, a CUDA GPU), else float32; both keep the task "
+                             "numbers, docs/inference.md; LLASM_FAST_BF16=1/0 skips the speed probe)")  # fmt: skip
+
+
+def resolve_dtype(dtype: str, device: str, command: str) -> str:
+    """The concrete inference dtype for `--dtype` (auto: `choose_inference_dtype`), said on stderr when auto chose."""
+    from modeling_llasm.modeling_llasm import choose_inference_dtype
+
+    chosen, why = choose_inference_dtype(dtype, device)
+    if dtype == "auto":
+        print(f"[{command}] dtype {chosen} ({why})", file=sys.stderr)
+    return chosen
 
 
 def load_chat_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"):
     """`pipeline("llasm-chat")` for `model` (default: the embedded base, built if missing), loaded in `dtype`
-    (a torch float dtype's name: the weights are cast as they load, no float32 copy first)."""
+    (a torch float dtype's name, or "auto": see `resolve_dtype`; the weights are cast as they load, no float32 copy
+    first)."""
     from transformers import pipeline
 
     from modeling_llasm import LlasmChatPipeline
 
+    dtype = resolve_dtype(dtype, device, "llasm")
     if model is None:
         from modeling_llasm.conversion.build_base import embedded_base
 

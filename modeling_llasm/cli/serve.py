@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="most requests in one batched generate (1 = one at a time)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long the worker waits to gather a batch")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as saved")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="inference precision (default auto: bfloat16 where this machine computes it faster than "
+                             "float32, else float32; as `llasm chat --dtype`)")  # fmt: skip
     parser.add_argument("--max-conversations", type=int, default=8,
                         help="KV caches of recent conversations kept so that their next turn prefills only itself (0: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -53,14 +55,16 @@ def build_app(args: argparse.Namespace, log=lambda line: print(line, file=sys.st
     """Choose and load the model, and return `(app, model_dir)`."""
     import torch
 
+    from modeling_llasm.cli.chat import resolve_dtype
     from modeling_llasm.serving.app import create_app
     from modeling_llasm.serving.models import choose_model_dir, load_model, model_id_of
 
     if args.threads:
         torch.set_num_threads(args.threads)
     directory = choose_model_dir(args.model, log=log)
-    log(f"[serve] loading {directory} ...")
-    model, processor = load_model(directory, device=args.device, dtype=args.dtype)
+    dtype = resolve_dtype(args.dtype, args.device, "serve")
+    log(f"[serve] loading {directory} ({dtype}) ...")
+    model, processor = load_model(directory, device=args.device, dtype=dtype)
     settings = settings_of(args, args.model_id or model_id_of(directory))
     return create_app(model, processor, settings), directory
 
@@ -69,6 +73,7 @@ def run_vllm(args: argparse.Namespace) -> int:
     """`--engine vllm`: run vLLM's OpenAI server in the foreground on the chosen model."""
     import shlex
 
+    from modeling_llasm.cli.chat import resolve_dtype
     from modeling_llasm.serving.models import choose_model_dir, model_id_of
     from modeling_llasm.serving.vllm_server import run_foreground, server_environment, vllm_command
 
@@ -76,7 +81,7 @@ def run_vllm(args: argparse.Namespace) -> int:
     model_id = args.model_id or model_id_of(directory)
     try:
         command = vllm_command(directory, host=args.host, port=args.port, model_id=model_id,
-                               api_key=args.api_key, dtype=args.dtype or "float32", default_temperature=args.default_temperature,
+                               api_key=args.api_key, dtype=resolve_dtype(args.dtype, args.device, "serve"), default_temperature=args.default_temperature,
                                extra=shlex.split(args.vllm_args))  # fmt: skip
     except FileNotFoundError as error:
         raise SystemExit(f"llasm serve --engine vllm: {error}")

@@ -256,11 +256,11 @@ def markdown_report(results: dict) -> str:
     if results.get("note"):
         lines += [f"**{results['note']}**", ""]
     lines += [
-        f"- Machine: {info['cpu_model']}, {info['usable_cpus']} usable CPUs, {info['memory_gib']} GiB; {info['platform']}",
+        f"- Machine: {info['cpu_model']} (native bf16: {', '.join(info.get('cpu_bf16_flags') or []) or 'none'}), {info['usable_cpus']} usable CPUs, {info['memory_gib']} GiB; {info['platform']}",
         f"- Software: python {info['python']}, torch {info['torch']} ({info['torch_threads']} threads), transformers {info['transformers']}, peft {info['peft']}, bitsandbytes {info['bitsandbytes']}",
         f"- Load average (1/5/15 min) before / after: {results['load_average_before']} / {results['load_average_after']}",
         f"- Models: LLM `{results['systems']['llm']}` ({results['systems']['llm_parameters_m']} M params), Whisper `{results['systems']['whisper']}`",
-        f"- Clips: {results['clip_source']}; medians over {results['settings']['repeats']} repeats after {results['settings']['warmup']} warm-up; greedy decoding, fp32",
+        f"- Clips: {results['clip_source']}; medians over {results['settings']['repeats']} repeats after {results['settings']['warmup']} warm-up; greedy decoding, {results.get('systems', {}).get('dtype', 'float32')}",
         f"- Command: `{results['command']}`; wall time {results['wall_seconds']:.0f} s",
         "",
     ]

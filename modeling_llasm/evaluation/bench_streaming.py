@@ -30,6 +30,7 @@ def load_default_reader(settings: BenchSettings, systems: Systems):
     """(model, processor, description) of the default base: the `--model` given when it is a `whisper_reader`, else
     the embedded base (built if missing); with `--smoke`, a reader composed from the tiny components."""
     from ..evaluation.evaluator import load_llasm
+    from ..modeling_llasm import set_inference_dtype
 
     if systems.llasm.config.adaptor_type == "whisper_reader":
         return systems.llasm, systems.llasm_processor, systems.description["llasm_model"]
@@ -38,12 +39,13 @@ def load_default_reader(settings: BenchSettings, systems: Systems):
 
         model, processor = LlasmForConditionalGeneration.from_pretrained_components(
             systems.description["whisper"], systems.description["llm"], adaptor_type="whisper_reader", stack_factor=4)
-        return model.eval(), processor, "composed: tiny Whisper + whisper_reader + tiny LLM"
-    from ..conversion.build_base import embedded_base
+        description = "composed: tiny Whisper + whisper_reader + tiny LLM"
+    else:
+        from ..conversion.build_base import embedded_base
 
-    base = embedded_base(log=settings.log)
-    model, processor = load_llasm(base)
-    return model, processor, str(base)
+        base = embedded_base(log=settings.log)
+        (model, processor), description = load_llasm(base), str(base)
+    return set_inference_dtype(model.eval(), systems.description["dtype"]), processor, description
 
 
 def stream_end_to_first_token(model, processor, clip: np.ndarray, chunk_seconds: float = STREAM_CHUNK_SECONDS,

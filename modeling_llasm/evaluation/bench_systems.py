@@ -62,6 +62,7 @@ class BenchSettings:
     profile: bool = True
     trainer_benchmark: bool = True  # also run benchmarks/stage1_speed.py when present
     work_dir: str | None = None
+    dtype: str = "float32"  # every system's precision: "float32", "bfloat16" or "auto" (`choose_inference_dtype`)
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -115,7 +116,7 @@ def compose_original(llasm, processor, whisper_dir: str | os.PathLike, num_queri
 
 def build_systems(settings: BenchSettings, work_dir: Path) -> tuple[Systems, Path]:
     """Load / compose the three systems; return them and a saved copy of our model (for the memory probe)."""
-    from ..modeling_llasm import LlasmForConditionalGeneration, text_causal_lm
+    from ..modeling_llasm import LlasmForConditionalGeneration, choose_inference_dtype, set_inference_dtype, text_causal_lm
     from .cascade import WhisperTranscriber
     from .evaluator import load_llasm
 
@@ -154,6 +155,15 @@ def build_systems(settings: BenchSettings, work_dir: Path) -> tuple[Systems, Pat
         )  # fmt: skip
     else:
         transcriber = WhisperTranscriber.from_pretrained(whisper_dir)
+    dtype = choose_inference_dtype(settings.dtype, llasm.device)[0]
+    if dtype != "float32":  # all three in one precision, so that their ratios compare methods, not precisions
+        float32_only = sorted({"dtype", "stage1", "memory"} & set(settings.sections))
+        if float32_only:
+            raise ValueError(f"llasm bench --dtype {dtype}: the sections {', '.join(float32_only)} start from float32 "
+                             "weights (dtype compares the precisions itself; stage1 and memory train); run them "
+                             "without --dtype.")  # fmt: skip
+        for model in (llasm, original, transcriber.model):
+            set_inference_dtype(model, dtype)  # llasm and original share the LLM: it is cast once
     llm = text_causal_lm(llasm)
     description = {
         "whisper": str(whisper_dir),
@@ -163,6 +173,7 @@ def build_systems(settings: BenchSettings, work_dir: Path) -> tuple[Systems, Pat
         "llm_parameters_m": round(sum(p.numel() for p in llm.parameters()) / 1e6, 1),
         "whisper_encoder_parameters_m": round(sum(p.numel() for p in llasm.model.audio_tower.parameters()) / 1e6, 1),
         "attn_implementation": llasm.config._attn_implementation,
+        "dtype": dtype,
         # the "llasm" row's name: the adaptor benchmarked (the embedded base reads with the Whisper decoder)
         "llasm_label": f"LLaSM ({llasm.config.adaptor_type}, {'30 s windows' if processor.pad_to_window else 'unpadded'})",
     }

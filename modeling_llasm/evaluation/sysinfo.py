@@ -18,6 +18,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_bf16_flags() -> list[str]:
+    """The CPU's native-bf16 feature flags (/proc/cpuinfo): AVX512-BF16 and AMX-BF16; empty where bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return sorted({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -49,6 +61,7 @@ def machine_info() -> dict:
         pass
     return {
         "cpu_model": _cpu_model(),
+        "cpu_bf16_flags": _cpu_bf16_flags(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "memory_gib": memory,

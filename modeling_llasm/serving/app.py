@@ -370,6 +370,7 @@ def create_app(model, processor, settings: ServerSettings | None = None) -> Fast
         status = {"status": "ok" if engine.alive else "error", "model": settings.model_id, "queued": engine.queued,
                   "running": engine.running, "in_flight": admission.in_flight, "max_in_flight": admission.limit,
                   "max_queue": settings.max_queue, "max_batch": settings.max_batch,
+                  "dtype": str(model.dtype).removeprefix("torch."),
                   "generate_calls": engine.stats["generate_calls"], "requests": engine.stats["requests"],
                   "conversation_reuse": dict(engine.conversations.stats)}  # fmt: skip
         return JSONResponse(status, status_code=200 if engine.alive else 503)

@@ -40,6 +40,7 @@ from ..data.collator import LlasmDataCollator
 from ..data.text_sources import LANGUAGES
 from ..files import atomic_write_json
 from ..metrics import word_error_rate
+from ..modeling_llasm import bf16_is_faster
 from .encoder_cache import EncoderCache, clips_of
 from .loading import load_llasm
 from .losses import LlasmCtcAligner, logits_at_labels, token_cross_entropy
@@ -914,26 +915,9 @@ def choose_precision(precision: str = "auto") -> tuple[str, str]:
                          "and would silently train in float32. Use --precision bf16 or fp32 here.")  # fmt: skip
     if precision != "auto":
         return precision, "asked (--precision)"
-    if bf16_is_faster():
+    if bf16_is_faster("cuda" if torch.cuda.is_available() else "cpu"):
         return "bf16", "auto: bf16 is faster than fp32 here"
     return "fp32", "auto: bf16 is not faster than fp32 here"
-
-
-def bf16_is_faster(size: int = 384, repeats: int = 5) -> bool:
-    """True where this CPU multiplies bf16 matrices clearly faster than fp32 (AMX / AVX512-BF16): bf16 autocast then
-    speeds training up ~1.5x; elsewhere bf16 is emulated and ~100x slower (measured on an AVX2-only AMD EPYC)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    a = torch.randn(size, size)
-
-    def seconds(x):
-        x @ x
-        start = time.perf_counter()
-        for _ in range(repeats):
-            x @ x
-        return time.perf_counter() - start
-
-    return seconds(a.bfloat16()) * 1.2 < seconds(a)
 
 
 def push_with_trainer(model, processor, output_dir: str | Path, hub_model_id: str | None, card_kwargs: dict | None = None):

@@ -1,14 +1,17 @@
+import os
 import subprocess
 import sys
 
+import pytest
 import soundfile
 
 from tiny_llasm import tone
 
 
-def llasm(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def llasm(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "modeling_llasm.cli", *args], capture_output=True, text=True, input=stdin, timeout=300
+        [sys.executable, "-m", "modeling_llasm.cli", *args], capture_output=True, text=True, input=stdin, timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -69,6 +72,26 @@ def test_interactive_turns_answer_as_a_full_prefill_would(tiny_llasm, tmp_path):
     assert answers == expected
     bf16 = llasm("chat", str(tmp_path / "m"), "--interactive", "--max-new-tokens", "5", "--dtype", "bfloat16", stdin=stdin)
     assert bf16.returncode == 0 and bf16.stdout.count("llasm> ") == 3, bf16.stderr[-2000:]
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_chat_answers_in_bfloat16_by_default_where_bf16_is_faster(tiny_llasm, tmp_path, fast):
+    """`--dtype auto` (the default) says what it chose and why; the answer is the pipeline's in that dtype. Both
+    machines are forced (LLASM_FAST_BF16), so this test takes the same path on every CPU."""
+    import torch
+
+    from modeling_llasm import LlasmChatPipeline
+
+    model, processor = tiny_llasm
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    result = llasm("chat", str(tmp_path / "m"), "--text", "hello", "--max-new-tokens", "5", env={"LLASM_FAST_BF16": fast})
+    assert result.returncode == 0, result.stderr[-2000:]
+    dtype = "bfloat16" if fast == "1" else "float32"
+    assert f"dtype {dtype} (auto: bf16 is {'faster' if fast == '1' else 'not faster'} than float32 on cpu here)" in result.stderr
+    chat = LlasmChatPipeline(model=model.to(getattr(torch, dtype)), processor=processor)
+    expected = chat([{"role": "user", "content": "hello"}], max_new_tokens=5, do_sample=False)["generated_text"]
+    assert result.stdout.strip() == expected.strip()
 
 
 def test_chat_and_eval_load_straight_into_the_asked_dtype(tiny_llasm, tmp_path):

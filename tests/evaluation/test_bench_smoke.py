@@ -56,6 +56,42 @@ def test_bench_smoke_writes_table_json_and_plots(tmp_path):
     assert results["plots"]
 
 
+def test_bench_compares_every_system_in_the_asked_dtype(tmp_path):
+    """`llasm bench --dtype bfloat16`: ours, the original method, the cascade's Whisper and the streamed default base
+    all run in bf16 (their ratios compare methods, not precisions); sections that start from float32 are refused."""
+    import torch
+
+    from modeling_llasm.evaluation import bench_streaming, bench_systems
+
+    built = {}
+    real_build, real_reader = bench_systems.build_systems, bench_streaming.load_default_reader
+
+    def build(settings, work_dir):
+        built["systems"] = real_build(settings, work_dir)
+        return built["systems"]
+
+    def reader(settings, systems):
+        built["reader"] = real_reader(settings, systems)
+        return built["reader"]
+
+    import modeling_llasm.evaluation.bench as bench_module
+
+    settings = BenchSettings(output_dir=tmp_path / "out", smoke=True, repeats=1, warmup=0, threads=1, decode_tokens=3,
+                             sections=("ttft", "stream", "decode"), dtype="bfloat16", log=lambda line: None)  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:  # keep what was built, to look at its dtype
+        patch.setattr(bench_module, "build_systems", build)
+        patch.setattr(bench_streaming, "load_default_reader", reader)
+        results = run_benchmark(settings)
+    systems = built["systems"][0]
+    for model in (systems.llasm, systems.original, systems.transcriber.model, systems.llm, built["reader"][0]):
+        assert {p.dtype for p in model.parameters() if p.is_floating_point()} == {torch.bfloat16}
+    assert results["systems"]["dtype"] == "bfloat16" and "greedy decoding, bfloat16" in (tmp_path / "out" / "results.md").read_text()
+    assert all(v["total"] > 0 for v in results["ttft"]["median"]["llasm"].values())
+    with pytest.raises(ValueError, match="the sections dtype, memory start from float32 weights"):
+        run_benchmark(BenchSettings(output_dir=tmp_path / "refused", smoke=True, repeats=1, warmup=0, threads=1,
+                                    sections=("ttft", "dtype", "memory"), dtype="bfloat16", log=lambda line: None))  # fmt: skip
+
+
 def test_goal_arithmetic():
     results = {
         "ttft": {"median": {m: {"5.0": {"total": t}} for m, t in (("llasm", 0.2), ("original", 1.0), ("cascade", 0.3))}},

@@ -681,3 +681,26 @@ def test_serve_and_demo_load_a_saved_model_in_bfloat16(adaptor, tmp_path):
     chat = load_chat_pipeline(str(directory), dtype="bfloat16")
     assert chat.model.dtype == torch.bfloat16
     assert isinstance(chat({"audio": speechlike(1.2, 3), "text": "hello"}, max_new_tokens=3)["generated_text"], str)
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_serve_defaults_to_bfloat16_where_bf16_is_faster(fast, tmp_path, monkeypatch):
+    """`llasm serve` without --dtype (auto): bfloat16 where this machine computes it faster, else float32, and
+    /health says which; both machines forced with LLASM_FAST_BF16 (the same path on every CPU)."""
+    from modeling_llasm.cli import serve as serve_cli
+    from tiny_llasm import build_tiny_llasm
+
+    monkeypatch.setenv("LLASM_FAST_BF16", fast)
+    model, processor = build_tiny_llasm()
+    directory = tmp_path / "auto-llasm"
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    parser = argparse.ArgumentParser()
+    serve_cli.add_arguments(parser)
+    app, _ = serve_cli.build_app(parser.parse_args([str(directory)]), log=lambda line: None)
+    dtype = "bfloat16" if fast == "1" else "float32"
+    with BackgroundServer(app) as server:
+        assert httpx.get(f"{server.url}/health", timeout=30).json()["dtype"] == dtype
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        answer = client.chat.completions.create(model="auto-llasm", messages=CONVERSATIONS["audio+text"], max_tokens=4)
+    assert answer.usage.completion_tokens >= 1

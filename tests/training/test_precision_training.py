@@ -143,7 +143,7 @@ def test_qlora_bf16_compute_under_bf16_autocast(adaptor, tmp_path):
 
 @pytest.mark.parametrize("faster", [True, False])
 def test_auto_precision_follows_the_speed_probe_and_explicit_values_win(faster, monkeypatch):
-    monkeypatch.setattr(recipe_module, "bf16_is_faster", lambda: faster)
+    monkeypatch.setattr(recipe_module, "bf16_is_faster", lambda device: faster)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fp16 is a choice only where CUDA is
     assert choose_precision("auto")[0] == ("bf16" if faster else "fp32")
     for explicit in ("fp32", "bf16", "fp16"):
