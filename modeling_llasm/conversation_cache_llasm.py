@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -46,6 +47,30 @@ def audio_token_key(token: torch.Tensor) -> AudioRow:
     return hashlib.blake2b(token.detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
 
 
+@dataclass
+class LlasmComputedStep:
+    """The LLM's output at a prompt's last position, computed ahead (a streamed turn whose last two readings agreed on
+    the whole prompt: `LlasmAudioStream`): that position's keys/values in every layer and its logits `(1, 1, vocab)`.
+    `LlasmForConditionalGeneration.forward` gives it back instead of computing it, once, when it is asked for exactly
+    that position (one new position on a cache of `position` positions); decoding then goes on as usual, so the
+    logits processors, the streamer and the stopping criteria see what a full computation would give them."""
+
+    position: int
+    key_values: list[tuple[torch.Tensor, torch.Tensor]]
+    logits: torch.Tensor
+    used: bool = field(default=False)
+
+    def applies(self, cache, new_positions: int) -> bool:
+        return not self.used and cache is not None and new_positions == 1 and cache.get_seq_length() == self.position
+
+    def replay(self, cache) -> torch.Tensor:
+        """Append the position's keys/values to `cache` (as its forward would) and return its logits."""
+        for layer, (keys, values) in enumerate(self.key_values):
+            cache.update(keys, values, layer)
+        self.used = True
+        return self.logits
+
+
 class LlasmConversationCache:
     r"""
     The LLM's key/value cache of one conversation, reused by the next `generate` call whose prompt starts the same
@@ -79,6 +104,8 @@ class LlasmConversationCache:
         self.keys: list[int | AudioRow] = []  # what each cached position holds
         self.window_tokens: dict[bytes, torch.Tensor] = {}  # window key -> its audio tokens, for windows in `keys`
         self.reused_tokens = 0  # positions the last call took from the cache (for benchmarks and tests)
+        self.next_logits: torch.Tensor | None = None  # the LLM's logits after the last cached position, when computed
+        self.computed_steps = 0  # generate calls whose first token came from `next_logits` (for benchmarks and tests)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -124,6 +151,7 @@ class LlasmConversationCache:
             raise ValueError("start_from needs an empty conversation cache.")
         copied = other.copy()
         self.cache, self.keys, self.window_tokens = copied.cache, copied.keys, copied.window_tokens
+        self.next_logits = copied.next_logits
 
     @torch.no_grad()
     def prefill(self, model: LlasmForConditionalGeneration, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
@@ -133,14 +161,22 @@ class LlasmConversationCache:
         return self.extend(model, keys, embeds)
 
     @torch.no_grad()
-    def extend(self, model: LlasmForConditionalGeneration, keys: list[int | AudioRow], embeds: torch.Tensor) -> LlasmConversationCache:
+    def extend(self, model: LlasmForConditionalGeneration, keys: list[int | AudioRow], embeds: torch.Tensor,
+               with_logits: bool = False) -> LlasmConversationCache:  # fmt: skip
         """Make the cache hold the prompt whose positions hold `keys` (see `prompt`) with input embeddings `embeds`
-        `(len(keys), hidden)`: keep the common start, prefill the rest."""
+        `(len(keys), hidden)`: keep the common start, prefill the rest. `with_logits`: also keep the logits after the
+        last position, so that a `generate` on exactly this prompt takes its first token from them instead of
+        computing the last position again (`LlasmComputedStep`)."""
         if len(keys) != embeds.shape[0]:
             raise ValueError(f"extend: {len(keys)} keys for {embeds.shape[0]} embeddings.")
+        complete = self.next_logits is not None and self.keys == list(keys)
         start = self.reuse(keys, keep_last=False)
         if start < len(keys):
-            model.model.language_model(inputs_embeds=embeds[None, start:], cache=self.cache, use_cache=True)
+            output = model.model.language_model(inputs_embeds=embeds[None, start:], cache=self.cache, use_cache=True)
+            self.next_logits = model.lm_head(output.last_hidden_state[:, -1:]) if with_logits else None
+        elif with_logits and not complete and keys:  # all positions cached, their last logits not: compute it again
+            self.reuse(keys, keep_last=True)
+            return self.extend(model, keys, embeds, with_logits=True)
         self.keys = list(keys)
         return self
 
@@ -152,13 +188,25 @@ class LlasmConversationCache:
         if reason:
             raise ValueError(reason)
         keys, ids, embeds = self.prompt(model, input_ids, attention_mask, audio)
+        step = self.computed_step(keys)
         self.reuse(keys, keep_last=True)
+        if step is not None:
+            kwargs["computed_step"] = step
         output = GenerationMixin.generate(model, input_ids=ids[None], inputs_embeds=embeds[None], attention_mask=torch.ones_like(ids)[None],
                                           cache=self.cache, **kwargs)  # fmt: skip
+        self.computed_steps += int(step is not None and step.used)
         new_tokens = output[0, len(keys) :]
         # the last new token was returned but never fed back: the cache holds the prompt and the others
         self.keys = (keys + new_tokens.tolist())[: self.cache.get_seq_length()]
+        self.next_logits = None
         return torch.cat([input_ids.to(output.device), new_tokens[None]], dim=-1)
+
+    def computed_step(self, keys: list[int | AudioRow]) -> LlasmComputedStep | None:
+        """The last position of `keys` as computed ahead, when this cache holds exactly that prompt and its logits."""
+        if self.next_logits is None or self.keys != keys:
+            return None
+        last = [(layer.keys[..., -1:, :].clone(), layer.values[..., -1:, :].clone()) for layer in self.cache.layers]
+        return LlasmComputedStep(position=len(keys) - 1, key_values=last, logits=self.next_logits)
 
     def reuse(self, keys: list[int | AudioRow], keep_last: bool) -> int:
         """Crop the cache to its longest common start with `keys` (leaving one position to prefill when
@@ -167,6 +215,8 @@ class LlasmConversationCache:
         if keep_last:
             common = min(common, len(keys) - 1)
         cached = self.cache.get_seq_length()
+        if common < len(self.keys):
+            self.next_logits = None  # they follow the last position, which goes
         if common == 0:
             self.cache = DynamicCache()
         elif common < cached:

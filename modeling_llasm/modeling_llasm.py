@@ -46,7 +46,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_llasm import LlasmConfig, encoder_frame_mask, window_token_counts
-from .conversation_cache_llasm import LlasmConversationCache, common_prefix_length
+from .conversation_cache_llasm import LlasmComputedStep, LlasmConversationCache, common_prefix_length
 from .processing_llasm import LlasmProcessor
 from .reading_llasm import (
     SPELLING_KEY_LENGTH,
@@ -907,6 +907,7 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         audio_encoder_hidden_states: torch.FloatTensor | None = None,
         language: str | None = None,
         mm_encoder_outputs: dict[str, LlasmAudioFeaturesOutput] | None = None,
+        computed_step: LlasmComputedStep | None = None,
         **kwargs,
     ) -> tuple | LlasmCausalLMOutputWithPast:
         r"""
@@ -920,7 +921,14 @@ class LlasmForConditionalGeneration(LlasmPreTrainedModel, GenerationMixin):
         mm_encoder_outputs (`dict[str, LlasmAudioFeaturesOutput]`, *optional*): `{"audio": get_audio_features(...)}`
             computed before, instead of `input_features` (`generate` passes it for adaptors whose token count is known
             only after encoding; assisted decoding hands it to the assistant).
+        computed_step (`LlasmComputedStep`, *optional*): this step's output computed ahead (a conversation cache passes
+            it when a stream prefilled the whole prompt): returned, not computed again, when the call asks for exactly
+            its position and nothing else (no labels, hidden states or attentions).
         """
+        if computed_step is not None and labels is None and not (kwargs.get("output_hidden_states") or kwargs.get("output_attentions")):
+            new_positions = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
+            if computed_step.applies(cache, new_positions):
+                return LlasmCausalLMOutputWithPast(logits=computed_step.replay(cache), cache=cache)
         outputs = self.model(
             input_ids=input_ids,
             input_features=input_features,

@@ -29,7 +29,10 @@ class LlasmAudioStream:
     at the end of speech. Between chunks the model encodes the audio so far, reads it (`whisper_reader`: each reading
     checks the previous one in one decoder pass and reads on from where they differ) and prefills the LLM with the
     prompt positions that the last two readings agree on (the policy of streaming Whisper: commit what two successive
-    readings agree on). `generate` then reads the whole clip once more and prefills only what changed.
+    readings agree on). When they agree on the whole prompt (the speaker has stopped, or pauses), its last position
+    is prefilled too and the logits of the answer's first token are kept. `generate` then reads the whole clip once
+    more and prefills only what changed; when nothing did, the first token comes from those logits
+    (`LlasmComputedStep`) and only the final reading stands between the end of speech and the first token.
 
     The answer equals `model.generate` on the whole clip: the final reading is of the whole clip (the draft only
     saves steps; the readings are the same words), and the conversation cache keeps only prompt positions whose
@@ -111,14 +114,18 @@ class LlasmAudioStream:
 
     @torch.no_grad()
     def update(self) -> None:
-        """Encode and read the audio so far and prefill the prompt positions the last two readings agree on."""
+        """Encode and read the audio so far and prefill the prompt positions the last two readings agree on (all of
+        them, with the first answer token's logits, when the two prompts are the same)."""
         if not self.samples:
             return
         inputs = self._inputs()
         keys, embeds = self._prompt(inputs)
-        agreed = min(common_prefix_length(self.previous_keys, keys), len(keys) - 1)
-        if common_prefix_length(self.cache.keys, keys[:agreed]) < agreed:  # agreed positions not prefilled yet
-            self.cache.extend(self.model, keys[:agreed], embeds[:agreed])
+        if keys == self.previous_keys:  # the whole prompt agreed: its last position too, with the first token's logits
+            self.cache.extend(self.model, keys, embeds, with_logits=True)
+        else:
+            agreed = min(common_prefix_length(self.previous_keys, keys), len(keys) - 1)
+            if common_prefix_length(self.cache.keys, keys[:agreed]) < agreed:  # agreed positions not prefilled yet
+                self.cache.extend(self.model, keys[:agreed], embeds[:agreed])
         self.previous_keys = keys
         self.updated_at = self.samples
         self.updates += 1

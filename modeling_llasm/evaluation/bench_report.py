@@ -509,13 +509,15 @@ def stream_markdown(stream: dict) -> list[str]:
              "Work per chunk must stay below the chunk's duration to keep up with live speech.", "",
              "| clip | default base, whole clip | the same, prompt head cached | streamed: end of speech -> first token | "
              "original method | cascade | base / original | base / cascade | streamed / original | work per chunk | "
-             "prompt positions reused at the end |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "prompt positions reused at the end | first token computed before the end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for k in keys:
         base, cached, streamed, original, cascade = (med[m][k] for m in ("base", "base_head_cached", "streamed", "original", "cascade"))
         lines.append(f"| {float(k):g} s | {_fmt_s(base['total'])} | {_fmt_s(cached['total'])} | {_fmt_s(streamed['total'])} | "
                      f"{_fmt_s(original['total'])} | {_fmt_s(cascade['total'])} | {base['total'] / original['total']:.2f} | "
                      f"{base['total'] / cascade['total']:.2f} | {streamed['total'] / original['total']:.2f} | "
-                     f"{_fmt_s(streamed['work_per_chunk'])} | {streamed['prefilled_before_end']:.0f} of {streamed['prompt_tokens']:.0f} |")  # fmt: skip
+                     f"{_fmt_s(streamed['work_per_chunk'])} | {streamed['prefilled_before_end']:.0f} of {streamed['prompt_tokens']:.0f} | "
+                     f"{'yes' if streamed.get('first_token_computed_ahead', 0) >= 0.5 else 'no'} |")  # fmt: skip
     lines += ["", "Whole-clip breakdown of the default base (median, seconds):", "",
               "| clip | features | encoder | reading | LLM prefill | other | prompt tokens |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for k in keys:

@@ -70,6 +70,7 @@ def stream_end_to_first_token(model, processor, clip: np.ndarray, chunk_seconds:
         "total": times.times[1] - end_of_speech,  # the streamer gets the prompt first, then each new token
         "work_per_chunk": statistics.mean(work) if work else 0.0,
         "prefilled_before_end": stream.cache.reused_tokens,
+        "first_token_computed_ahead": stream.cache.computed_steps,  # 1: the end added no words (`LlasmComputedStep`)
         "prompt_tokens": len(stream.cache.keys) - max_new_tokens + 1,
         "answer": output[0, stream.prompt_length :].tolist(),
     }

@@ -59,6 +59,55 @@ def test_the_reader_prefills_what_two_readings_agree_on_before_the_end(chunk_sec
     assert stream.cache.reused_tokens > first_audio_position
 
 
+@pytest.mark.parametrize("adaptor", sorted(TINY_ADAPTORS))
+def test_when_the_end_adds_nothing_the_first_token_was_computed_while_the_audio_arrived(adaptor):
+    """Two updates on the same audio (the speaker stopped before the stream ended) agree on the whole prompt: its
+    last position is prefilled with the first token's logits, and `generate` takes them (`LlasmComputedStep`) instead
+    of computing that position again. The answer is still the whole clip's."""
+    model, processor = TINY_ADAPTORS[adaptor]()
+    clip = speechlike(2.3, 1)
+    stream = LlasmAudioStream(model, processor, update_seconds=0)
+    for chunk in chunked(clip, 0.5):
+        stream.append(chunk)
+    stream.update()  # nothing new arrived: this reading equals the last one
+    assert stream.cache.next_logits is not None
+    prompt_positions = len(stream.cache.keys)  # all of them prefilled
+    output = stream.generate(**GREEDY)
+    assert torch.equal(output, whole_clip_answer(model, processor, [turn(clip)]))
+    assert stream.cache.computed_steps == 1
+    assert stream.cache.reused_tokens == prompt_positions - 1  # the last one came from the computed step
+
+
+def test_a_computed_step_is_the_forward_it_replaces():
+    """The logits and keys/values a computed step gives back are those of computing its position (to float rounding
+    of a prefill in parts); it applies once, to exactly its position, and never to a call that asks for more."""
+    from modeling_llasm.conversation_cache_llasm import LlasmComputedStep
+
+    model, processor = reader_llasm(seed=2)
+    inputs = processor.apply_chat_template([turn(speechlike(1.6, 0))], add_generation_prompt=True)
+    ahead = LlasmConversationCache()
+    keys, ids, embeds = ahead.prompt(model, inputs["input_ids"], None, {"input_features": inputs["input_features"],
+                                                                       "input_features_mask": inputs["input_features_mask"]})  # fmt: skip
+    ahead.extend(model, keys, embeds, with_logits=True)
+    step = ahead.computed_step(keys)
+    assert isinstance(step, LlasmComputedStep) and step.position == len(keys) - 1
+    plain = LlasmConversationCache()
+    plain.extend(model, keys[:-1], embeds[:-1])
+    with torch.no_grad():
+        computed = model(inputs_embeds=embeds[None, -1:], cache=plain.cache, use_cache=True)
+    ahead.reuse(keys, keep_last=True)
+    assert not step.applies(ahead.cache, new_positions=2)
+    with torch.no_grad():
+        replayed = model(inputs_embeds=embeds[None, -1:], cache=ahead.cache, use_cache=True, computed_step=step)
+    torch.testing.assert_close(replayed.logits, computed.logits, rtol=1e-4, atol=1e-4)
+    for mine, theirs in zip(ahead.cache.layers, plain.cache.layers):
+        torch.testing.assert_close(mine.keys, theirs.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(mine.values, theirs.values, rtol=1e-4, atol=1e-4)
+    assert step.used and not step.applies(ahead.cache, new_positions=1)  # once
+    edited = [*keys[:-1], keys[-1] + 1 if isinstance(keys[-1], int) else 0]
+    assert ahead.computed_step(edited) is None  # another prompt: nothing computed ahead
+
+
 def test_update_seconds_sets_how_often_work_is_done_between_chunks():
     model, processor = reader_llasm()
     clip = speechlike(2.0, 0)
