@@ -97,6 +97,28 @@ def load_audio(source: AudioSource, sampling_rate: int | None = None, target_rat
     return samples
 
 
+PAUSE_SPAN_HOPS = 10  # a pause is the quietest 100 ms (10 mel hops) of the search range
+
+
+def pause_cut_bounds(samples: np.ndarray, longest: int, hop: int) -> list[tuple[int, int]]:
+    """`[start, end)` sample bounds of windows of at most `longest` samples (a multiple of `hop`). Each window but
+    the last ends in the middle of the quietest 100 ms of its second half (the pause between two words or sentences,
+    or the least loud moment when there is none). A cut depends only on the audio of its own window, so a clip read as
+    it arrives (`LlasmAudioStream`) gets the same windows as the whole clip once a window's audio is complete."""
+    bounds, start = [], 0
+    search = longest // 2 // hop * hop
+    while len(samples) - start > longest:
+        low = start + longest - search
+        frames = np.asarray(samples[low : start + longest], dtype=np.float64).reshape(-1, hop)
+        energy = np.convolve((frames**2).mean(axis=1), np.ones(PAUSE_SPAN_HOPS), mode="valid")
+        quietest = len(energy) - 1 - int(np.argmin(energy[::-1]))  # the latest of equally quiet spans
+        cut = low + (quietest + PAUSE_SPAN_HOPS // 2) * hop
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, len(samples)))
+    return bounds
+
+
 class LlasmProcessor(ProcessorMixin):
     r"""
     Turns chat messages with audio into model inputs for [`LlasmForConditionalGeneration`].
@@ -127,6 +149,7 @@ class LlasmProcessor(ProcessorMixin):
         num_queries: int = 64,
         pad_to_window: bool = False,
         transcription_prompt: list[dict] | None = None,
+        max_window_seconds: float | None = None,
         **kwargs,
     ):
         self.transcription_prompt = DEFAULT_TRANSCRIPTION_PROMPT if transcription_prompt is None else transcription_prompt
@@ -135,7 +158,13 @@ class LlasmProcessor(ProcessorMixin):
         self.stack_factor = stack_factor
         self.num_queries = num_queries
         self.pad_to_window = pad_to_window
+        self.max_window_seconds = max_window_seconds
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template, **kwargs)
+        if max_window_seconds is not None and feature_extractor is not None:
+            whisper_window = feature_extractor.n_samples / feature_extractor.sampling_rate
+            if not 4 * PAUSE_SPAN_HOPS * feature_extractor.hop_length / feature_extractor.sampling_rate <= max_window_seconds <= whisper_window:
+                raise ValueError(f"max_window_seconds must be between {4 * PAUSE_SPAN_HOPS * feature_extractor.hop_length / feature_extractor.sampling_rate:g} "
+                                 f"and the encoder's window ({whisper_window:g} s), got {max_window_seconds}.")  # fmt: skip
 
     @property
     def audio_token_id(self) -> int:
@@ -174,9 +203,13 @@ class LlasmProcessor(ProcessorMixin):
     # ----- audio -----
     def audio_windows(self, samples: np.ndarray) -> list[np.ndarray]:
         """Split a 16 kHz clip into encoder windows; the last one is zero-padded to whole mel hops (at least two, as
-        the STFT's reflect padding needs more than n_fft / 2 samples), never cut."""
+        the STFT's reflect padding needs more than n_fft / 2 samples), never cut. Windows are Whisper's 30 s, or with
+        `max_window_seconds` at most that long, each cut at a pause (`pause_cut_bounds`)."""
         window, hop = self.feature_extractor.n_samples, self.feature_extractor.hop_length
-        pieces = [samples[start : start + window] for start in range(0, len(samples), window)]
+        if self.max_window_seconds is None:
+            pieces = [samples[start : start + window] for start in range(0, len(samples), window)]
+        else:
+            pieces = [samples[start:end] for start, end in pause_cut_bounds(samples, self.window_samples[1], hop)]
         last = pieces[-1]
         minimum = hop * (self.feature_extractor.n_fft // 2 // hop + 1)
         padded = max(minimum, -(-len(last) // hop) * hop)
@@ -185,6 +218,16 @@ class LlasmProcessor(ProcessorMixin):
         if self.pad_to_window:
             pieces = [np.pad(p, (0, window - len(p))) for p in pieces]
         return pieces
+
+    @property
+    def window_samples(self) -> tuple[int, int]:
+        """(fewest, most) samples of a window other than a clip's last: Whisper's fixed windows, or with
+        `max_window_seconds` pause-cut ones (between half that and that)."""
+        if self.max_window_seconds is None:
+            return self.feature_extractor.n_samples, self.feature_extractor.n_samples
+        hop = self.feature_extractor.hop_length
+        longest = int(self.max_window_seconds * self.feature_extractor.sampling_rate) // hop * hop
+        return longest - longest // 2 // hop * hop, longest
 
     def window_features(self, window: np.ndarray) -> np.ndarray:
         """Log-mel matrix `(n_mels, frames)` of one window, computed alone so batching never changes it. Always float32:

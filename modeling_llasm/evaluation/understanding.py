@@ -114,11 +114,22 @@ def adaptor_transcripts(model, processor, clips: Sequence[Any], batch_size: int 
     return generate_answers(model, processor, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress), "llm"
 
 
+_HAN = re.compile(f"[{HAN_CHARACTERS}]")
+
+
 def _decode_windows(processor, window_ids: list[list[int]], windows_per_clip: list[int]) -> list[str]:
+    """Each clip's recognised text: its windows' texts in order, joined by a space (each window is spelled as typed at
+    the start of a turn, so without one "day?" and "Can" of two windows would score as one word), or by nothing
+    between Chinese characters."""
     texts, window = [], 0
     for count in windows_per_clip:
-        ids = [token for w in window_ids[window : window + count] for token in w]
-        texts.append(processor.decode(ids, skip_special_tokens=True).strip())
+        text = ""
+        for ids in window_ids[window : window + count]:
+            piece = processor.decode(ids, skip_special_tokens=True).strip()
+            if text and piece and not (_HAN.match(text[-1]) and _HAN.match(piece[0])):
+                text += " "
+            text += piece
+        texts.append(text)
         window += count
     return texts
 

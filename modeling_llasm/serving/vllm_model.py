@@ -135,14 +135,16 @@ class LlasmProcessingInfo(BaseProcessingInfo):
         return {"audio": None}
 
     def max_windows(self) -> int:
-        extractor = self.get_hf_processor().feature_extractor
-        return max(1, math.ceil(MAX_AUDIO_SECONDS * extractor.sampling_rate / extractor.n_samples))
+        processor = self.get_hf_processor()
+        shortest = processor.window_samples[0]  # pause-cut windows (max_window_seconds) can be shorter than 30 s
+        return max(1, math.ceil(MAX_AUDIO_SECONDS * processor.feature_extractor.sampling_rate / shortest))
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int] | None = None) -> Mapping[str, int]:
-        """The most audio tokens one clip can give: `MAX_AUDIO_SECONDS` of full windows (for variable-count adaptors
-        the placeholder bound, `audio_token_count`, which reading never exceeds)."""
-        config = self.get_hf_config()
-        return {"audio": self.max_windows() * config.num_audio_tokens(config.window_mel_frames)}
+        """The most audio tokens one clip can give: `MAX_AUDIO_SECONDS` of the most windows, each as long as a window
+        can be (for variable-count adaptors the placeholder bound, `audio_token_count`, which reading never exceeds)."""
+        config, processor = self.get_hf_config(), self.get_hf_processor()
+        longest_frames = min(config.window_mel_frames, processor.window_samples[1] // processor.feature_extractor.hop_length)
+        return {"audio": self.max_windows() * config.num_audio_tokens(longest_frames)}
 
 
 class LlasmDummyInputsBuilder(BaseDummyInputsBuilder[LlasmProcessingInfo]):
@@ -154,7 +156,7 @@ class LlasmDummyInputsBuilder(BaseDummyInputsBuilder[LlasmProcessingInfo]):
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int],
                           mm_options: Mapping[str, BaseDummyOptions] | None = None) -> MultiModalDataDict:  # fmt: skip
         extractor = self.info.get_hf_processor().feature_extractor
-        length = int(min(MAX_AUDIO_SECONDS * extractor.sampling_rate, self.info.max_windows() * extractor.n_samples))
+        length = int(MAX_AUDIO_SECONDS * extractor.sampling_rate)
         overrides = (mm_options or {}).get("audio")
         return {"audio": self._get_dummy_audios(length=length, num_audios=mm_counts.get("audio", 0), overrides=overrides)}
 

@@ -44,6 +44,8 @@ def encoder_fingerprint(audio_tower: torch.nn.Module, processor) -> str:
     extractor = processor.feature_extractor
     settings = {k: getattr(extractor, k, None) for k in ("feature_size", "sampling_rate", "hop_length", "n_fft", "n_samples")}
     settings["pad_to_window"] = getattr(processor, "pad_to_window", False)
+    if getattr(processor, "max_window_seconds", None) is not None:  # other windows, other encodings (absent: as before)
+        settings["max_window_seconds"] = processor.max_window_seconds
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

@@ -189,3 +189,38 @@ def test_transcription_request_puts_the_saved_prompt_before_each_clip(tmp_path):
     processor.save_pretrained(tmp_path / "p")
     reloaded = LlasmProcessor.from_pretrained(tmp_path / "p")
     assert reloaded.transcription_prompt == [] and len(reloaded.transcription_conversation("q.wav")) == 1
+
+
+def test_pause_cut_windows_end_in_the_pause_and_cover_the_clip():
+    """`max_window_seconds`: windows of at most that long, each but the last cut in the quietest 100 ms of its second
+    half (here a 0.4 s pause), covering the clip with no sample lost or repeated."""
+    from modeling_llasm.processing_llasm import pause_cut_bounds
+
+    rate, hop = 16000, 160
+    loud = 0.3 * np.sin(2 * np.pi * 220 * np.arange(rate * 26) / rate).astype(np.float32)
+    clip = loud.copy()
+    clip[int(7.0 * rate) : int(7.4 * rate)] = 0.0  # a pause 7.0-7.4 s into the first 10 s window
+    clip[int(15.5 * rate) : int(15.9 * rate)] = 0.0  # and one in the second window's second half
+    bounds = pause_cut_bounds(clip, 10 * rate, hop)
+    assert bounds[0] == (0, bounds[0][1]) and bounds[-1][1] == len(clip)
+    assert all(end == next_start for (_, end), (next_start, _) in zip(bounds, bounds[1:]))
+    assert 7.0 * rate <= bounds[0][1] <= 7.4 * rate and 15.5 * rate <= bounds[1][1] <= 15.9 * rate
+    assert all(5 * rate <= end - start <= 10 * rate for start, end in bounds[:-1])
+    assert all(start % hop == 0 for start, _ in bounds)
+    assert pause_cut_bounds(clip[: 10 * rate], 10 * rate, hop) == [(0, 10 * rate)]  # short enough: one window
+    steady = pause_cut_bounds(loud, 10 * rate, hop)  # no pause at all: still at most 10 s each
+    assert all(end - start <= 10 * rate for start, end in steady) and steady[-1][1] == len(loud)
+
+
+def test_max_window_seconds_is_saved_applied_and_checked(tmp_path):
+    processor = real_size_processor(stack_factor=8)
+    processor.max_window_seconds = 8.0
+    processor.save_pretrained(tmp_path)
+    loaded = LlasmProcessor.from_pretrained(tmp_path)
+    assert loaded.max_window_seconds == 8.0
+    inputs = loaded(text="<|audio|>", audio=tone(20.0))
+    frames = inputs["input_features_mask"].sum(-1).tolist()
+    assert len(frames) == 3 and all(400 <= f <= 800 for f in frames[:-1]) and sum(frames) == 2000
+    assert (inputs["input_ids"] == loaded.audio_token_id).sum().item() == sum(math.ceil(f / 2 / 8) for f in frames)
+    with pytest.raises(ValueError, match="max_window_seconds must be between 0.4 and the encoder's window \\(30 s\\), got 45"):
+        LlasmProcessor(feature_extractor=processor.feature_extractor, tokenizer=processor.tokenizer, max_window_seconds=45)

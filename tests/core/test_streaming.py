@@ -78,6 +78,27 @@ def test_when_the_end_adds_nothing_the_first_token_was_computed_while_the_audio_
     assert stream.cache.reused_tokens == prompt_positions - 1  # the last one came from the computed step
 
 
+@pytest.mark.parametrize("adaptor", ["whisper_reader", "stack_mlp"])
+def test_pause_cut_windows_stream_to_the_whole_clip_answer_and_the_end_encodes_only_the_last(adaptor):
+    """With `max_window_seconds`, a window is final once its audio is in (its cut depends on its own audio only): the
+    streamed answer is still the whole clip's, and the end of speech encodes just the open last window."""
+    model, processor = TINY_ADAPTORS[adaptor]()
+    processor.max_window_seconds = 0.6  # the tiny encoder's window is 1 s
+    clip = speechlike(3.3, 2)
+    expected = whole_clip_answer(model, processor, [turn(clip)])
+    stream = LlasmAudioStream(model, processor, update_seconds=0)
+    chunks = chunked(clip, 0.25)
+    for chunk in chunks[:-1]:
+        stream.append(chunk)
+    stream.append(chunks[-1], update=False)
+    encoded_windows = []
+    hook = model.model.audio_tower.register_forward_pre_hook(lambda module, args: encoded_windows.append(args[0].shape[0]))
+    output = stream.generate(**GREEDY)
+    hook.remove()
+    assert torch.equal(output, expected)
+    assert len(processor.audio_windows(clip)) >= 5 and sum(encoded_windows) == 1
+
+
 def test_a_computed_step_is_the_forward_it_replaces():
     """The logits and keys/values a computed step gives back are those of computing its position (to float rounding
     of a prefill in parts); it applies once, to exactly its position, and never to a call that asks for more."""
