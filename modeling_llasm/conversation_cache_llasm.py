@@ -169,14 +169,12 @@ class LlasmConversationCache:
         computing the last position again (`LlasmComputedStep`)."""
         if len(keys) != embeds.shape[0]:
             raise ValueError(f"extend: {len(keys)} keys for {embeds.shape[0]} embeddings.")
-        complete = self.next_logits is not None and self.keys == list(keys)
-        start = self.reuse(keys, keep_last=False)
+        have_logits = self.next_logits is not None and self.keys == list(keys)
+        # logits wanted but not kept: leave the last position to prefill again, so they come out of its forward
+        start = self.reuse(keys, keep_last=with_logits and not have_logits and bool(keys))
         if start < len(keys):
             output = model.model.language_model(inputs_embeds=embeds[None, start:], cache=self.cache, use_cache=True)
             self.next_logits = model.lm_head(output.last_hidden_state[:, -1:]) if with_logits else None
-        elif with_logits and not complete and keys:  # all positions cached, their last logits not: compute it again
-            self.reuse(keys, keep_last=True)
-            return self.extend(model, keys, embeds, with_logits=True)
         self.keys = list(keys)
         return self
 

@@ -100,13 +100,18 @@ def load_audio(source: AudioSource, sampling_rate: int | None = None, target_rat
 PAUSE_SPAN_HOPS = 10  # a pause is the quietest 100 ms (10 mel hops) of the search range
 
 
+def pause_search_samples(longest: int, hop: int) -> int:
+    """How far back from a window's longest end a pause is looked for: its second half, in whole hops."""
+    return longest // 2 // hop * hop
+
+
 def pause_cut_bounds(samples: np.ndarray, longest: int, hop: int) -> list[tuple[int, int]]:
     """`[start, end)` sample bounds of windows of at most `longest` samples (a multiple of `hop`). Each window but
     the last ends in the middle of the quietest 100 ms of its second half (the pause between two words or sentences,
     or the least loud moment when there is none). A cut depends only on the audio of its own window, so a clip read as
     it arrives (`LlasmAudioStream`) gets the same windows as the whole clip once a window's audio is complete."""
     bounds, start = [], 0
-    search = longest // 2 // hop * hop
+    search = pause_search_samples(longest, hop)
     while len(samples) - start > longest:
         low = start + longest - search
         frames = np.asarray(samples[low : start + longest], dtype=np.float64).reshape(-1, hop)
@@ -161,10 +166,11 @@ class LlasmProcessor(ProcessorMixin):
         self.max_window_seconds = max_window_seconds
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template, **kwargs)
         if max_window_seconds is not None and feature_extractor is not None:
-            whisper_window = feature_extractor.n_samples / feature_extractor.sampling_rate
-            if not 4 * PAUSE_SPAN_HOPS * feature_extractor.hop_length / feature_extractor.sampling_rate <= max_window_seconds <= whisper_window:
-                raise ValueError(f"max_window_seconds must be between {4 * PAUSE_SPAN_HOPS * feature_extractor.hop_length / feature_extractor.sampling_rate:g} "
-                                 f"and the encoder's window ({whisper_window:g} s), got {max_window_seconds}.")  # fmt: skip
+            rate = feature_extractor.sampling_rate
+            shortest = 4 * PAUSE_SPAN_HOPS * feature_extractor.hop_length / rate  # room for a pause in the second half
+            if not shortest <= max_window_seconds <= feature_extractor.n_samples / rate:
+                raise ValueError(f"max_window_seconds must be between {shortest:g} and the encoder's window "
+                                 f"({feature_extractor.n_samples / rate:g} s), got {max_window_seconds}.")  # fmt: skip
 
     @property
     def audio_token_id(self) -> int:
@@ -227,7 +233,7 @@ class LlasmProcessor(ProcessorMixin):
             return self.feature_extractor.n_samples, self.feature_extractor.n_samples
         hop = self.feature_extractor.hop_length
         longest = int(self.max_window_seconds * self.feature_extractor.sampling_rate) // hop * hop
-        return longest - longest // 2 // hop * hop, longest
+        return longest - pause_search_samples(longest, hop), longest
 
     def window_features(self, window: np.ndarray) -> np.ndarray:
         """Log-mel matrix `(n_mels, frames)` of one window, computed alone so batching never changes it. Always float32:

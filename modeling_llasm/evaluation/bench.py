@@ -53,6 +53,7 @@ from .bench_systems import (
     BenchSettings,
     Systems,
     build_systems,
+    check_dtype_sections,
     compose_original,
     find_stage1_script,
 )
@@ -128,6 +129,7 @@ def _run_benchmark(settings: BenchSettings, command: str) -> dict:
     unknown = set(settings.sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"Unknown sections {sorted(unknown)}; choose from {SECTIONS}.")
+    check_dtype_sections(settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     output_dir = Path(settings.output_dir)

@@ -22,6 +22,7 @@ __all__ = [
     "BenchSettings",
     "Systems",
     "build_systems",
+    "check_dtype_sections",
     "compose_original",
     "find_stage1_script",
 ]
@@ -157,11 +158,6 @@ def build_systems(settings: BenchSettings, work_dir: Path) -> tuple[Systems, Pat
         transcriber = WhisperTranscriber.from_pretrained(whisper_dir)
     dtype = choose_inference_dtype(settings.dtype, llasm.device)[0]
     if dtype != "float32":  # all three in one precision, so that their ratios compare methods, not precisions
-        float32_only = sorted({"dtype", "stage1", "memory"} & set(settings.sections))
-        if float32_only:
-            raise ValueError(f"llasm bench --dtype {dtype}: the sections {', '.join(float32_only)} start from float32 "
-                             "weights (dtype compares the precisions itself; stage1 and memory train); run them "
-                             "without --dtype.")  # fmt: skip
         for model in (llasm, original, transcriber.model):
             set_inference_dtype(model, dtype)  # llasm and original share the LLM: it is cast once
     llm = text_causal_lm(llasm)
@@ -178,6 +174,18 @@ def build_systems(settings: BenchSettings, work_dir: Path) -> tuple[Systems, Pat
         "llasm_label": f"LLaSM ({llasm.config.adaptor_type}, {'30 s windows' if processor.pad_to_window else 'unpadded'})",
     }
     return Systems(llasm, processor, original, original_processor, transcriber, llm, description), saved
+
+
+def check_dtype_sections(settings: BenchSettings) -> None:
+    """Refuse, before any model is loaded, sections that cannot run in the precision `settings.dtype` resolves to."""
+    from ..modeling_llasm import choose_inference_dtype
+
+    dtype = choose_inference_dtype(settings.dtype)[0]
+    float32_only = sorted({"dtype", "stage1", "memory"} & set(settings.sections))
+    if dtype != "float32" and float32_only:
+        raise ValueError(f"llasm bench --dtype {dtype}: the sections {', '.join(float32_only)} start from float32 "
+                         "weights (dtype compares the precisions itself; stage1 and memory train); run them "
+                         "without --dtype.")  # fmt: skip
 
 
 def find_stage1_script() -> Path | None:

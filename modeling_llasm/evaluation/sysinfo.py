@@ -7,27 +7,20 @@ import platform
 from importlib import metadata
 
 
-def _cpu_model() -> str:
+def _cpuinfo(fields: tuple[str, ...]) -> dict[str, str]:
+    """The first value of each of `fields` in /proc/cpuinfo (empty where there is none)."""
+    found: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, _, value = line.partition(":")
+                if name.strip() in fields:
+                    found.setdefault(name.strip(), value.strip())
+                if len(found) == len(fields):
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_bf16_flags() -> list[str]:
-    """The CPU's native-bf16 feature flags (/proc/cpuinfo): AVX512-BF16 and AMX-BF16; empty where bf16 is emulated."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return sorted({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return []
+    return found
 
 
 def _version(dist: str) -> str | None:
@@ -59,9 +52,10 @@ def machine_info() -> dict:
                     memory = round(int(line.split()[1]) / 1024**2, 1)
     except OSError:
         pass
+    cpu = _cpuinfo(("model name", "flags"))
     return {
-        "cpu_model": _cpu_model(),
-        "cpu_bf16_flags": _cpu_bf16_flags(),
+        "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
+        "cpu_bf16_flags": sorted({"avx512_bf16", "amx_bf16"} & set(cpu.get("flags", "").split())),  # native bf16
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "memory_gib": memory,
