@@ -53,6 +53,7 @@ if _missing():
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -134,11 +135,17 @@ def browser(speech, tmp_path_factory):
 
 
 def wait_for(driver, condition, message: str, timeout: float = WAIT_S):
-    return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: condition(d), message=message)
+    # Gradio re-renders the chat while it updates: an element found a moment ago may be gone, so poll again
+    return WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: condition(d), message=message
+    )
 
 
 def bot_texts(driver) -> list[str]:
-    return [e.text.strip() for e in driver.find_elements(By.CSS_SELECTOR, '#chatbot [data-testid="bot"]')]
+    # read in one script so a message removed between finding and reading (e.g. by Clear) cannot go stale
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#chatbot [data-testid=\"bot\"]')).map(e => e.innerText.trim())"
+    )
 
 
 def user_audio_count(driver) -> int:
