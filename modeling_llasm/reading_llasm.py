@@ -100,14 +100,15 @@ class LlasmWhisperReaderAdaptor(nn.Module):
         return states
 
     def silence_projections(self, dtype: torch.dtype, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Every decoder layer's cross-attention keys and values of `silence_states`, `(frames, d_model)` each, kept
-        until the silence or the projections change (their tensors' versions and storage are checked)."""
+        """Every decoder layer's cross-attention keys and values of `silence_states`, `(heads, frames, head_dim)`
+        each (the layout the attention reads), kept until the silence or the projections change (their tensors'
+        versions and storage are checked)."""
         attentions = [layer.encoder_attn for layer in self.decoder.layers]
         tensors = [self.silence_states, *(p for a in attentions for p in (*a.k_proj.parameters(), *a.v_proj.parameters()))]
         key = (dtype, device, tuple((t.data_ptr(), t._version) for t in tensors))
         if self._silence_projections is None or self._silence_projections[0] != key:
             silence = self.silence_states.to(device=device, dtype=dtype)
-            projected = [(a.k_proj(silence), a.v_proj(silence)) for a in attentions]
+            projected = [tuple(heads(projection(silence)[None], a)[0].contiguous() for projection in (a.k_proj, a.v_proj)) for a in attentions]
             self._silence_projections = (key, projected)
         return self._silence_projections[1]
 
@@ -122,11 +123,11 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             attention = layer.encoder_attn
             projected = []
             for projection, silence_projected in zip((attention.k_proj, attention.v_proj), silence):
-                real = projection(encoder_hidden_states[:, : max(lengths)])
-                full = silence_projected[None].repeat(windows, 1, 1)
+                real = heads(projection(encoder_hidden_states[:, : max(lengths)]), attention)
+                full = silence_projected.expand(windows, *silence_projected.shape).clone()
                 for window, length in enumerate(lengths):
-                    full[window, :length] = real[window, :length]
-                projected.append(full.view(windows, full.shape[1], attention.num_heads, attention.head_dim).transpose(1, 2).contiguous())
+                    full[window, :, :length] = real[window, :, :length]
+                projected.append(full)
             cross.update(*projected, index)
         return EncoderDecoderCache(DynamicCache(), cross)  # cross-attention marked as computed: the layers reuse it
 
@@ -466,6 +467,11 @@ class LlasmWhisperReaderAdaptor(nn.Module):
             offset += length
             owner.append(min(bisect.bisect_left(ends, offset), len(whisper_ids) - 1))
         return ids, owner
+
+
+def heads(states: torch.Tensor, attention: nn.Module) -> torch.Tensor:
+    """`(batch, frames, d_model)` projected states as an attention layer reads them: `(batch, heads, frames, head_dim)`."""
+    return states.view(*states.shape[:2], attention.num_heads, attention.head_dim).transpose(1, 2)
 
 
 def compression_ratio(text: str) -> float:

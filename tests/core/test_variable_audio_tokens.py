@@ -287,5 +287,7 @@ def test_reader_projects_the_silence_once_and_reads_as_when_it_projects_every_wi
     with torch.no_grad():
         reader.silence_states.mul_(0.5)
     after = reader.silence_projections(torch.float32, torch.device("cpu"))[0][0]
-    torch.testing.assert_close(after, reader.decoder.layers[0].encoder_attn.k_proj(reader.silence_states))
+    attention = reader.decoder.layers[0].encoder_attn  # kept as the attention reads them: (heads, frames, head_dim)
+    expected = attention.k_proj(reader.silence_states).view(-1, attention.num_heads, attention.head_dim).transpose(0, 1)
+    torch.testing.assert_close(after, expected)
     assert not torch.allclose(after, before)
