@@ -126,6 +126,34 @@ def test_the_reader_reads_the_same_with_the_silence_projected_once(base_dir, tmp
     torch.testing.assert_close(readings[True].pooler_output, readings[False].pooler_output, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_reader_reads_the_same_with_its_own_copy_of_the_logit_weights(base_dir, tmp_path, dtype):
+    """The reader's logits from its contiguous transposed copy of the text vocabulary (1.4x faster reading in float32)
+    choose the words the embedding's transposed view chooses, in both precisions (benchmarks/reader_speed_check.py:
+    120 of 120 held-out clips in each)."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("needs espeak-ng to speak the clips")
+    clips = []
+    for index, (voice, text) in enumerate([("en-us", "How far away is the moon from the earth?"), ("en+m3", "Name a fruit that is yellow."),
+                                           ("en-us+f3", "Why do leaves change colour in the autumn?")]):  # fmt: skip
+        path = tmp_path / f"{index}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+        clips.append([{"role": "user", "content": [{"type": "audio", "path": str(path)}]}])
+    model = AutoModel.from_pretrained(base_dir, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(base_dir)
+    reader = model.model.multi_modal_projector
+    for clip in clips:  # one at a time, as a user's question is read
+        inputs = processor.apply_chat_template(clip, add_generation_prompt=True)
+        readings = {}
+        for contiguous in (True, False):
+            reader.contiguous_text_logits = contiguous
+            with torch.no_grad():
+                readings[contiguous] = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+        assert readings[True].recognized_token_ids == readings[False].recognized_token_ids
+        assert len(readings[True].recognized_token_ids[0]) >= 5
+        assert torch.equal(readings[True].pooler_output, readings[False].pooler_output)
+
+
 def test_a_streamed_question_gets_the_whole_clips_answer(base_dir, tmp_path):
     """Streaming input on the real default base: chunks of 0.1 / 0.5 / 2 s, read and prefilled while they arrive,
     give the answer `generate` gives the whole clip (benchmarks/streaming_check.py runs this on held-out clips)."""

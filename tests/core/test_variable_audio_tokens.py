@@ -211,6 +211,30 @@ def test_reader_memo_cache_reads_each_window_once():
     assert torch.equal(first, plain) and torch.equal(again, plain)
 
 
+def test_reader_logits_come_from_a_contiguous_copy_of_the_text_vocabulary_kept_until_it_changes():
+    model, processor = reader_llasm()
+    reader = model.model.multi_modal_projector
+    eos = model.config.audio_config.eos_token_id
+    embedding = reader.decoder.embed_tokens.weight
+    weights = reader.text_logit_weights()
+    assert weights.is_contiguous() and torch.equal(weights, embedding[: eos + 1].T)
+    assert reader.text_logit_weights() is weights  # kept
+    with torch.no_grad():
+        embedding[3].mul_(2.0)  # an in-place change (a new version of the same storage)
+    assert torch.equal(reader.text_logit_weights(), embedding[: eos + 1].T)
+    model.to(torch.bfloat16)
+    assert reader.text_logit_weights().dtype == torch.bfloat16
+    inputs = processor.apply_chat_template(conversation(speechlike(2.2, 3)), add_generation_prompt=True)
+    model.to(torch.float32)
+    readings = {}
+    for contiguous in (True, False):  # the copy against the embedding's transposed view, as Whisper computes logits
+        reader.contiguous_text_logits = contiguous
+        with torch.no_grad():
+            readings[contiguous] = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+    assert readings[True].recognized_token_ids == readings[False].recognized_token_ids
+    assert torch.equal(readings[True].pooler_output, readings[False].pooler_output)
+
+
 @ADAPTORS
 def test_streamed_text_equals_the_generated_answer(adaptor_type):
     model, processor = variable_llasm(adaptor_type, seed=4)
