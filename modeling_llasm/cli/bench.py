@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="precision of every system compared (default float32; auto: bfloat16 where this machine "
                              "computes it faster, as `llasm chat` chooses); sections ttft, stream, decode, batch, reuse, "
                              "pipeline, lookup")  # fmt: skip
+    parser.add_argument("--stream-end-silence", type=float, default=0.0, metavar="SECONDS",
+                        help="section stream: add this much silence after each clip's speech, as when the speaker stops "
+                             "and the stream ends at a voice-activity end point (default 0: the stream ends as the clip "
+                             "is cut, mostly inside a word); every system gets the same clips")  # fmt: skip
     parser.add_argument("--work-dir", default=None, help="keep intermediate files (saved model for the memory probe) here")
 
 
@@ -69,6 +73,7 @@ def settings_from_args(args: argparse.Namespace):
         trainer_benchmark=not args.no_trainer_benchmark,
         work_dir=args.work_dir,
         dtype=args.dtype,
+        stream_end_silence=args.stream_end_silence,
     )
 
 

@@ -130,6 +130,8 @@ def _run_benchmark(settings: BenchSettings, command: str) -> dict:
     if unknown:
         raise ValueError(f"Unknown sections {sorted(unknown)}; choose from {SECTIONS}.")
     check_dtype_sections(settings)
+    if settings.stream_end_silence < 0:
+        raise ValueError(f"--stream-end-silence must be >= 0 seconds, got {settings.stream_end_silence}.")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     output_dir = Path(settings.output_dir)

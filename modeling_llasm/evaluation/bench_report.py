@@ -506,7 +506,10 @@ def stream_markdown(stream: dict) -> list[str]:
     lines = ["## The default base: whole clip and streamed", "",
              f"Model: `{stream['model']}`. Streamed: the clip arrives in {stream['chunk_seconds']:g} s chunks, the model works after "
              "each (`LlasmAudioStream`); timed from the last chunk's arrival (end of speech) to the first answer token. "
-             "Work per chunk must stay below the chunk's duration to keep up with live speech.", "",
+             "Work per chunk must stay below the chunk's duration to keep up with live speech."
+             + (f" Each clip ends with {stream['end_silence_seconds']:g} s of silence after its speech (the speaker stopped; "
+                "the stream ends at a voice-activity end point); every system gets the same clips."
+                if stream.get("end_silence_seconds") else " Each clip is cut at its length, mostly inside a word."), "",
              "| clip | default base, whole clip | the same, prompt head cached | streamed: end of speech -> first token | "
              "original method | cascade | base / original | base / cascade | streamed / original | work per chunk | "
              "prompt positions reused at the end | first token computed before the end |",

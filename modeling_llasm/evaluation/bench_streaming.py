@@ -79,7 +79,8 @@ def stream_end_to_first_token(model, processor, clip: np.ndarray, chunk_seconds:
 def bench_streaming(systems: Systems, settings: BenchSettings) -> dict:
     model, processor, description = load_default_reader(settings, systems)
     seconds_list = STREAM_SECONDS[:2] if settings.smoke else STREAM_SECONDS
-    clips = {s: speech_clip(s, seed=20 + i) for i, s in enumerate(seconds_list)}
+    silence = np.zeros(int(round(settings.stream_end_silence * 16000)), dtype=np.float32)
+    clips = {s: np.concatenate([speech_clip(s, seed=20 + i), silence]) for i, s in enumerate(seconds_list)}
     head = LlasmConversationCache.for_prompt_head(model, processor)  # as the server and the pipeline keep it
     calls = {
         "base": lambda c: ttft_speech(model, processor, c),
@@ -110,6 +111,7 @@ def bench_streaming(systems: Systems, settings: BenchSettings) -> dict:
         "model": description,
         "seconds": list(clips),
         "chunk_seconds": STREAM_CHUNK_SECONDS,
+        "end_silence_seconds": settings.stream_end_silence,
         "median": median,
         "totals": {m: {str(s): [round(r["total"], 4) for r in per] for s, per in v.items()} for m, v in runs.items()},
         "answer_tokens": ANSWER_TOKENS,

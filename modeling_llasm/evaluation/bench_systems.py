@@ -63,6 +63,7 @@ class BenchSettings:
     profile: bool = True
     trainer_benchmark: bool = True  # also run benchmarks/stage1_speed.py when present
     work_dir: str | None = None
+    stream_end_silence: float = 0.0  # seconds of silence after each stream clip's speech (`--stream-end-silence`)
     dtype: str = "float32"  # every system's precision: "float32", "bfloat16" or "auto" (`choose_inference_dtype`)
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 

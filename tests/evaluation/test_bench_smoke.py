@@ -92,6 +92,27 @@ def test_bench_compares_every_system_in_the_asked_dtype(tmp_path):
                                     sections=("ttft", "dtype", "memory"), dtype="bfloat16", log=lambda line: None))  # fmt: skip
 
 
+def test_stream_clips_can_end_with_silence_after_the_speech(tmp_path):
+    """`--stream-end-silence 1`: every system in the stream section gets each clip with 1 s of silence after its speech
+    (the stream ends at a voice-activity end point), and the report says so; a negative length is refused at once."""
+    import numpy as np
+
+    from modeling_llasm.evaluation import bench_streaming
+
+    seen, real_stream = [], bench_streaming.stream_end_to_first_token
+    settings = BenchSettings(output_dir=tmp_path / "out", smoke=True, repeats=1, warmup=0, threads=1, sections=("stream",),
+                             stream_end_silence=1.0, log=lambda line: None)  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench_streaming, "stream_end_to_first_token", lambda model, processor, clip, **kw: seen.append(clip) or real_stream(model, processor, clip, **kw))
+        results = run_benchmark(settings)
+    assert sorted({len(c) for c in seen}) == [3 * 16000, 6 * 16000]  # the 2 s and 5 s clips, 1 s longer
+    assert all(not np.any(c[-16000:]) and np.any(c[-16000 - 1600 : -16000]) for c in seen)
+    assert results["stream"]["end_silence_seconds"] == 1.0
+    assert "ends with 1 s of silence after its speech" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(ValueError, match="--stream-end-silence must be >= 0 seconds, got -0.5"):
+        run_benchmark(BenchSettings(output_dir=tmp_path / "refused", smoke=True, sections=("stream",), stream_end_silence=-0.5, log=lambda line: None))
+
+
 def test_goal_arithmetic():
     results = {
         "ttft": {"median": {m: {"5.0": {"total": t}} for m, t in (("llasm", 0.2), ("original", 1.0), ("cascade", 0.3))}},
