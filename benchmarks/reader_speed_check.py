@@ -3,8 +3,9 @@ and how much faster, in each precision.
 
 Fast (the default): the reader's logits from `text_logit_weights` (a contiguous transposed copy of the output
 projection). Reference: the logits from the embedding's transposed view, as before session 15. `--fast-attention
-eager` also gives the fast arm's decoder eager attention (the reference keeps SDPA): tried, not adopted. Both reuse the canned silence's projections (checked against projecting every
-padded window in tests/conversion/test_build_base.py). For every `--step`-th clip of an understanding manifest
+eager` also gives the fast arm's decoder eager attention (the reference keeps SDPA): tried, not adopted. Both reuse
+the canned silence's projections (checked against projecting every padded window in
+tests/conversion/test_build_base.py). For every `--step`-th clip of an understanding manifest
 (held-out texts and voices): both readings' Whisper ids, and each reading timed `--repeats` times, the two arms
 alternating; the report gives per-clip medians and their median over clips.
 
