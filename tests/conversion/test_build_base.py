@@ -101,17 +101,23 @@ def test_the_embedded_base_understands_a_spoken_question_untrained(base_dir, tmp
     assert word_error_rate(["What is the capital of France?"], [transcript]) <= 1 / 6 and "paris" not in transcript.lower(), transcript
 
 
+def spoken_turns(tmp_path, voiced_texts: list[tuple[str, str]]) -> list[dict]:
+    """A user turn per `(espeak-ng voice, text)`, the text spoken into a WAV file under `tmp_path`."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("needs espeak-ng to speak the clips")
+    turns = []
+    for index, (voice, text) in enumerate(voiced_texts):
+        path = tmp_path / f"{index}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+        turns.append({"role": "user", "content": [{"type": "audio", "path": str(path)}]})
+    return turns
+
+
 def test_the_reader_reads_the_same_with_the_silence_projected_once(base_dir, tmp_path):
     """The real reader's speed-up (the canned silence's cross-attention keys/values computed once) reads every clip
     exactly as projecting each padded window does: same words, same decoder states, in a batch of several voices."""
-    if not shutil.which("espeak-ng"):
-        pytest.skip("needs espeak-ng to speak the clips")
-    clips = []
-    for index, (voice, text) in enumerate([("en-us", "What is the capital of France?"), ("en", "Tell me three ways to save energy at home."),
-                                           ("en-us+f3", "The train to the airport leaves every fifteen minutes.")]):  # fmt: skip
-        path = tmp_path / f"{index}.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
-        clips.append({"role": "user", "content": [{"type": "audio", "path": str(path)}]})
+    clips = spoken_turns(tmp_path, [("en-us", "What is the capital of France?"), ("en", "Tell me three ways to save energy at home."),
+                                    ("en-us+f3", "The train to the airport leaves every fifteen minutes.")])  # fmt: skip
     model = AutoModel.from_pretrained(base_dir, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(base_dir)
     inputs = processor.apply_chat_template([[clip] for clip in clips], add_generation_prompt=True)
@@ -131,14 +137,9 @@ def test_the_reader_reads_the_same_with_its_own_copy_of_the_logit_weights(base_d
     """The reader's logits from its contiguous transposed copy of the text vocabulary (1.4x faster reading in float32)
     choose the words the embedding's transposed view chooses, in both precisions (benchmarks/reader_speed_check.py:
     120 of 120 held-out clips in each)."""
-    if not shutil.which("espeak-ng"):
-        pytest.skip("needs espeak-ng to speak the clips")
-    clips = []
-    for index, (voice, text) in enumerate([("en-us", "How far away is the moon from the earth?"), ("en+m3", "Name a fruit that is yellow."),
-                                           ("en-us+f3", "Why do leaves change colour in the autumn?")]):  # fmt: skip
-        path = tmp_path / f"{index}.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
-        clips.append([{"role": "user", "content": [{"type": "audio", "path": str(path)}]}])
+    clips = [[turn] for turn in spoken_turns(tmp_path, [("en-us", "How far away is the moon from the earth?"),
+                                                        ("en+m3", "Name a fruit that is yellow."),
+                                                        ("en-us+f3", "Why do leaves change colour in the autumn?")])]  # fmt: skip
     model = AutoModel.from_pretrained(base_dir, dtype=dtype)
     processor = AutoProcessor.from_pretrained(base_dir)
     reader = model.model.multi_modal_projector
